@@ -1,0 +1,85 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "stega-events",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "returns-api", targets: ["returns-api"]),
+        .executable(name: "returns-worker", targets: ["returns-worker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // System libraries from Debian (librabbitmq-dev, libmicrohttpd-dev).
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMicroHTTPD",
+            pkgConfig: "libmicrohttpd",
+            providers: [.apt(["libmicrohttpd-dev"])]
+        ),
+
+        .target(name: "EventCatalog"),
+        .target(
+            name: "MessageBus",
+            dependencies: [
+                "EventCatalog",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "MessageBusTesting", dependencies: ["MessageBus", "EventCatalog"]),
+        .target(
+            name: "AMQPTransport",
+            dependencies: [
+                "CRabbitMQ", "EventCatalog", "MessageBus",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "HTTPServer",
+            dependencies: [
+                "CMicroHTTPD",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "ServiceRuntime",
+            dependencies: [
+                "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
+            name: "Returns",
+            dependencies: [
+                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
+        .executableTarget(name: "returns-worker", dependencies: ["Returns", "ServiceRuntime"]),
+
+        .testTarget(name: "EventCatalogTests", dependencies: ["EventCatalog"]),
+        .testTarget(name: "MessageBusTests", dependencies: ["MessageBus", "MessageBusTesting", "EventCatalog"]),
+        .testTarget(
+            name: "ReturnsTests",
+            dependencies: ["Returns", "MessageBus", "EventCatalog", "HTTPServer", "ServiceRuntime"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["AMQPTransport", "MessageBus", "MessageBusTesting", "EventCatalog", "ServiceRuntime"]
+        ),
+    ]
+)

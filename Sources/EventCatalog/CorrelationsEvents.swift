@@ -1,0 +1,42 @@
+/// A rolling window is now tracked by the correlations service.
+public struct WindowAdded: Event {
+    public static let routingKey = "correlations.events.window_added"
+
+    public var window: Int
+
+    public init(window: Int) { self.window = window }
+}
+
+/// Correlations were recomputed (emitted even when nothing changed, so every write resolves).
+public struct CorrelationsUpdated: Event {
+    public static let routingKey = "correlations.events.correlations_updated"
+
+    public var symbols: [String]
+    public var windows: [Int]
+    public var asOf: CalendarDate?
+    public var pairs: Int
+
+    public init(symbols: [String], windows: [Int], asOf: CalendarDate?, pairs: Int) {
+        self.symbols = symbols
+        self.windows = windows
+        self.asOf = asOf
+        self.pairs = pairs
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case symbols, windows, pairs
+        case asOf = "as_of"
+    }
+}
+
+/// An operation started at the correlations service failed.
+public struct CorrelationsOperationFailed: Event {
+    public static let routingKey = "correlations.events.operation_failed"
+
+    public var failure: OperationFailure
+
+    public init(_ failure: OperationFailure) { self.failure = failure }
+
+    public init(from decoder: any Decoder) throws { failure = try OperationFailure(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try failure.encode(to: encoder) }
+}

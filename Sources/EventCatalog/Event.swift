@@ -1,0 +1,63 @@
+import Foundation
+
+/// An event of the stega catalog: a `Codable` value with a static, unique routing key.
+///
+/// ```swift
+/// struct PricesRecorded: Event {
+///     static let routingKey = "returns.events.prices_recorded"
+///     var symbol: String
+/// }
+/// ```
+/// A routing key never changes. A breaking change to an event is a new event or a new
+/// `schemaVersion`, and readers accept the versions they know.
+public protocol Event: Codable, Sendable, Equatable {
+    /// `<service>.events.<event_name>`, unique in the catalog.
+    static var routingKey: String { get }
+    /// The version of the payload schema, sent in the `schema_version` header.
+    static var schemaVersion: Int { get }
+}
+
+extension Event {
+    public static var schemaVersion: Int { 1 }
+
+    /// The event name: the last component of the routing key (`prices_recorded`).
+    public static var eventName: String { RoutingKey.eventName(of: routingKey) }
+
+    /// The service that owns the event: the first component of the routing key (`returns`).
+    public static var service: String { RoutingKey.service(of: routingKey) }
+}
+
+/// Helpers on routing keys of the form `<service>.events.<event_name>`.
+public enum RoutingKey {
+    /// The last dot-separated word of `key`.
+    public static func eventName(of key: String) -> String {
+        key.split(separator: ".").last.map(String.init) ?? key
+    }
+
+    /// The first dot-separated word of `key`.
+    public static func service(of key: String) -> String {
+        key.split(separator: ".").first.map(String.init) ?? key
+    }
+}
+
+extension RoutingKey {
+    /// Whether `key` matches the topic `pattern` (`*` one word, `#` zero or more words).
+    public static func matches(pattern: String, key: String) -> Bool {
+        let p = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        let k = key.split(separator: ".", omittingEmptySubsequences: false)
+        func match(_ i: Int, _ j: Int) -> Bool {
+            if i == p.count { return j == k.count }
+            if p[i] == "#" {
+                var jj = j
+                while jj <= k.count {
+                    if match(i + 1, jj) { return true }
+                    jj += 1
+                }
+                return false
+            }
+            guard j < k.count else { return false }
+            return (p[i] == "*" || p[i] == k[j]) && match(i + 1, j + 1)
+        }
+        return match(0, 0)
+    }
+}

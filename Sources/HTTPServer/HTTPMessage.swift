@@ -1,0 +1,108 @@
+import Foundation
+
+/// A request as handlers see it: copied out of libmicrohttpd, safe to keep.
+public struct HTTPRequest: Sendable {
+    /// `GET`, `POST`, …
+    public var method: String
+    /// The path, without the query string (`/prices/AAPL`).
+    public var path: String
+    /// Query arguments, URL-decoded (`from`, `to`, …); the last one wins when repeated.
+    public var query: [String: String]
+    /// Header fields, names lowercased.
+    public var headers: [String: String]
+    /// The body (empty when it was over the limit; see `bodyTooLarge`).
+    public var body: [UInt8]
+    /// Whether the body was larger than the server's limit.
+    public var bodyTooLarge: Bool
+    /// Path parameters of the matched route (`symbol` for `/prices/{symbol}`).
+    public var parameters: [String: String]
+
+    public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:],
+                body: [UInt8] = [], bodyTooLarge: Bool = false, parameters: [String: String] = [:]) {
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.bodyTooLarge = bodyTooLarge
+        self.parameters = parameters
+    }
+
+    /// The header `name` (case-insensitive).
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+/// A response: status, headers and body bytes.
+public struct HTTPResponse: Sendable, Equatable {
+    public var status: Int
+    public var headers: [String: String]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [String: String] = [:], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// A JSON response of `value`.
+    public static func json<T: Encodable>(_ value: T, status: Int = 200,
+                                          headers: [String: String] = [:]) throws -> HTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var all = headers
+        all["Content-Type"] = "application/json"
+        return HTTPResponse(status: status, headers: all, body: Array(try encoder.encode(value)))
+    }
+
+    /// A JSON response of raw bytes already encoded.
+    public static func json(bytes: [UInt8], status: Int = 200, headers: [String: String] = [:]) -> HTTPResponse {
+        var all = headers
+        all["Content-Type"] = "application/json"
+        return HTTPResponse(status: status, headers: all, body: bytes)
+    }
+
+    /// The JSON error body `{"error":{"code","message"}}` with `status`.
+    public static func error(_ error: HTTPError) -> HTTPResponse {
+        let body = ErrorBody(error: .init(code: error.code, message: error.message))
+        var response = (try? json(body, status: error.status))
+            ?? HTTPResponse(status: error.status, body: Array("{}".utf8))
+        for (k, v) in error.headers { response.headers[k] = v }
+        return response
+    }
+
+    struct ErrorBody: Encodable {
+        struct Detail: Encodable {
+            let code: String
+            let message: String
+        }
+        let error: Detail
+    }
+}
+
+/// An error that sets the response: its status, and `{"error":{"code","message"}}`.
+/// Anything else a handler throws becomes a logged 500 with no error text in the body.
+public struct HTTPError: Error, Equatable, CustomStringConvertible {
+    public let status: Int
+    public let code: String
+    public let message: String
+    public var headers: [String: String]
+
+    public init(_ status: Int, _ code: String, _ message: String, headers: [String: String] = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+    }
+
+    public var description: String { "\(status) \(code): \(message)" }
+
+    public static func notFound(_ message: String = "no such route") -> HTTPError {
+        HTTPError(404, "not_found", message)
+    }
+
+    public static func invalidBody(_ message: String) -> HTTPError { HTTPError(400, "invalid_body", message) }
+    public static func invalidQuery(_ message: String) -> HTTPError { HTTPError(400, "invalid_query", message) }
+    public static func unprocessable(_ code: String, _ message: String) -> HTTPError {
+        HTTPError(422, code, message)
+    }
+}

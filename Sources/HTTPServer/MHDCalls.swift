@@ -1,0 +1,194 @@
+import CMicroHTTPD
+import Foundation
+import Synchronization
+
+// Every libmicrohttpd call of the adapter and its `@convention(c)` trampolines live in
+// this file. The trampolines copy the request into Swift values, suspend the connection
+// and hand it off; they never block or await.
+
+/// The per-request state MHD keeps in `con_cls`.
+///
+/// `@unchecked Sendable`: the request fields are written only on the MHD thread that owns
+/// the connection, before the hand-off; `response` is guarded by its mutex and set by the
+/// handler's task before `MHD_resume_connection`.
+final class RequestContext: @unchecked Sendable {
+    var request: HTTPRequest
+    var dispatched = false
+    let response = Mutex<HTTPResponse?>(nil)
+
+    init(request: HTTPRequest) { self.request = request }
+}
+
+/// Collects key-value pairs for `MHD_get_connection_values`.
+private final class Pairs {
+    var values: [String: String] = [:]
+    let lowercase: Bool
+    init(lowercase: Bool) { self.lowercase = lowercase }
+}
+
+private let collectPair: MHD_KeyValueIterator = { cls, _, key, value in
+    guard let cls, let key else { return .YES }
+    let pairs = Unmanaged<Pairs>.fromOpaque(cls).takeUnretainedValue()
+    let name = String(cString: key)
+    pairs.values[pairs.lowercase ? name.lowercased() : name] = value.map { String(cString: $0) } ?? ""
+    return .YES
+}
+
+/// Calls `MHD_get_connection_values` for one kind of values.
+private func connectionValues(_ connection: OpaquePointer, _ kind: MHD_ValueKind, lowercase: Bool) -> [String: String] {
+    let pairs = Pairs(lowercase: lowercase)
+    let unmanaged = Unmanaged.passRetained(pairs)
+    defer { unmanaged.release() }
+    _ = MHD_get_connection_values(connection, kind, collectPair, unmanaged.toOpaque())
+    return pairs.values
+}
+
+/// Calls `MHD_create_response_from_buffer`, `MHD_add_response_header`, `MHD_queue_response`
+/// and `MHD_destroy_response`.
+private func queue(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
+    let mhdResponse = response.body.withUnsafeBytes { raw in
+        MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress),
+                                        .RESPMEM_MUST_COPY)
+    }
+    guard let mhdResponse else { return .NO }
+    defer { MHD_destroy_response(mhdResponse) }
+    for (name, value) in response.headers {
+        _ = MHD_add_response_header(mhdResponse, name, value)
+    }
+    return MHD_queue_response(connection, UInt32(response.status), mhdResponse)
+}
+
+/// The access handler: MHD calls it once with the headers, once per body chunk, once at
+/// the end of the body, and once more after each `MHD_resume_connection`.
+private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadSize, conCls in
+    guard let cls, let connection, let conCls, let uploadSize else { return .NO }
+    let daemon = Unmanaged<HTTPDaemon>.fromOpaque(cls).takeUnretainedValue()
+
+    guard let existing = conCls.pointee else {
+        // First call: headers only. Answer nothing yet (a response queued now would be
+        // sent with `Connection: close`), except for a body announced over the limit.
+        let headers = connectionValues(connection, .HEADER_KIND, lowercase: true)
+        let request = HTTPRequest(
+            method: method.map { String(cString: $0) } ?? "GET",
+            path: url.map { String(cString: $0) } ?? "/",
+            query: connectionValues(connection, .GET_ARGUMENT_KIND, lowercase: false),
+            headers: headers)
+        let context = RequestContext(request: request)
+        conCls.pointee = Unmanaged.passRetained(context).toOpaque()
+        daemon.requestStarted()
+        if let length = headers["content-length"].flatMap(Int.init), length > daemon.maxBodySize {
+            let error = daemon.router.precheck(method: request.method, path: request.path,
+                                               contentType: headers["content-type"])
+                ?? HTTPError(413, "payload_too_large", "the request body is over \(daemon.maxBodySize) bytes")
+            context.dispatched = true
+            return queue(.error(error), on: connection)
+        }
+        return .YES
+    }
+    let context = Unmanaged<RequestContext>.fromOpaque(existing).takeUnretainedValue()
+
+    if uploadSize.pointee > 0 {
+        if !context.request.bodyTooLarge, let uploadData {
+            let size = uploadSize.pointee
+            if context.request.body.count + size > daemon.maxBodySize {
+                context.request.bodyTooLarge = true
+                context.request.body = []
+            } else {
+                uploadData.withMemoryRebound(to: UInt8.self, capacity: size) {
+                    context.request.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: size))
+                }
+            }
+        }
+        uploadSize.pointee = 0
+        return .YES
+    }
+
+    if let response = context.response.withLock({ $0 }) {
+        return queue(response, on: connection)
+    }
+    guard !context.dispatched else { return .YES }
+    context.dispatched = true
+    MHD_suspend_connection(connection)
+    let request = context.request
+    // The bridge from MHD's thread to Swift concurrency; the connection stays suspended
+    // until the handler has stored its response.
+    let connectionBits = UInt(bitPattern: connection)
+    Task {
+        let response = await daemon.router.respond(to: request)
+        context.response.withLock { $0 = response }
+        MHD_resume_connection(OpaquePointer(bitPattern: connectionBits))
+    }
+    return .YES
+}
+
+private let requestCompleted: MHD_RequestCompletedCallback = { cls, _, conCls, _ in
+    guard let cls, let conCls, let existing = conCls.pointee else { return }
+    Unmanaged<RequestContext>.fromOpaque(existing).release()
+    conCls.pointee = nil
+    Unmanaged<HTTPDaemon>.fromOpaque(cls).takeUnretainedValue().requestFinished()
+}
+
+/// The running MHD daemon handle.
+///
+/// `@unchecked Sendable`: the pointer is used only by `start` and `stop`, which the owning
+/// `HTTPDaemon` serialises with its lock.
+final class MHDHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+
+    /// Calls `MHD_start_daemon` (through the shim) bound to `host:port`.
+    static func start(daemon: HTTPDaemon, host: String, port: Int, threads: Int) throws -> MHDHandle {
+        let flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue
+            | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue
+        let cls = Unmanaged.passUnretained(daemon).toOpaque()
+        var pointer: OpaquePointer?
+        if host.contains(":") {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
+                throw HTTPServerError("invalid IPv6 address \(host)")
+            }
+            pointer = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    stega_mhd_start(flags | MHD_USE_IPv6.rawValue, UInt16(port), $0, accessHandler, cls,
+                                    requestCompleted, cls, UInt32(threads), 60, 64 * 1024)
+                }
+            }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            let name = host == "localhost" ? "127.0.0.1" : host
+            guard inet_pton(AF_INET, name, &address.sin_addr) == 1 else {
+                throw HTTPServerError("invalid IPv4 address \(host)")
+            }
+            pointer = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    stega_mhd_start(flags, UInt16(port), $0, accessHandler, cls,
+                                    requestCompleted, cls, UInt32(threads), 60, 64 * 1024)
+                }
+            }
+        }
+        guard let pointer else { throw HTTPServerError("MHD_start_daemon failed on \(host):\(port)") }
+        return MHDHandle(pointer)
+    }
+
+    /// The port actually bound (`MHD_get_daemon_info` with `MHD_DAEMON_INFO_BIND_PORT`).
+    var boundPort: Int {
+        Int(stega_mhd_bound_port(pointer))
+    }
+
+    /// Calls `MHD_quiesce_daemon`: no new connections are accepted.
+    func quiesce() { _ = MHD_quiesce_daemon(pointer) }
+
+    /// Calls `MHD_stop_daemon`.
+    func stop() { MHD_stop_daemon(pointer) }
+}
+
+/// Errors of the HTTP server itself (not of requests).
+public struct HTTPServerError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

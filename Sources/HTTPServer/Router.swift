@@ -1,0 +1,130 @@
+import Foundation
+import Logging
+
+/// A request handler.
+public typealias Responder = @Sendable (HTTPRequest) async throws -> HTTPResponse
+
+/// Routes requests by method and path pattern (`/returns/{symbol}/summary`).
+///
+/// Faults are reported in DESIGN.md's order: route (404), method (405), content type of a
+/// write (415), size (413); the handler then reports body (400) and values (422).
+///
+/// ```swift
+/// var router = Router()
+/// router.get("/prices/{symbol}") { request in ... }
+/// router.post("/prices") { request in ... }   // requires Content-Type: application/json
+/// let response = await router.respond(to: request)
+/// ```
+public struct Router: Sendable {
+    struct Route: Sendable {
+        let method: String
+        let pattern: String
+        let segments: [Segment]
+        let requiresJSON: Bool
+        let responder: Responder
+    }
+
+    enum Segment: Sendable, Equatable {
+        case literal(String)
+        case parameter(String)
+    }
+
+    private(set) var routes: [Route] = []
+    private let logger: Logger
+
+    public init(logger: Logger = Logger(label: "stega.http")) {
+        self.logger = logger
+    }
+
+    /// Every route as `METHOD /pattern`.
+    public var routeList: [String] { routes.map { "\($0.method) \($0.pattern)" } }
+
+    public mutating func add(_ method: String, _ pattern: String, requiresJSON: Bool, _ responder: @escaping Responder) {
+        let segments = pattern.split(separator: "/").map { part -> Segment in
+            if part.hasPrefix("{"), part.hasSuffix("}") { return .parameter(String(part.dropFirst().dropLast())) }
+            return .literal(String(part))
+        }
+        routes.append(Route(method: method, pattern: pattern, segments: segments,
+                            requiresJSON: requiresJSON, responder: responder))
+    }
+
+    public mutating func get(_ pattern: String, _ responder: @escaping Responder) {
+        add("GET", pattern, requiresJSON: false, responder)
+    }
+
+    /// A write route: its requests must be `Content-Type: application/json`.
+    public mutating func post(_ pattern: String, _ responder: @escaping Responder) {
+        add("POST", pattern, requiresJSON: true, responder)
+    }
+
+    /// Finds the route, or the error for route, method or content type.
+    func match(method: String, path: String, contentType: String?) -> Result<(Route, [String: String]), HTTPError> {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        var allowed: [String] = []
+        for route in routes {
+            guard let parameters = Self.bind(route.segments, parts) else { continue }
+            let sameMethod = route.method == method || (method == "HEAD" && route.method == "GET")
+            guard sameMethod else {
+                allowed.append(route.method)
+                continue
+            }
+            if route.requiresJSON, !Self.isJSON(contentType) {
+                return .failure(HTTPError(415, "unsupported_media_type",
+                                          "Content-Type must be application/json"))
+            }
+            return .success((route, parameters))
+        }
+        if allowed.isEmpty { return .failure(.notFound("no route for \(path)")) }
+        return .failure(HTTPError(405, "method_not_allowed", "\(method) is not allowed on \(path)",
+                                  headers: ["Allow": Array(Set(allowed)).sorted().joined(separator: ", ")]))
+    }
+
+    /// The route, method or content-type error of a request, if any (before its body is read).
+    public func precheck(method: String, path: String, contentType: String?) -> HTTPError? {
+        if case .failure(let error) = match(method: method, path: path, contentType: contentType) { return error }
+        return nil
+    }
+
+    /// Runs the matching route; never throws.
+    public func respond(to request: HTTPRequest) async -> HTTPResponse {
+        switch match(method: request.method, path: request.path, contentType: request.header("content-type")) {
+        case .failure(let error):
+            return .error(error)
+        case .success(let (route, parameters)):
+            if request.bodyTooLarge {
+                return .error(HTTPError(413, "payload_too_large", "the request body is over the limit"))
+            }
+            var request = request
+            request.parameters = parameters
+            do {
+                return try await route.responder(request)
+            } catch let error as HTTPError {
+                return .error(error)
+            } catch {
+                logger.error("handler failed", metadata: [
+                    "http.request.method": "\(request.method)", "http.route": "\(route.pattern)",
+                    "error": "\(error)",
+                ])
+                return .error(HTTPError(500, "internal_error", "internal error"))
+            }
+        }
+    }
+
+    static func bind(_ segments: [Segment], _ parts: [String]) -> [String: String]? {
+        guard segments.count == parts.count else { return nil }
+        var parameters: [String: String] = [:]
+        for (segment, part) in zip(segments, parts) {
+            switch segment {
+            case .literal(let text): if text != part { return nil }
+            case .parameter(let name): parameters[name] = part.removingPercentEncoding ?? part
+            }
+        }
+        return parameters
+    }
+
+    static func isJSON(_ contentType: String?) -> Bool {
+        guard let contentType else { return false }
+        let mediaType = contentType.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
+        return mediaType == "application/json"
+    }
+}

@@ -1,0 +1,30 @@
+/// Errors of the message bus.
+public struct BusError: Error, CustomStringConvertible, Equatable {
+    /// What went wrong.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Value: String { case noHandler, duplicateHandler, undecodable, handlersFailed }
+        private let value: Value
+        private init(_ value: Value) { self.value = value }
+
+        /// No handler is registered for the command or routing key.
+        public static let noHandler = Code(.noHandler)
+        /// A second handler was registered for one command.
+        public static let duplicateHandler = Code(.duplicateHandler)
+        /// The message could not be decoded as the event its routing key names.
+        public static let undecodable = Code(.undecodable)
+        /// One or more event handlers threw.
+        public static let handlersFailed = Code(.handlersFailed)
+
+        public var description: String { value.rawValue }
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

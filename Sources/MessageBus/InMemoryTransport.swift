@@ -1,0 +1,117 @@
+import EventCatalog
+
+/// An in-process broker with the same publisher and consumer protocols as AMQP, for unit
+/// tests of handlers and the bus. Routing follows a topic exchange (`*`, `#`), which is a
+/// superset of a direct exchange for the catalog's keys.
+///
+/// ```swift
+/// let transport = InMemoryTransport()
+/// let consumer = await transport.consumer(queue: "returns.events", bindings: [PricesRecorded.routingKey])
+/// try await transport.publish([envelope])
+/// ```
+public final class InMemoryTransport: EventPublisher {
+    private let broker = Broker()
+
+    public init() {}
+
+    public func publish(_ envelopes: [EventEnvelope]) async throws {
+        await broker.publish(envelopes)
+    }
+
+    /// Declares `queue` (if new), binds it to `bindings` and returns a consumer of it.
+    public func consumer(queue: String, bindings: [String]) async -> InMemoryConsumer {
+        await broker.declare(queue: queue, bindings: bindings)
+        return InMemoryConsumer(queue: queue, broker: broker)
+    }
+
+    /// Every envelope published so far, in order.
+    public var published: [EventEnvelope] {
+        get async { await broker.log }
+    }
+
+    /// Messages waiting in `queue`.
+    public func depth(of queue: String) async -> Int { await broker.depth(of: queue) }
+
+    /// Messages rejected by consumers of `queue`.
+    public func rejected(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
+
+    actor Broker {
+        var log: [EventEnvelope] = []
+        var bindings: [String: [String]] = [:]
+        var queues: [String: [Delivery]] = [:]
+        var waiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+        var rejected: [String: [Delivery]] = [:]
+
+        func declare(queue: String, bindings keys: [String]) {
+            if queues[queue] == nil { queues[queue] = [] }
+            bindings[queue, default: []].append(contentsOf: keys)
+        }
+
+        func publish(_ envelopes: [EventEnvelope]) {
+            for envelope in envelopes {
+                log.append(envelope)
+                for (queue, keys) in bindings
+                where keys.contains(where: { RoutingKey.matches(pattern: $0, key: envelope.routingKey) }) {
+                    enqueue(queue, Delivery(envelope: envelope, routingKey: envelope.routingKey,
+                                            body: Array(envelope.body), redelivered: false),
+                            front: false)
+                }
+            }
+        }
+
+        func enqueue(_ queue: String, _ delivery: Delivery, front: Bool) {
+            if front { queues[queue, default: []].insert(delivery, at: 0) } else {
+                queues[queue, default: []].append(delivery)
+            }
+            let waiting = waiters.removeValue(forKey: queue) ?? []
+            waiting.forEach { $0.resume() }
+        }
+
+        func next(_ queue: String) async -> Delivery? {
+            while queues[queue, default: []].isEmpty {
+                if Task.isCancelled { return nil }
+                await withCheckedContinuation { waiters[queue, default: []].append($0) }
+            }
+            return queues[queue]!.removeFirst()
+        }
+
+        func wake(_ queue: String) {
+            let waiting = waiters.removeValue(forKey: queue) ?? []
+            waiting.forEach { $0.resume() }
+        }
+
+        func settle(_ queue: String, _ delivery: Delivery, _ outcome: DeliveryOutcome) {
+            switch outcome {
+            case .ack: break
+            case .retry:
+                enqueue(queue, Delivery(envelope: delivery.envelope, routingKey: delivery.routingKey,
+                                        body: delivery.body, redelivered: true), front: true)
+            case .reject: rejected[queue, default: []].append(delivery)
+            }
+        }
+
+        func depth(of queue: String) -> Int { queues[queue]?.count ?? 0 }
+    }
+}
+
+/// A consumer of one in-memory queue; prefetch is 1, so order within the queue holds.
+public struct InMemoryConsumer: EventConsumer {
+    let queue: String
+    let broker: InMemoryTransport.Broker
+
+    /// Always: the queue is declared and bound when the consumer is made.
+    public var isReady: Bool { true }
+
+    public func run(handler: @escaping DeliveryHandler) async throws {
+        try await withTaskCancellationHandler {
+            while !Task.isCancelled {
+                guard let delivery = await broker.next(queue) else { break }
+                let outcome = await handler(delivery)
+                await broker.settle(queue, delivery, outcome)
+            }
+            try Task.checkCancellation()
+        } onCancel: { [broker, queue] in
+            Task { await broker.wake(queue) }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import EventCatalog
+
+/// Sends events to the broker (or to an in-memory exchange in tests).
+public protocol EventPublisher: Sendable {
+    /// Publishes `envelopes` in order; returns once the transport took responsibility for them.
+    func publish(_ envelopes: [EventEnvelope]) async throws
+}
+
+/// One message handed to a consumer's handler.
+public struct Delivery: Sendable {
+    /// The event, or `nil` when the message is not a well-formed event envelope.
+    public let envelope: EventEnvelope?
+    /// The routing key the message was published with.
+    public let routingKey: String
+    /// The raw body.
+    public let body: [UInt8]
+    /// Whether the broker delivered it before.
+    public let redelivered: Bool
+
+    public init(envelope: EventEnvelope?, routingKey: String, body: [UInt8], redelivered: Bool) {
+        self.envelope = envelope
+        self.routingKey = routingKey
+        self.body = body
+        self.redelivered = redelivered
+    }
+}
+
+/// What a consumer does with a delivery once the handler has run.
+public enum DeliveryOutcome: Sendable, Equatable {
+    /// Done: acknowledge.
+    case ack
+    /// Failed, worth another try: return it to the queue.
+    case retry
+    /// Failed for good (undecodable, unknown, out of attempts): do not deliver again.
+    case reject
+}
+
+/// The handler a consumer calls for each delivery.
+public typealias DeliveryHandler = @Sendable (Delivery) async -> DeliveryOutcome
+
+/// Receives the events bound to a queue and hands each to a handler.
+public protocol EventConsumer: Sendable {
+    /// Whether the consumer's queue exists and is bound (a publish now reaches it).
+    var isReady: Bool { get }
+
+    /// Consumes until the task is cancelled, calling `handler` for each delivery in order.
+    func run(handler: @escaping DeliveryHandler) async throws
+}

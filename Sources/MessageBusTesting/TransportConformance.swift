@@ -1,0 +1,128 @@
+import EventCatalog
+import Foundation
+import MessageBus
+
+/// Makes the publisher and consumers of one transport for the conformance scenarios.
+public protocol TransportFixture: Sendable {
+    /// A short name for messages (`in-memory`, `amqp`).
+    var name: String { get }
+    /// A publisher on the transport's exchange.
+    func makePublisher() async throws -> any EventPublisher
+    /// A consumer of a fresh queue bound to `bindings`, delivering at most `prefetch` ahead.
+    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer
+}
+
+/// A scenario failed; the message says how.
+public struct ConformanceFailure: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The one contract every transport passes (in-memory in unit tests, AMQP in integration
+/// tests): each scenario throws `ConformanceFailure` when the transport breaks it.
+public enum TransportConformance {
+    /// Payload and every property arrive intact; only bound routing keys arrive.
+    public static func publishConsume(_ fixture: some TransportFixture) async throws {
+        let queue = uniqueQueue("roundtrip")
+        let key = WindowAdded.routingKey
+        let consumer = try await fixture.makeConsumer(queue: queue, bindings: [key], prefetch: 10)
+        let inbox = Inbox()
+        let task = Task { try await consumer.run { delivery in await inbox.add(delivery); return .ack } }
+        defer { task.cancel() }
+        try await waitUntil("\(fixture.name) consumer ready") { consumer.isReady }
+
+        let sent = try (1...3).map { i in
+            try EventEnvelope(WindowAdded(window: i), appId: "conformance", correlationId: "op-\(i)",
+                              causationId: "cause-\(i)", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                              timestamp: Date(timeIntervalSince1970: 1_700_000_000 + Double(i)))
+        }
+        let publisher = try await fixture.makePublisher()
+        let unrelated = try EventEnvelope(PricesRecorded(symbol: "X", firstDate: CalendarDate("2024-01-02")!,
+                                                         lastDate: CalendarDate("2024-01-02")!, count: 1))
+        try await publisher.publish([sent[0], unrelated, sent[1], sent[2]])
+        try await waitUntil("\(fixture.name) 3 deliveries") { await inbox.count >= 3 }
+        try await Task.sleep(for: .milliseconds(200))
+        let received = await inbox.items
+        guard received.count == 3 else {
+            throw ConformanceFailure("expected 3 deliveries, got \(received.count): an unbound key arrived?")
+        }
+        for (expected, delivery) in zip(sent, received) {
+            guard let got = delivery.envelope else { throw ConformanceFailure("delivery without envelope") }
+            guard got == expected else { throw ConformanceFailure("sent \(expected)\nreceived \(got)") }
+            guard delivery.routingKey == key, !delivery.redelivered else {
+                throw ConformanceFailure("bad routing key or redelivered flag: \(delivery)")
+            }
+        }
+    }
+
+    /// A delivery settled with `.retry` comes again, marked redelivered; `.ack` ends it.
+    public static func retryRedelivers(_ fixture: some TransportFixture) async throws {
+        let queue = uniqueQueue("retry")
+        let consumer = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 1)
+        let inbox = Inbox()
+        let task = Task {
+            try await consumer.run { delivery in
+                await inbox.add(delivery)
+                return delivery.redelivered ? .ack : .retry
+            }
+        }
+        defer { task.cancel() }
+        try await waitUntil("\(fixture.name) consumer ready") { consumer.isReady }
+        let envelope = try EventEnvelope(WindowAdded(window: 7))
+        try await fixture.makePublisher().publish([envelope])
+        try await waitUntil("\(fixture.name) redelivery") { await inbox.count >= 2 }
+        let items = await inbox.items
+        guard items[0].envelope?.eventId == envelope.eventId, items[1].envelope?.eventId == envelope.eventId,
+              !items[0].redelivered, items[1].redelivered
+        else { throw ConformanceFailure("expected the same event again, redelivered: \(items)") }
+        try await Task.sleep(for: .milliseconds(200))
+        guard await inbox.count == 2 else { throw ConformanceFailure("acked delivery came again") }
+    }
+
+    /// With prefetch 1, one queue delivers in publish order.
+    public static func orderWithPrefetchOne(_ fixture: some TransportFixture, count: Int = 50) async throws {
+        let queue = uniqueQueue("order")
+        let consumer = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 1)
+        let inbox = Inbox()
+        let task = Task { try await consumer.run { delivery in await inbox.add(delivery); return .ack } }
+        defer { task.cancel() }
+        try await waitUntil("\(fixture.name) consumer ready") { consumer.isReady }
+        let publisher = try await fixture.makePublisher()
+        let sent = try (0..<count).map { try EventEnvelope(WindowAdded(window: $0)) }
+        for chunk in stride(from: 0, to: count, by: 7) {
+            try await publisher.publish(Array(sent[chunk..<min(count, chunk + 7)]))
+        }
+        try await waitUntil("\(fixture.name) \(count) deliveries") { await inbox.count >= count }
+        let ids = await inbox.items.compactMap { $0.envelope?.eventId }
+        guard ids == sent.map(\.eventId) else { throw ConformanceFailure("deliveries out of order") }
+    }
+
+    /// Runs every scenario.
+    public static func all(_ fixture: some TransportFixture) async throws {
+        try await publishConsume(fixture)
+        try await retryRedelivers(fixture)
+        try await orderWithPrefetchOne(fixture)
+    }
+
+    static func uniqueQueue(_ name: String) -> String {
+        "conformance.\(name).\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    /// Polls `condition` until it holds, failing after `seconds`.
+    public static func waitUntil(_ what: String, seconds: Double = 10,
+                                 _ condition: @Sendable () async -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ConformanceFailure("timed out waiting for \(what)")
+    }
+}
+
+/// Deliveries in arrival order.
+actor Inbox {
+    var items: [Delivery] = []
+    var count: Int { items.count }
+    func add(_ delivery: Delivery) { items.append(delivery) }
+}

@@ -1,0 +1,39 @@
+import GRDB
+import HTTPServer
+import Logging
+import MessageBus
+import ServiceRuntime
+
+/// The returns service: prices in, daily returns out.
+///
+/// - api: `POST /prices` (command `RecordPrices` → `returns.events.prices_recorded`),
+///   `GET /symbols`, `GET /prices/{symbol}`, `GET /returns/{symbol}`.
+/// - worker: consumes `returns.events.prices_recorded`, computes the daily returns and
+///   raises `returns.events.returns_calculated`.
+public struct ReturnsService: ServiceModule {
+    public static let name = "returns"
+
+    let store: ReturnsStore
+    let handlers: ReturnsHandlers
+
+    public init(database: ServiceDatabase, logger: Logger) {
+        store = ReturnsStore(database: database)
+        handlers = ReturnsHandlers(store: store, logger: logger)
+    }
+
+    public static func migrate(_ migrator: inout DatabaseMigrator) {
+        ReturnsStore.migrate(&migrator)
+    }
+
+    public func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {
+        try handlers.registerCommands(&registry)
+    }
+
+    public func addRoutes(to router: inout Router, bus: MessageBus) {
+        ReturnsRoutes(store: store, bus: bus).add(to: &router)
+    }
+
+    public func registerEventHandlers(_ registry: inout HandlerRegistry) throws {
+        handlers.registerEvents(&registry)
+    }
+}

@@ -1,0 +1,109 @@
+import AMQPTransport
+import Foundation
+import HTTPServer
+import Logging
+import MessageBus
+import ServiceLifecycle
+
+/// Runs `<service>-api`: REST over libmicrohttpd, command handlers on the bus, events
+/// through the outbox and its relay to RabbitMQ.
+public enum APIRuntime {
+    /// Runs until SIGTERM or SIGINT; returns the process exit code.
+    public static func run<M: ServiceModule>(_ module: M.Type) async -> Int32 {
+        await RuntimeShared.run(module, process: "\(M.name)-api") { parts in
+            var registry = HandlerRegistry()
+            try parts.module.registerCommandHandlers(&registry)
+            let bus = MessageBus(appId: M.name, registry: registry,
+                                 publisher: OutboxPublisher(database: parts.database), logger: parts.logger)
+            var router = Router(logger: parts.logger)
+            parts.module.addRoutes(to: &router, bus: bus)
+            return (router, [])
+        }
+    }
+}
+
+/// Runs `<service>-worker`: consumes the routing keys of its event handlers and dispatches
+/// each event through the same bus; serves only health (and later metrics) over HTTP.
+public enum WorkerRuntime {
+    /// Runs until SIGTERM or SIGINT; returns the process exit code.
+    public static func run<M: ServiceModule>(_ module: M.Type) async -> Int32 {
+        await RuntimeShared.run(module, process: "\(M.name)-worker") { parts in
+            var registry = HandlerRegistry()
+            try parts.module.registerEventHandlers(&registry)
+            let bus = MessageBus(appId: M.name, registry: registry,
+                                 publisher: OutboxPublisher(database: parts.database), logger: parts.logger)
+            let consumer = AMQPConsumer(
+                settings: parts.config.amqp,
+                queue: .init(service: M.name, mode: parts.config.queueMode,
+                             prefetch: UInt16(parts.config.prefetch)),
+                bindings: bus.routingKeys, logger: parts.logger)
+            let service = ConsumerService(consumer: consumer, bus: bus, logger: parts.logger)
+            let check = ReadinessCheck("consumer") { consumer.isConnected }
+            return (Router(logger: parts.logger), [(service, check)])
+        }
+    }
+}
+
+/// What both runtimes build before their own parts.
+struct RuntimeParts<M: ServiceModule> {
+    let config: ServiceConfig
+    let logger: Logger
+    let database: ServiceDatabase
+    let module: M
+}
+
+enum RuntimeShared {
+    typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws -> (Router, [(any Service, ReadinessCheck)])
+
+    static func run<M: ServiceModule>(_ type: M.Type, process: String, build: Build<M>) async -> Int32 {
+        let config: ServiceConfig
+        do {
+            config = try ServiceConfig(service: M.name, process: process)
+        } catch {
+            FileHandle.standardError.write(Data("\(process): configuration error: \(error)\n".utf8))
+            return 2
+        }
+        LoggingSetup.bootstrap(process: process, level: config.logLevel, format: config.logFormat)
+        var logger = Logger(label: "stega.\(process)")
+        logger.logLevel = config.logLevel
+        do {
+            let database = try ServiceDatabase(path: config.databasePath, migrations: M.migrate)
+            let parts = RuntimeParts(config: config, logger: logger, database: database,
+                                     module: M(database: database, logger: logger))
+            var (router, extra) = try build(parts)
+
+            let durable = config.queueMode == .durable
+            let publisher = AMQPPublisher(settings: config.amqp, confirms: durable, persistent: durable,
+                                          logger: logger)
+            let relay = OutboxRelay(database: database, publisher: publisher, logger: logger)
+            var checks = [
+                ReadinessCheck("broker") { publisher.isConnected },
+                ReadinessCheck("store") { await database.isReadable() },
+            ]
+            checks.append(contentsOf: extra.map(\.1))
+            HealthRoutes.add(to: &router, process: process, checks: checks)
+            let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
+                                    threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
+            // Shutdown runs in reverse: consumer first, then HTTP, then the relay flushes.
+            let services: [any Service] = [relay, HTTPService(daemon: daemon)] + extra.map(\.0)
+            logger.info("starting", metadata: [
+                "amqp.url": "\(config.amqp.url)", "amqp.exchange": "\(config.amqp.exchange)",
+                "amqp.exchange_type": "\(config.amqp.exchangeType)", "amqp.queue_mode": "\(config.queueMode.rawValue)",
+                "store.path": "\(config.databasePath)",
+            ])
+            let group = ServiceGroup(configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            extra.removeAll()
+            try await group.run()
+            publisher.shutdown()
+            publisher.waitUntilFinished(timeout: 5)
+            logger.info("stopped")
+            return 0
+        } catch {
+            logger.critical("failed", metadata: ["error": "\(error)"])
+            return 1
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import AMQPTransport
+import Foundation
+import Logging
+
+/// Every setting of an api or worker process (DESIGN.md "Configuration").
+public struct ServiceConfig: Sendable {
+    /// `returns`, `correlations`, …
+    public var service: String
+    /// `returns-api`, `returns-worker`, …
+    public var process: String
+    public var amqp: AMQPSettings
+    public var queueMode: QueueMode
+    public var prefetch: Int
+    public var retryAttempts: Int
+    public var httpHost: String
+    public var httpPort: Int
+    public var httpThreads: Int
+    public var maxBodyBytes: Int
+    public var dataDirectory: String
+    public var logLevel: Logger.Level
+    public var logFormat: LogFormat
+
+    /// The default HTTP port of each process.
+    public static let defaultPorts: [String: Int] = [
+        "boundary": 8080, "returns-api": 8081, "correlations-api": 8082,
+        "returns-worker": 9081, "correlations-worker": 9082,
+    ]
+
+    /// Reads the configuration of `process` (of `service`) from `environment`.
+    public init(service: String, process: String, environment: Environment = Environment()) throws {
+        self.service = service
+        self.process = process
+        let url = try AMQPURL(parsing: environment.string("STEGA_AMQP_URL",
+                                                          default: "amqp://guest:guest@127.0.0.1:5672"))
+        amqp = AMQPSettings(
+            url: url,
+            exchange: try environment.string("STEGA_EXCHANGE", default: "events"),
+            exchangeType: try environment.choice("STEGA_EXCHANGE_TYPE", default: "direct", ["direct", "topic"]),
+            heartbeatSeconds: try environment.int("STEGA_AMQP_HEARTBEAT", default: 30, range: 0...3600),
+            caCertificatePath: try environment.string("STEGA_AMQP_CACERT"),
+            verifyPeer: try environment.choice("STEGA_AMQP_VERIFY", default: "true", ["true", "false"]) == "true")
+        queueMode = QueueMode(rawValue: try environment.choice(
+            "STEGA_QUEUE_MODE", default: "durable", QueueMode.allCases.map(\.rawValue)))!
+        prefetch = try environment.int("STEGA_PREFETCH", default: 50, range: 1...65535)
+        retryAttempts = try environment.int("STEGA_RETRY_ATTEMPTS", default: 5, range: 1...100)
+        httpHost = try environment.string("STEGA_HTTP_HOST", default: "127.0.0.1")
+        httpPort = try environment.int("STEGA_HTTP_PORT", default: Self.defaultPorts[process] ?? 8080,
+                                       range: 0...65535)
+        httpThreads = try environment.int("STEGA_HTTP_THREADS",
+                                          default: max(2, ProcessInfo.processInfo.activeProcessorCount),
+                                          range: 1...256)
+        maxBodyBytes = try environment.int("STEGA_MAX_BODY_BYTES", default: 8 * 1024 * 1024,
+                                           range: 1024...(1 << 30))
+        dataDirectory = try environment.string("STEGA_DATA_DIR", default: "./data")
+        let level = try environment.choice("STEGA_LOG_LEVEL", default: "info",
+                                           Logger.Level.allCases.map(\.rawValue))
+        logLevel = Logger.Level(rawValue: level)!
+        logFormat = LogFormat(rawValue: try environment.choice("STEGA_LOG_FORMAT", default: "text",
+                                                               LogFormat.allCases.map(\.rawValue)))!
+    }
+
+    /// The SQLite file of the service, shared by its api and worker.
+    public var databasePath: String {
+        URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path
+    }
+}

@@ -1,0 +1,21 @@
+import GRDB
+import HTTPServer
+import Logging
+import MessageBus
+
+/// What a service (returns, correlations, …) gives the runtimes: its tables, its command
+/// handlers and routes for the api, and its event handlers for the worker.
+public protocol ServiceModule: Sendable {
+    /// `returns`: the `app_id` of its events, the prefix of its routing keys and queue.
+    static var name: String { get }
+    /// Registers the service's migrations (idempotent: api and worker both run them).
+    static func migrate(_ migrator: inout DatabaseMigrator)
+
+    init(database: ServiceDatabase, logger: Logger)
+    /// The api's command handlers.
+    func registerCommandHandlers(_ registry: inout HandlerRegistry) throws
+    /// The api's routes; writes go through `bus`.
+    func addRoutes(to router: inout Router, bus: MessageBus)
+    /// The worker's event handlers; their routing keys are what the worker binds.
+    func registerEventHandlers(_ registry: inout HandlerRegistry) throws
+}

@@ -1,0 +1,81 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import HTTPServer
+import Testing
+
+/// A few tests through the real libmicrohttpd daemon on a loopback port.
+@Suite("HTTP daemon over a real socket", .serialized)
+struct DaemonTests {
+    func withDaemon(maxBody: Int = 1024, _ body: (Int) async throws -> Void) async throws {
+        var router = makeRouter()
+        router.get("/slow") { _ in
+            try await Task.sleep(for: .seconds(2))
+            return try .json(["slow": "done"])
+        }
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1, maxBodySize: maxBody)
+        let port = try daemon.start()
+        #expect(port > 0)
+        defer { daemon.stop(drainFor: 1) }
+        try await body(port)
+    }
+
+    func send(_ port: Int, _ method: String, _ path: String, body: Data? = nil,
+              contentType: String? = nil) async throws -> (Int, [String: Any]?, HTTPURLResponse) {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+        request.httpMethod = method
+        request.httpBody = body
+        if let contentType { request.setValue(contentType, forHTTPHeaderField: "Content-Type") }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let http = response as! HTTPURLResponse
+        return (http.statusCode, try? JSONSerialization.jsonObject(with: data) as? [String: Any], http)
+    }
+
+    @Test("GET with a path parameter and POST with a JSON body")
+    func getAndPost() async throws {
+        try await withDaemon { port in
+            let (status, body, _) = try await send(port, "GET", "/items/42")
+            #expect(status == 200)
+            #expect(body?["id"] as? String == "42")
+            let (posted, _, _) = try await send(port, "POST", "/items", body: Data("{\"a\":1}".utf8),
+                                                contentType: "application/json")
+            #expect(posted == 202)
+        }
+    }
+
+    @Test("a body over the limit is 413 with a JSON error")
+    func tooLarge() async throws {
+        try await withDaemon(maxBody: 1024) { port in
+            let big = Data(repeating: UInt8(ascii: "a"), count: 4096)
+            let (status, body, _) = try await send(port, "POST", "/items", body: big, contentType: "application/json")
+            #expect(status == 413)
+            #expect((body?["error"] as? [String: Any])?["code"] as? String == "payload_too_large")
+        }
+    }
+
+    @Test("a slow handler does not hold up other requests on the same MHD thread")
+    func slowHandlerDoesNotBlock() async throws {
+        try await withDaemon { port in
+            async let slow = send(port, "GET", "/slow")
+            try await Task.sleep(for: .milliseconds(50))
+            let start = ContinuousClock.now
+            let (status, _, _) = try await send(port, "GET", "/items/1")
+            let fast = ContinuousClock.now - start
+            #expect(status == 200)
+            #expect(fast < .seconds(1), "a quick request waited for the slow one: \(fast)")
+            #expect(try await slow.0 == 200)
+        }
+    }
+
+    @Test("bad JSON is 400 and an unknown route 404, over the wire")
+    func errors() async throws {
+        try await withDaemon { port in
+            let (missing, body, _) = try await send(port, "GET", "/nope")
+            #expect(missing == 404)
+            #expect((body?["error"] as? [String: Any])?["code"] as? String == "not_found")
+            let (unsupported, _, _) = try await send(port, "POST", "/items", body: Data("{}".utf8), contentType: "text/plain")
+            #expect(unsupported == 415)
+        }
+    }
+}
