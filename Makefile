@@ -1,0 +1,35 @@
+# stega events — the two commands that matter on a bare Debian machine:
+#   make run    install what is missing, start a local broker, build (release) and start
+#               every api and worker in the background
+#   make test   install what is missing, start a throw-away broker, run every test
+export PATH := $(PATH):/opt/swift/usr/bin
+SWIFT ?= swift
+
+.PHONY: deps build release test run stop status logs clean
+
+deps:            ## apt packages and Python test clients, when missing
+	@scripts/deps.sh
+
+build: deps      ## debug build, tests included
+	$(SWIFT) build --build-tests
+
+release: deps    ## release build of the executables
+	$(SWIFT) build -c release
+
+test: build      ## throw-away RabbitMQ + swift test + end-to-end tests
+	@scripts/test.sh
+
+run: release     ## local broker (unless STEGA_AMQP_URL is set) + every service in the background
+	@scripts/run.sh start
+
+stop:            ## stop what make run started
+	@scripts/run.sh stop
+
+status:          ## what make run started, and whether it is ready
+	@scripts/run.sh status
+
+logs:            ## tail the worker logs
+	@tail -n 50 -F run/logs/*-worker.log
+
+clean:
+	rm -rf .build run

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what is missing on a bare Debian machine: the C libraries the Swift targets
+# link, the broker the tests and `make run` start, and the Python test clients.
+set -euo pipefail
+
+apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server pkg-config curl)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q
+  # The package's own service is not wanted: make run and make test start their own node.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" != "--no-python" ]; then
+  if ! python3 -c "import pytest, pika, requests, numpy" 2>/dev/null; then
+    echo "deps: installing Python test clients"
+    python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
+  fi
+fi
+command -v swift >/dev/null || [ -x /opt/swift/usr/bin/swift ] || { echo "deps: Swift 6 is needed (expected in /opt/swift)" >&2; exit 1; }

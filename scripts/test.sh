@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make test: a throw-away RabbitMQ of our own, the Swift tests (unit, HTTP, integration)
+# and the end-to-end tests with real clients against the real binaries; the broker is
+# stopped afterwards, pass or fail.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+broker_dir=$(mktemp -d /tmp/stega-test-broker.XXXXXX)
+port=$(python3 scripts/free-port.py --pair)
+cleanup() {
+  scripts/broker.sh stop "$broker_dir" || true
+  rm -rf "$broker_dir"
+}
+trap cleanup EXIT INT TERM
+
+scripts/broker.sh start "$broker_dir" "$port" || exit 1
+export STEGA_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
+export STEGA_TEST_BROKER_DIR="$broker_dir"
+export STEGA_BIN_DIR="$(swift build --show-bin-path)"
+
+status=0
+echo "== swift test (unit, HTTP, integration against $STEGA_TEST_AMQP_URL)"
+swift test --skip-build --disable-xctest || status=1
+
+echo "== end-to-end tests (pytest, real binaries and clients)"
+python3 -m pytest tests/e2e -q -p no:cacheprovider || status=1
+exit $status

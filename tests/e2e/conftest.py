@@ -1,0 +1,192 @@
+"""Fixtures of the end-to-end tests: the real binaries, started as processes against the
+throw-away broker that `make test` runs (STEGA_TEST_AMQP_URL), on free loopback ports."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import pika
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("STEGA_BIN_DIR", ROOT / ".build/debug"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, predicate, timeout=15.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def amqp_url():
+    url = os.environ.get("STEGA_TEST_AMQP_URL")
+    if not url:
+        pytest.skip("STEGA_TEST_AMQP_URL is not set: run through `make test`, which starts a broker")
+    return url
+
+
+def rabbitmqctl(*args):
+    """rabbitmqctl against the test broker (scripts/broker.sh ctl)."""
+    out = subprocess.run([str(ROOT / "scripts/broker.sh"), "ctl", os.environ["STEGA_TEST_BROKER_DIR"], "-q", *args],
+                         check=True, capture_output=True, text=True, timeout=60)
+    return out.stdout
+
+
+class Process:
+    """One of the project's binaries, running with its log in a file."""
+
+    def __init__(self, name, env, log_dir):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(BIN / name)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = int(env["STEGA_HTTP_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def ready(self, timeout=20):
+        def ok():
+            assert self.proc.poll() is None, f"{self.name} exited: {self.log_text()}"
+            try:
+                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+        wait_until(f"{self.name} /readyz", ok, timeout)
+        return self
+
+    def terminate(self, timeout=10):
+        """SIGTERM; returns the exit code (None if it did not exit in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_text(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+
+class Stack:
+    """returns-api and returns-worker sharing a data directory and an exchange."""
+
+    def __init__(self, amqp_url, tmp_path, mode="durable", exchange=None, extra_env=None):
+        self.exchange = exchange or f"events-{uuid.uuid4().hex[:8]}"
+        self.amqp_url = amqp_url
+        self.tmp_path = tmp_path
+        self.env = dict(os.environ)
+        self.env.update({
+            "STEGA_AMQP_URL": amqp_url,
+            "STEGA_EXCHANGE": self.exchange,
+            "STEGA_QUEUE_MODE": mode,
+            "STEGA_DATA_DIR": str(tmp_path / "data"),
+            "STEGA_LOG_LEVEL": "info",
+        })
+        self.env.update(extra_env or {})
+        self.processes = {}
+
+    def start(self, name):
+        env = dict(self.env, STEGA_HTTP_PORT=str(free_port()))
+        process = Process(name, env, self.tmp_path)
+        self.processes[name] = process
+        return process.ready()
+
+    @property
+    def api(self):
+        return self.processes["returns-api"]
+
+    @property
+    def worker(self):
+        return self.processes["returns-worker"]
+
+    def stop(self):
+        codes = {name: p.terminate() for name, p in self.processes.items()}
+        for p in self.processes.values():
+            p.kill()
+        return codes
+
+
+@pytest.fixture
+def stack_factory(amqp_url, tmp_path):
+    stacks = []
+
+    def make(**kwargs):
+        stack = Stack(amqp_url, tmp_path, **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+class SeedConsumer:
+    """A consumer written like the seed note's pika snippet: an exclusive, server-named
+    queue bound to the given routing keys, consumed with auto-ack. The exchange is durable
+    (DESIGN.md's wire details), so it is declared with durable=True."""
+
+    def __init__(self, amqp_url, exchange, routing_keys, exchange_type="direct"):
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.channel = self.conn.channel()
+        self.channel.exchange_declare(exchange=exchange, exchange_type=exchange_type, durable=True)
+        result = self.channel.queue_declare(queue="", exclusive=True)
+        self.queue = result.method.queue
+        for key in routing_keys:
+            self.channel.queue_bind(exchange=exchange, queue=self.queue, routing_key=key)
+        self.messages = []
+
+        def callback(ch, method, properties, body):
+            self.messages.append((method, properties, json.loads(body)))
+
+        self.channel.basic_consume(queue=self.queue, on_message_callback=callback, auto_ack=True)
+
+    def wait_for(self, predicate, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.messages if predicate(m)]
+            if found:
+                return found[0]
+            self.conn.process_data_events(time_limit=0.1)
+        raise AssertionError(f"no matching message in {timeout}s; got {[(m[0].routing_key, m[2]) for m in self.messages]}")
+
+    def close(self):
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def seed_consumer(amqp_url):
+    consumers = []
+
+    def make(exchange, routing_keys, **kwargs):
+        consumer = SeedConsumer(amqp_url, exchange, routing_keys, **kwargs)
+        consumers.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in consumers:
+        consumer.close()
