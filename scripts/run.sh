@@ -19,7 +19,9 @@ start() {
       STEGA_AMQP_URL=$(cat "$RUN/amqp_url")
     else
       port=5672
-      python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', $port))" 2>/dev/null \
+      # 5672 when it and its Erlang distribution port (+20000) are free, another pair otherwise.
+      python3 -c "import socket
+for p in ($port, $port + 20000): socket.socket().bind(('127.0.0.1', p))" 2>/dev/null \
         || port=$(python3 scripts/free-port.py --pair)
       scripts/broker.sh start "$RUN/broker" "$port"
       STEGA_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
