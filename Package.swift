@@ -77,6 +77,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
+        .testTarget(name: "ServiceRuntimeTests", dependencies: ["ServiceRuntime", "AMQPTransport"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["AMQPTransport", "MessageBus", "MessageBusTesting", "EventCatalog", "ServiceRuntime"]

@@ -40,27 +40,31 @@ public struct LineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        let level = event.level
-        let message = event.message
         var all = metadata
         if let explicit = event.metadata { all.merge(explicit) { $1 } }
         if let error = event.error { all["error"] = "\(error)" }
+        let line = Self.render(process: process, label: label, format: format, level: event.level,
+                               message: event.message, metadata: all)
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    /// One log line, newline included.
+    public static func render(process: String, label: String, format: LogFormat, level: Logger.Level,
+                              message: Logger.Message, metadata: Logger.Metadata) -> String {
         let timestamp = Self.timestamp()
-        let text: String
         switch format {
         case .text:
-            let pairs = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            text = "\(timestamp) \(level) \(process): \(message)\(pairs.isEmpty ? "" : " " + pairs)\n"
+            let pairs = metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            return "\(timestamp) \(level) \(process): \(message)\(pairs.isEmpty ? "" : " " + pairs)\n"
         case .json:
             var object: [String: Any] = [
                 "ts": timestamp, "level": level.rawValue, "service": process, "logger": label,
                 "message": message.description,
             ]
-            for (key, value) in all { object[key] = Self.plain(value) }
+            for (key, value) in metadata { object[key] = Self.plain(value) }
             let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-            text = String(decoding: data, as: UTF8.self) + "\n"
+            return String(decoding: data, as: UTF8.self) + "\n"
         }
-        FileHandle.standardError.write(Data(text.utf8))
     }
 
     static func plain(_ value: Logger.MetadataValue) -> Any {

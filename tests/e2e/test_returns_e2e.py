@@ -145,3 +145,26 @@ def test_topic_exchange_with_a_wildcard_binding(stack_factory, seed_consumer):
     op = post_prices(api, "MSFT", [("2024-01-02", 370.0), ("2024-01-03", 371.5)]).json()["operation_id"]
     watcher.wait_for(lambda m: m[0].routing_key == "returns.events.returns_calculated" and m[1].correlation_id == op)
     wait_for_returns(api, "MSFT", 1)
+
+
+def test_json_logs_carry_the_event_ids_and_sigint_exits_0(stack_factory):
+    stack = stack_factory(extra_env={"STEGA_LOG_FORMAT": "json"})
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    op = post_prices(api, "IBM", [("2024-01-02", 160.0), ("2024-01-03", 161.0)]).json()["operation_id"]
+    wait_for_returns(api, "IBM", 1)
+
+    def handled_line():
+        for line in stack.worker.log_text().splitlines():
+            entry = json.loads(line)  # every line is one JSON object
+            if entry.get("message") == "event handled" and entry.get("bus.correlation_id") == op:
+                return entry
+        return None
+    entry = wait_until("JSON 'event handled' line", handled_line)
+    assert entry["service"] == "returns-worker"
+    assert entry["amqp.routing_key"] == "returns.events.prices_recorded"
+    assert uuid.UUID(entry["bus.event_id"])
+    for name in ("returns-api", "returns-worker"):
+        process = stack.processes[name]
+        process.proc.send_signal(__import__("signal").SIGINT)
+        assert process.proc.wait(10) == 0, process.log_text()
