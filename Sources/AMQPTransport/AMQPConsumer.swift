@@ -7,44 +7,66 @@ import Synchronization
 /// Consumes a service's events on one long-lived connection, owned by a dedicated thread.
 ///
 /// Durable mode: queue `<service>.events` (durable), `basic.qos` prefetch, manual ack after
-/// the handler returns (`.retry` nacks with requeue, `.reject` nacks without). Transient
-/// mode: the seed's server-named, exclusive, auto-delete queue with auto-ack.
-/// The topology (exchange, queue, bindings, qos) is declared on every (re)connect, and the
-/// thread reconnects with exponential back-off and jitter.
+/// the handler returns. A `.retry` is published to the delay queue of its attempt
+/// (`<service>.events.retry.<ms>`, whose TTL dead-letters it back to the work queue) and a
+/// message out of attempts, or a `.deadLetter`, to `<service>.events.dead`; the original is
+/// acked only once the broker confirmed that publish. Transient mode: the seed's
+/// server-named, exclusive, auto-delete queue with auto-ack (a failure is logged; the
+/// message is gone). The topology is declared on every (re)connect, and the thread
+/// reconnects with exponential back-off and jitter.
 ///
 /// ```swift
 /// let consumer = AMQPConsumer(settings: settings, queue: .init(service: "returns", mode: .durable),
 ///                             bindings: ["returns.events.prices_recorded"])
-/// try await consumer.run { delivery in await bus.handle(delivery) }
+/// try await consumer.run { delivery in await service.handle(delivery) }
 /// ```
 public final class AMQPConsumer: EventConsumer, Sendable {
-    /// Which queue to consume.
+    /// Which queue to consume, and the retry policy.
     public struct QueueSpec: Sendable, Equatable {
         public var service: String
         public var mode: QueueMode
         /// Unacked deliveries the broker may push ahead (durable mode).
         public var prefetch: UInt16
+        /// Handler attempts before a message is dead-lettered.
+        public var retryAttempts: Int
+        /// Delay before the second attempt; doubled for each later one.
+        public var retryBaseDelayMs: Int
+        /// Longest delay between attempts.
+        public var retryMaxDelayMs: Int
 
-        public init(service: String, mode: QueueMode, prefetch: UInt16 = 50) {
+        public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, retryAttempts: Int = 5,
+                    retryBaseDelayMs: Int = 1000, retryMaxDelayMs: Int = 60_000) {
             self.service = service
             self.mode = mode
             self.prefetch = prefetch
+            self.retryAttempts = max(1, retryAttempts)
+            self.retryBaseDelayMs = max(1, retryBaseDelayMs)
+            self.retryMaxDelayMs = max(self.retryBaseDelayMs, retryMaxDelayMs)
         }
 
         /// `<service>.events` in durable mode; empty (server-named) in transient mode.
         public var declaredName: String { mode == .durable ? "\(service).events" : "" }
-    }
+        /// `<service>.events.dead`.
+        public var deadLetterQueue: String { "\(service).events.dead" }
 
-    private struct Settlement {
-        let generation: Int
-        let tag: UInt64
-        let outcome: DeliveryOutcome
+        /// The delay before attempt `attempt + 1`, in milliseconds.
+        public func delayMs(after attempt: Int) -> Int {
+            let exponent = min(max(0, attempt - 1), 20)
+            return min(retryMaxDelayMs, retryBaseDelayMs << exponent)
+        }
+
+        /// The delay queue holding messages before attempt `attempt + 1`.
+        public func retryQueue(after attempt: Int) -> String { "\(service).events.retry.\(delayMs(after: attempt))ms" }
     }
 
     private struct Incoming: Sendable {
-        let delivery: Delivery
+        let delivery: ReceivedDelivery
         let generation: Int
-        let tag: UInt64
+    }
+
+    private struct Settlement {
+        let incoming: Incoming
+        let outcome: DeliveryOutcome
     }
 
     private struct State {
@@ -52,6 +74,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         var stopped = false
         var draining = false
         var queueName: String?
+        var localPort: Int?
     }
 
     private let settings: AMQPSettings
@@ -63,6 +86,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     private let connectedFlag = Atomic<Bool>(false)
     private let inFlight = Atomic<Int>(0)
     private let reconnects = Atomic<Int>(0)
+    private let counters = Counters()
 
     public init(settings: AMQPSettings, queue: QueueSpec, bindings: [String],
                 logger: Logger = Logger(label: "stega.amqp.consumer")) {
@@ -84,6 +108,13 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     /// How many times the connection was opened again after a loss.
     public var reconnectCount: Int { reconnects.load(ordering: .relaxed) }
 
+    /// Deliveries sent to a delay queue for another attempt, and to the dead-letter queue.
+    public var retriedCount: Int { counters.retried.load(ordering: .relaxed) }
+    public var deadLetteredCount: Int { counters.deadLettered.load(ordering: .relaxed) }
+
+    /// The local TCP port of the current connection (to find it on the broker in tests).
+    var localPort: Int? { state.withLock { $0.localPort } }
+
     public func run(handler: @escaping DeliveryHandler) async throws {
         let (stream, continuation) = AsyncStream<Incoming>.makeStream()
         let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
@@ -103,8 +134,12 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
         await withTaskCancellationHandler {
             for await incoming in stream {
-                let outcome = await handler(incoming.delivery)
-                settle(incoming, outcome)
+                let message = incoming.delivery.message
+                let delivery = Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey,
+                                        body: message.body, redelivered: incoming.delivery.redelivered,
+                                        attempt: message.attempt)
+                let outcome = await handler(delivery)
+                settle(Settlement(incoming: incoming, outcome: outcome))
                 if Task.isCancelled { break }
             }
         } onCancel: {
@@ -112,7 +147,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             self.state.withLock { $0.draining = true }
             self.wakeup.signal()
         }
-        stop()
+        state.withLock { $0.stopped = true }
+        wakeup.signal()
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let resumeNow = done.withLock { slot -> Bool in
                 if finished.load(ordering: .acquiring) { return true }
@@ -123,18 +159,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
     }
 
-    private func stop() {
-        state.withLock { $0.stopped = true }
-        wakeup.signal()
-    }
-
-    private func settle(_ incoming: Incoming, _ outcome: DeliveryOutcome) {
-        if spec.mode == .durable {
-            state.withLock {
-                $0.settlements.append(Settlement(generation: incoming.generation, tag: incoming.tag,
-                                                 outcome: outcome))
-            }
-        }
+    private func settle(_ settlement: Settlement) {
+        state.withLock { $0.settlements.append(settlement) }
         inFlight.subtract(1, ordering: .relaxed)
         wakeup.signal()
     }
@@ -143,34 +169,51 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
     private var maxInFlight: Int { spec.mode == .durable ? max(1, Int(spec.prefetch)) : 1000 }
 
+    /// The thread's view of one open connection.
+    private final class Session {
+        let connection: RabbitMQConnection
+        let generation: Int
+        var nextPublishTag: UInt64 = 1
+        /// Publish tag → delivery tag acked once the broker confirms that publish.
+        var awaitingConfirm: [UInt64: UInt64] = [:]
+
+        init(connection: RabbitMQConnection, generation: Int) {
+            self.connection = connection
+            self.generation = generation
+        }
+    }
+
     private func loop(_ output: AsyncStream<Incoming>.Continuation) {
-        var connection: RabbitMQConnection?
+        var session: Session?
         var generation = 0
-        var backoff = Backoff()
+        var backoff = Backoff(base: 0.25, cap: 5)
+        var stopDeadline: Date?
         while true {
             let (settlements, stopped, draining) = state.withLock { state in
                 defer { state.settlements.removeAll() }
                 return (state.settlements, state.stopped, state.draining)
             }
-            if let open = connection {
+            if let open = session {
                 do {
-                    for s in settlements where s.generation == generation {
-                        switch s.outcome {
-                        case .ack: try open.ack(s.tag)
-                        case .retry: try open.nack(s.tag, requeue: true)
-                        case .reject: try open.nack(s.tag, requeue: false)
-                        }
+                    for s in settlements where s.incoming.generation == open.generation {
+                        try apply(s, on: open)
                     }
                 } catch {
-                    lost(&connection, error)
+                    lost(&session, error)
                     continue
                 }
             }
-            if stopped { break }
-            guard let open = connection else {
+            if stopped {
+                // Wait a little for the confirms that hold back acks, then close.
+                guard let open = session, !open.awaitingConfirm.isEmpty else { break }
+                if stopDeadline == nil { stopDeadline = Date().addingTimeInterval(2) }
+                if Date() > stopDeadline! { break }
+            }
+            guard let open = session else {
+                if stopped { break }
                 do {
-                    connection = try connect()
                     generation += 1
+                    session = Session(connection: try connect(), generation: generation)
                     inFlight.store(0, ordering: .relaxed)
                     if backoff.attempt > 0 { reconnects.add(1, ordering: .relaxed) }
                     backoff.reset()
@@ -182,74 +225,158 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                 }
                 continue
             }
-            if draining || inFlight.load(ordering: .relaxed) >= maxInFlight {
-                wakeup.wait(socket: nil, timeout: 1)
-                continue
+            let paused = stopped || draining || inFlight.load(ordering: .relaxed) >= maxInFlight
+            if !open.connection.hasBufferedInput {
+                // Paused: still watch the socket when confirms are due, so acks go out.
+                let watch = !paused || !open.awaitingConfirm.isEmpty
+                wakeup.wait(socket: watch ? open.connection.socketFD : nil, timeout: stopped ? 0.05 : 1)
             }
-            let readable = open.hasBufferedInput || wakeup.wait(socket: open.socketFD, timeout: 1)
             do {
-                // On a time-out this still lets rabbitmq-c send and check heartbeats.
-                guard let message = try open.nextDelivery(timeout: 0) else { continue }
-                _ = readable
-                inFlight.add(1, ordering: .relaxed)
-                output.yield(Incoming(delivery: Self.delivery(from: message), generation: generation,
-                                      tag: message.deliveryTag))
+                // Reads also let rabbitmq-c send and check heartbeats, even on a time-out.
+                switch try open.connection.read(timeout: 0) {
+                case .delivery(let delivery):
+                    if paused && spec.mode == .durable {
+                        // Not ours to handle now: give it back at once.
+                        try open.connection.nack(delivery.deliveryTag, requeue: true)
+                        continue
+                    }
+                    inFlight.add(1, ordering: .relaxed)
+                    output.yield(Incoming(delivery: delivery, generation: open.generation))
+                case .frame(let frame):
+                    try handle(frame, on: open)
+                case .nothing:
+                    break
+                }
             } catch {
-                lost(&connection, error)
+                lost(&session, error)
             }
         }
-        connection?.close()
+        session?.connection.close()
         connectedFlag.store(false, ordering: .relaxed)
     }
 
-    private func lost(_ connection: inout RabbitMQConnection?, _ error: any Error) {
+    private func apply(_ s: Settlement, on open: Session) throws {
+        let delivery = s.incoming.delivery
+        guard spec.mode == .durable else {
+            switch s.outcome {
+            case .ack: break
+            case .retry(let reason), .deadLetter(let reason):
+                logger.error("transient mode: a failed event is dropped (no retry, no dead letter)",
+                             metadata: ["amqp.routing_key": "\(delivery.message.originalRoutingKey)", "error": "\(reason)"])
+            }
+            return
+        }
+        switch s.outcome {
+        case .ack:
+            try open.connection.ack(delivery.deliveryTag)
+        case .retry(let reason) where delivery.message.attempt < spec.retryAttempts:
+            var message = delivery.message
+            let attempt = message.attempt
+            message.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
+            message.headers[AMQPMessage.Header.attempt] = .int(Int64(attempt + 1))
+            message.headers[AMQPMessage.Header.error] = .string(String(reason.prefix(1000)))
+            message.deliveryMode = 2
+            try publishHoldingAck(message, to: spec.retryQueue(after: attempt), delivery: delivery, on: open)
+            counters.retried.add(1, ordering: .relaxed)
+            logger.warning("event will be retried", metadata: [
+                "amqp.routing_key": "\(message.originalRoutingKey)", "attempt": "\(attempt)",
+                "retry_in_ms": "\(spec.delayMs(after: attempt))", "error": "\(reason)",
+            ])
+        case .retry(let reason), .deadLetter(let reason):
+            var message = delivery.message
+            message.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
+            message.headers[AMQPMessage.Header.error] = .string(String(reason.prefix(1000)))
+            message.headers[AMQPMessage.Header.attempts] = .int(Int64(message.attempt))
+            message.headers[AMQPMessage.Header.attempt] = nil
+            message.deliveryMode = 2
+            try publishHoldingAck(message, to: spec.deadLetterQueue, delivery: delivery, on: open)
+            counters.deadLettered.add(1, ordering: .relaxed)
+            logger.error("event dead-lettered", metadata: [
+                "amqp.routing_key": "\(message.originalRoutingKey)", "amqp.queue": "\(spec.deadLetterQueue)",
+                "attempts": "\(message.attempt)", "error": "\(reason)",
+            ])
+        }
+    }
+
+    /// Publishes `message` to `queue` (default exchange); `delivery` is acked when the broker
+    /// confirms it.
+    private func publishHoldingAck(_ message: AMQPMessage, to queue: String, delivery: ReceivedDelivery,
+                                   on open: Session) throws {
+        try open.connection.publish(message, exchange: "", routingKey: queue, mandatory: false)
+        open.awaitingConfirm[open.nextPublishTag] = delivery.deliveryTag
+        open.nextPublishTag += 1
+    }
+
+    private func handle(_ frame: ServerFrame, on open: Session) throws {
+        switch frame {
+        case .ack(let tag, let multiple), .nack(let tag, let multiple):
+            let tags = multiple ? open.awaitingConfirm.keys.filter { $0 <= tag }.sorted() : [tag]
+            let confirmed: Bool
+            if case .ack = frame { confirmed = true } else { confirmed = false }
+            for publishTag in tags {
+                guard let deliveryTag = open.awaitingConfirm.removeValue(forKey: publishTag) else { continue }
+                if confirmed {
+                    try open.connection.ack(deliveryTag)
+                } else {
+                    // The broker lost the copy: give the original back to be handled again.
+                    try open.connection.nack(deliveryTag, requeue: true)
+                }
+            }
+        case .consumerCancelled:
+            throw AMQPError(.serverClosedChannel, "the broker cancelled the consumer (queue deleted?)",
+                            context: "basic.cancel")
+        case .returned, .other:
+            break
+        }
+    }
+
+    private func lost(_ session: inout Session?, _ error: any Error) {
         logger.warning("consumer connection lost; reconnecting", metadata: ["error": "\(error)"])
-        connection?.abandon()
-        connection = nil
+        session?.connection.abandon()
+        session = nil
         connectedFlag.store(false, ordering: .relaxed)
     }
 
     private func connect() throws -> RabbitMQConnection {
         let connection = try RabbitMQConnection(settings: settings)
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
-        let declared: (name: String, messages: UInt32)
+        let name: String
         switch spec.mode {
         case .durable:
-            declared = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false,
-                                                   autoDelete: false)
+            name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false).name
+            _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false)
+            for attempt in 1..<max(2, spec.retryAttempts) {
+                _ = try connection.declareQueue(
+                    spec.retryQueue(after: attempt), durable: true, exclusive: false, autoDelete: false,
+                    arguments: [
+                        "x-message-ttl": .int(Int64(spec.delayMs(after: attempt))),
+                        "x-dead-letter-exchange": .string(""),
+                        "x-dead-letter-routing-key": .string(spec.declaredName),
+                    ])
+            }
             try connection.setPrefetch(spec.prefetch)
+            try connection.selectConfirms()
         case .transient:
-            declared = try connection.declareQueue("", durable: false, exclusive: true, autoDelete: true)
+            name = try connection.declareQueue("", durable: false, exclusive: true, autoDelete: true).name
         }
         for key in bindings {
-            try connection.bindQueue(declared.name, exchange: settings.exchange, routingKey: key)
+            try connection.bindQueue(name, exchange: settings.exchange, routingKey: key)
         }
-        _ = try connection.consume(queue: declared.name, autoAck: spec.mode == .transient,
-                                   exclusive: spec.mode == .transient)
-        state.withLock { $0.queueName = declared.name }
+        _ = try connection.consume(queue: name, autoAck: spec.mode == .transient, exclusive: spec.mode == .transient)
+        state.withLock {
+            $0.queueName = name
+            $0.localPort = connection.localPort
+        }
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("consuming", metadata: [
-            "amqp.queue": "\(declared.name)", "amqp.queue_mode": "\(spec.mode.rawValue)",
+            "amqp.queue": "\(name)", "amqp.queue_mode": "\(spec.mode.rawValue)",
             "amqp.bindings": "\(bindings.joined(separator: ","))", "amqp.url": "\(settings.url)",
         ])
         return connection
     }
 
-    /// The delivery of `message`; its envelope is `nil` unless it carries a UUID `message_id`.
-    static func delivery(from message: ReceivedMessage) -> Delivery {
-        var envelope: EventEnvelope?
-        if let id = message.messageId.flatMap(UUID.init(uuidString:)) {
-            envelope = EventEnvelope(
-                eventId: id, routingKey: message.routingKey, type: message.type,
-                correlationId: message.correlationId, causationId: message.headers["causation_id"]?.string,
-                appId: message.appId ?? "",
-                timestamp: Date(timeIntervalSince1970: Double(message.timestamp ?? 0)),
-                schemaVersion: message.headers["schema_version"]?.int ?? 1,
-                traceparent: message.headers["traceparent"]?.string,
-                contentType: message.contentType ?? "application/json",
-                body: Data(message.body))
-        }
-        return Delivery(envelope: envelope, routingKey: message.routingKey, body: message.body,
-                        redelivered: message.redelivered)
+    final class Counters: Sendable {
+        let retried = Atomic<Int>(0)
+        let deadLettered = Atomic<Int>(0)
     }
 }

@@ -35,6 +35,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     private let wakeup = Wakeup()
     private let connectedFlag = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
+    private let warnedKeys = Mutex<Set<String>>([])
+    private let unroutable = Atomic<Int>(0)
 
     /// - Parameters:
     ///   - confirms: publisher confirms (`confirm.select`): `publish` returns after the broker's ack.
@@ -49,6 +51,9 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         thread.name = "amqp-publisher"
         thread.start()
     }
+
+    /// Events the broker returned as unroutable since start.
+    public var unroutableCount: Int { unroutable.load(ordering: .relaxed) }
 
     /// Whether the publisher's connection is open.
     public var isConnected: Bool { connectedFlag.load(ordering: .relaxed) }
@@ -83,10 +88,18 @@ public final class AMQPPublisher: EventPublisher, Sendable {
 
     // MARK: - The publisher thread
 
-    private func loop() {
-        var connection: RabbitMQConnection?
+    /// Where returned (unroutable) events are kept, in durable mode.
+    public static let unroutableQueue = "events.unroutable"
+
+    private final class Session {
+        let connection: RabbitMQConnection
         var nextTag: UInt64 = 1
-        var backoff = Backoff()
+        init(_ connection: RabbitMQConnection) { self.connection = connection }
+    }
+
+    private func loop() {
+        var session: Session?
+        var backoff = Backoff(base: 0.25, cap: 5)
         var nextAttempt = Date()
         while true {
             let (jobs, stopped) = state.withLock { state in
@@ -95,12 +108,11 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             }
             if jobs.isEmpty {
                 if stopped { break }
-                if connection == nil {
+                guard let open = session else {
                     // Connect ahead of the first publish, so readiness reflects the broker.
                     if Date() >= nextAttempt {
                         do {
-                            connection = try connect()
-                            nextTag = 1
+                            session = Session(try connect())
                             backoff.reset()
                         } catch {
                             let delay = backoff.next()
@@ -114,52 +126,91 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                     wakeup.wait(socket: nil, timeout: max(0.01, min(1, nextAttempt.timeIntervalSinceNow)))
                     continue
                 }
-                let readable = wakeup.wait(socket: connection?.socketFD, timeout: 1)
-                if let open = connection, readable || open.hasBufferedInput {
-                    do {
-                        while let frame = try open.nextFrame(timeout: 0) { note(frame) }
-                    } catch {
-                        logger.warning("publisher connection lost", metadata: ["error": "\(error)"])
-                        connection = nil
-                        connectedFlag.store(false, ordering: .relaxed)
-                    }
+                if !open.connection.hasBufferedInput {
+                    wakeup.wait(socket: open.connection.socketFD, timeout: 1)
+                }
+                do {
+                    // Also lets rabbitmq-c send and check heartbeats while idle.
+                    var returned: [AMQPMessage] = []
+                    while let frame = try open.connection.nextFrame(timeout: 0) { note(frame, &returned) }
+                    try park(returned, on: open)
+                } catch {
+                    logger.warning("publisher connection lost", metadata: ["error": "\(error)"])
+                    session = nil
+                    connectedFlag.store(false, ordering: .relaxed)
                 }
                 continue
             }
             do {
-                if connection == nil {
-                    connection = try connect()
-                    nextTag = 1
-                }
-                guard let open = connection else { continue }
-                let envelopes = jobs.flatMap(\.envelopes)
-                for envelope in envelopes {
-                    try open.publish(envelope, exchange: settings.exchange, persistent: persistent,
-                                     mandatory: true)
-                }
-                if confirms {
-                    let last = nextTag + UInt64(envelopes.count) - 1
-                    try awaitConfirms(open, from: nextTag, upTo: last)
-                    nextTag = last + 1
-                }
+                if session == nil { session = Session(try connect()) }
+                guard let open = session else { continue }
+                let messages = jobs.flatMap(\.envelopes).map { AMQPMessage($0, persistent: persistent) }
+                let returned = try publish(messages, exchange: settings.exchange, mandatory: true, on: open)
+                try park(returned, on: open)
                 jobs.forEach { $0.continuation.resume() }
             } catch {
                 logger.warning("publish failed", metadata: ["error": "\(error)"])
-                connection?.abandon()
-                connection = nil
+                session?.connection.abandon()
+                session = nil
                 connectedFlag.store(false, ordering: .relaxed)
                 jobs.forEach { $0.continuation.resume(throwing: error) }
             }
         }
-        connection?.close()
-        connection = nil
+        session?.connection.close()
+        session = nil
         connectedFlag.store(false, ordering: .relaxed)
         finished.store(true, ordering: .releasing)
+    }
+
+    /// Publishes `messages` and, with confirms, waits for the broker's acks of all of them;
+    /// returns the messages the broker returned as unroutable.
+    private func publish(_ messages: [AMQPMessage], exchange: String, routingKey: String? = nil,
+                         mandatory: Bool, on open: Session) throws -> [AMQPMessage] {
+        guard !messages.isEmpty else { return [] }
+        for message in messages {
+            try open.connection.publish(message, exchange: exchange, routingKey: routingKey, mandatory: mandatory)
+        }
+        var returned: [AMQPMessage] = []
+        if confirms {
+            let first = open.nextTag
+            let last = first + UInt64(messages.count) - 1
+            try awaitConfirms(open.connection, from: first, upTo: last, returned: &returned)
+            open.nextTag = last + 1
+        }
+        return returned
+    }
+
+    /// Keeps events that no queue took in `events.unroutable` (durable mode), so they are not
+    /// lost silently: `<service>-worker replay-unroutable` sends them to the exchange again.
+    private func park(_ returned: [AMQPMessage], on open: Session) throws {
+        guard !returned.isEmpty else { return }
+        for message in returned {
+            // The first of each routing key at warning, the rest at debug: an event nobody
+            // subscribes to yet is normal in pub/sub, a flood of identical warnings is not.
+            let first = warnedKeys.withLock { $0.insert(message.routingKey).inserted }
+            logger.log(level: first && persistent ? .warning : .debug,
+                       "event unroutable: no queue is bound to its routing key", metadata: [
+                "amqp.routing_key": "\(message.routingKey)", "bus.event_id": "\(message.messageId ?? "")",
+                "amqp.queue": "\(persistent ? Self.unroutableQueue : "(dropped: transient mode)")",
+            ])
+        }
+        unroutable.add(returned.count, ordering: .relaxed)
+        guard persistent else { return }
+        let parked = returned.map { message -> AMQPMessage in
+            var copy = message
+            copy.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
+            return copy
+        }
+        _ = try publish(parked, exchange: "", routingKey: Self.unroutableQueue, mandatory: false, on: open)
     }
 
     private func connect() throws -> RabbitMQConnection {
         let connection = try RabbitMQConnection(settings: settings)
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
+        if persistent {
+            _ = try connection.declareQueue(Self.unroutableQueue, durable: true, exclusive: false, autoDelete: false,
+                                            arguments: ["x-max-length": .int(100_000), "x-overflow": .string("drop-head")])
+        }
         if confirms { try connection.selectConfirms() }
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("publisher connected", metadata: ["amqp.url": "\(settings.url)"])
@@ -167,7 +218,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     }
 
     /// Reads frames until every delivery tag in `first...last` is acked; throws on a nack.
-    private func awaitConfirms(_ connection: RabbitMQConnection, from first: UInt64, upTo last: UInt64) throws {
+    private func awaitConfirms(_ connection: RabbitMQConnection, from first: UInt64, upTo last: UInt64,
+                               returned: inout [AMQPMessage]) throws {
         // Every tag up to `confirmed` is acked; single acks beyond it wait in `pendingSingles`.
         var confirmed = first - 1
         var pendingSingles = Set<UInt64>()
@@ -184,15 +236,12 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             case .nack(let tag, _):
                 throw AMQPError(.publishNacked, "broker nacked delivery tag \(tag)")
             default:
-                note(frame)
+                note(frame, &returned)
             }
         }
     }
 
-    private func note(_ frame: ServerFrame) {
-        if case .returned(let key, let text) = frame {
-            logger.debug("event unroutable: no queue is bound to its routing key",
-                         metadata: ["amqp.routing_key": "\(key)", "amqp.reply_text": "\(text)"])
-        }
+    private func note(_ frame: ServerFrame, _ returned: inout [AMQPMessage]) {
+        if case .returned(let message, _) = frame { returned.append(message) }
     }
 }

@@ -13,21 +13,21 @@ enum AMQPMethod {
     static let basicReturn: UInt32 = 0x003C_0032
     static let basicAck: UInt32 = 0x003C_0050
     static let basicNack: UInt32 = 0x003C_0078
+    static let basicGetOk: UInt32 = 0x003C_0047
 }
 
-/// A message received from the broker, copied out of rabbitmq-c's memory.
-struct ReceivedMessage: Sendable {
+/// A delivery from the broker, copied out of rabbitmq-c's memory.
+struct ReceivedDelivery: Sendable {
     var deliveryTag: UInt64
     var redelivered: Bool
-    var routingKey: String
-    var body: [UInt8]
-    var messageId: String?
-    var type: String?
-    var contentType: String?
-    var correlationId: String?
-    var appId: String?
-    var timestamp: UInt64?
-    var headers: [String: HeaderValue]
+    var message: AMQPMessage
+}
+
+/// What one read of the consumer's connection produced.
+enum ConsumerRead {
+    case delivery(ReceivedDelivery)
+    case frame(ServerFrame)
+    case nothing
 }
 
 /// A header value as read from an AMQP table.
@@ -57,7 +57,7 @@ enum HeaderValue: Sendable, Equatable {
 enum ServerFrame {
     case ack(tag: UInt64, multiple: Bool)
     case nack(tag: UInt64, multiple: Bool)
-    case returned(routingKey: String, replyText: String)
+    case returned(AMQPMessage, replyText: String)
     case consumerCancelled
     case other
 }
@@ -126,6 +126,26 @@ final class RabbitMQConnection {
     /// Marks the connection unusable without talking to the broker (after a socket error).
     func abandon() { open = false }
 
+    /// The local TCP port of the connection (`getsockname` on `amqp_get_sockfd`).
+    var localPort: Int? {
+        var address = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socketFD, $0, &length) }
+        }
+        guard result == 0 else { return nil }
+        return withUnsafePointer(to: &address) { pointer -> Int? in
+            switch Int32(pointer.pointee.ss_family) {
+            case AF_INET:
+                return pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            case AF_INET6:
+                return pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+            default:
+                return nil
+            }
+        }
+    }
+
     /// The socket's file descriptor (`amqp_get_sockfd`).
     var socketFD: Int32 { amqp_get_sockfd(state) }
 
@@ -188,39 +208,54 @@ final class RabbitMQConnection {
         try checkReply(amqp_get_rpc_reply(state), "amqp_confirm_select")
     }
 
-    /// Calls `amqp_basic_publish` with the envelope's properties.
-    func publish(_ envelope: EventEnvelope, exchange: String, persistent: Bool, mandatory: Bool) throws {
-        var strings = [exchange, envelope.routingKey, envelope.contentType,
-                       envelope.eventId.uuidString.lowercased(), envelope.type, envelope.appId,
-                       envelope.correlationId ?? ""]
-        var headers: [String: HeaderValue] = ["schema_version": .int(Int64(envelope.schemaVersion))]
-        if let causation = envelope.causationId { headers["causation_id"] = .string(causation) }
-        if let traceparent = envelope.traceparent { headers["traceparent"] = .string(traceparent) }
-        strings.reserveCapacity(strings.count)
+    /// Calls `amqp_basic_publish` with the message's properties, to `exchange` with the
+    /// message's routing key (or `routingKey`).
+    func publish(_ message: AMQPMessage, exchange: String, routingKey: String? = nil, mandatory: Bool) throws {
+        let strings = [exchange, routingKey ?? message.routingKey, message.contentType ?? "", message.messageId ?? "",
+                       message.type ?? "", message.appId ?? "", message.correlationId ?? ""]
         let status = try withBytes(strings) { b in
-            try withTable(headers) { table in
+            try withTable(message.headers) { table in
                 var props = amqp_basic_properties_t()
-                props._flags = amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
-                    | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG
-                    | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG)
-                props.content_type = b[2]
-                props.delivery_mode = persistent ? 2 : 1
-                props.message_id = b[3]
-                props.type = b[4]
-                props.app_id = b[5]
-                props.timestamp = UInt64(max(0, envelope.timestamp.timeIntervalSince1970))
+                props._flags = amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_HEADERS_FLAG)
+                props.delivery_mode = message.deliveryMode
                 props.headers = table
-                if envelope.correlationId != nil {
-                    props._flags |= amqp_flags_t(AMQP_BASIC_CORRELATION_ID_FLAG)
+                var flags = props._flags
+                if message.contentType != nil { flags |= amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG); props.content_type = b[2] }
+                if message.messageId != nil { flags |= amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG); props.message_id = b[3] }
+                if message.type != nil { flags |= amqp_flags_t(AMQP_BASIC_TYPE_FLAG); props.type = b[4] }
+                if message.appId != nil { flags |= amqp_flags_t(AMQP_BASIC_APP_ID_FLAG); props.app_id = b[5] }
+                if message.correlationId != nil {
+                    flags |= amqp_flags_t(AMQP_BASIC_CORRELATION_ID_FLAG)
                     props.correlation_id = b[6]
                 }
-                return envelope.body.withUnsafeBytes { raw in
+                props._flags = flags
+                if let timestamp = message.timestamp {
+                    props._flags |= amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG)
+                    props.timestamp = timestamp
+                }
+                return message.body.withUnsafeBytes { raw in
                     let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
                     return amqp_basic_publish(state, Self.channel, b[0], b[1], mandatory ? 1 : 0, 0, &props, body)
                 }
             }
         }
         try check(status, "amqp_basic_publish")
+    }
+
+    /// Calls `amqp_basic_get`, then `amqp_read_message`; `nil` when the queue is empty.
+    func get(queue: String) throws -> ReceivedDelivery? {
+        let reply = try withBytes([queue]) { b in amqp_basic_get(state, Self.channel, b[0], 0) }
+        try checkReply(reply, "amqp_basic_get \(queue)")
+        guard reply.reply.id == AMQPMethod.basicGetOk else { return nil }
+        let ok = reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        let tag = ok.delivery_tag
+        let redelivered = ok.redelivered != 0
+        let key = Self.string(ok.routing_key)
+        var message = amqp_message_t()
+        try checkReply(amqp_read_message(state, Self.channel, &message, 0), "amqp_read_message")
+        defer { amqp_destroy_message(&message) }
+        return ReceivedDelivery(deliveryTag: tag, redelivered: redelivered,
+                                message: Self.copy(message.properties, message.body, routingKey: key))
     }
 
     /// Calls `amqp_basic_ack`.
@@ -233,31 +268,29 @@ final class RabbitMQConnection {
         try check(amqp_basic_nack(state, Self.channel, tag, 0, requeue ? 1 : 0), "amqp_basic_nack")
     }
 
-    /// Calls `amqp_consume_message` with `timeout` (zero: do not wait); returns `nil` on time-out.
-    /// A frame that is not a delivery is read with `amqp_simple_wait_frame` and handled: a
-    /// `channel.close` or `connection.close` throws with the server's reply text.
-    func nextDelivery(timeout: TimeInterval) throws -> ReceivedMessage? {
+    /// Calls `amqp_consume_message` with `timeout` (zero: do not wait). A frame that is not a
+    /// delivery (a publisher confirm, a return) is read with `amqp_simple_wait_frame_noblock`
+    /// and handed back; a `channel.close` or `connection.close` throws with the server's text.
+    func read(timeout: TimeInterval) throws -> ConsumerRead {
         amqp_maybe_release_buffers(state)
         var envelope = amqp_envelope_t()
         var tv = Self.timeval(timeout)
         let reply = amqp_consume_message(state, &envelope, &tv, 0)
         if reply.reply_type == AMQP_RESPONSE_NORMAL {
             defer { amqp_destroy_envelope(&envelope) }
-            return Self.copy(envelope)
+            return .delivery(ReceivedDelivery(
+                deliveryTag: envelope.delivery_tag, redelivered: envelope.redelivered != 0,
+                message: Self.copy(envelope.message.properties, envelope.message.body,
+                                   routingKey: Self.string(envelope.routing_key))))
         }
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
-            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return nil }
+            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
             if reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue {
-                switch try nextFrame(timeout: timeout) {
-                case .consumerCancelled:
-                    throw AMQPError(.serverClosedChannel, "the broker cancelled the consumer",
-                                    context: "basic.cancel")
-                default: return nil
-                }
+                return try nextFrame(timeout: timeout).map { .frame($0) } ?? .nothing
             }
         }
         try checkReply(reply, "amqp_consume_message")
-        return nil
+        return .nothing
     }
 
     /// Calls `amqp_simple_wait_frame_noblock`; returns `nil` on time-out, throws when the
@@ -282,9 +315,9 @@ final class RabbitMQConnection {
             let key = Self.string(ret.routing_key)
             let text = Self.string(ret.reply_text)
             var message = amqp_message_t()
-            let reply = amqp_read_message(state, frame.channel, &message, 0)
-            if reply.reply_type == AMQP_RESPONSE_NORMAL { amqp_destroy_message(&message) }
-            return .returned(routingKey: key, replyText: text)
+            try checkReply(amqp_read_message(state, frame.channel, &message, 0), "amqp_read_message")
+            defer { amqp_destroy_message(&message) }
+            return .returned(Self.copy(message.properties, message.body, routingKey: key), replyText: text)
         case AMQPMethod.basicCancel:
             return .consumerCancelled
         case AMQPMethod.channelClose:
@@ -318,8 +351,7 @@ final class RabbitMQConnection {
         amqp_error_string2(status).map { String(cString: $0) } ?? "status \(status)"
     }
 
-    private static func copy(_ envelope: amqp_envelope_t) -> ReceivedMessage {
-        let props = envelope.message.properties
+    private static func copy(_ props: amqp_basic_properties_t, _ bodyBytes: amqp_bytes_t, routingKey: String) -> AMQPMessage {
         func field(_ flag: Int32, _ value: amqp_bytes_t) -> String? {
             props._flags & amqp_flags_t(flag) != 0 ? string(value) : nil
         }
@@ -344,23 +376,21 @@ final class RabbitMQConnection {
             }
         }
         let body: [UInt8]
-        if let base = envelope.message.body.bytes, envelope.message.body.len > 0 {
-            body = Array(UnsafeRawBufferPointer(start: base, count: envelope.message.body.len))
+        if let base = bodyBytes.bytes, bodyBytes.len > 0 {
+            body = Array(UnsafeRawBufferPointer(start: base, count: bodyBytes.len))
         } else {
             body = []
         }
-        return ReceivedMessage(
-            deliveryTag: envelope.delivery_tag,
-            redelivered: envelope.redelivered != 0,
-            routingKey: string(envelope.routing_key),
-            body: body,
+        return AMQPMessage(
+            routingKey: routingKey, body: body,
             messageId: field(AMQP_BASIC_MESSAGE_ID_FLAG, props.message_id),
             type: field(AMQP_BASIC_TYPE_FLAG, props.type),
             contentType: field(AMQP_BASIC_CONTENT_TYPE_FLAG, props.content_type),
             correlationId: field(AMQP_BASIC_CORRELATION_ID_FLAG, props.correlation_id),
             appId: field(AMQP_BASIC_APP_ID_FLAG, props.app_id),
             timestamp: props._flags & amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG) != 0 ? props.timestamp : nil,
-            headers: headers)
+            headers: headers,
+            deliveryMode: props._flags & amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG) != 0 ? props.delivery_mode : 1)
     }
 
     // MARK: - Status codes → errors

@@ -32,7 +32,7 @@ public final class InMemoryTransport: EventPublisher {
     /// Messages waiting in `queue`.
     public func depth(of queue: String) async -> Int { await broker.depth(of: queue) }
 
-    /// Messages rejected by consumers of `queue`.
+    /// Messages dead-lettered by consumers of `queue`.
     public func rejected(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
 
     actor Broker {
@@ -85,8 +85,9 @@ public final class InMemoryTransport: EventPublisher {
             case .ack: break
             case .retry:
                 enqueue(queue, Delivery(envelope: delivery.envelope, routingKey: delivery.routingKey,
-                                        body: delivery.body, redelivered: true), front: true)
-            case .reject: rejected[queue, default: []].append(delivery)
+                                        body: delivery.body, redelivered: true, attempt: delivery.attempt + 1),
+                        front: true)
+            case .deadLetter: rejected[queue, default: []].append(delivery)
             }
         }
 

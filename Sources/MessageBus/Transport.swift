@@ -10,18 +10,21 @@ public protocol EventPublisher: Sendable {
 public struct Delivery: Sendable {
     /// The event, or `nil` when the message is not a well-formed event envelope.
     public let envelope: EventEnvelope?
-    /// The routing key the message was published with.
+    /// The routing key the event was first published with (kept across retries).
     public let routingKey: String
     /// The raw body.
     public let body: [UInt8]
-    /// Whether the broker delivered it before.
+    /// Whether the broker delivered this very message before (a crash or a nack).
     public let redelivered: Bool
+    /// Which handler attempt this is: 1 at first, then one more per retry.
+    public let attempt: Int
 
-    public init(envelope: EventEnvelope?, routingKey: String, body: [UInt8], redelivered: Bool) {
+    public init(envelope: EventEnvelope?, routingKey: String, body: [UInt8], redelivered: Bool, attempt: Int = 1) {
         self.envelope = envelope
         self.routingKey = routingKey
         self.body = body
         self.redelivered = redelivered
+        self.attempt = attempt
     }
 }
 
@@ -29,10 +32,11 @@ public struct Delivery: Sendable {
 public enum DeliveryOutcome: Sendable, Equatable {
     /// Done: acknowledge.
     case ack
-    /// Failed, worth another try: return it to the queue.
-    case retry
-    /// Failed for good (undecodable, unknown, out of attempts): do not deliver again.
-    case reject
+    /// Failed, worth another try: the transport retries it after a back-off, up to its
+    /// attempt limit, then dead-letters it with `reason`.
+    case retry(reason: String)
+    /// Failed for good (undecodable, unknown type): dead-letter it at once.
+    case deadLetter(reason: String)
 }
 
 /// The handler a consumer calls for each delivery.

@@ -7,8 +7,8 @@ import ServiceLifecycle
 /// Runs a consumer and dispatches every delivery through the service's bus.
 ///
 /// A handler that returns acks. An undecodable message, or one no handler knows, is
-/// rejected at once; a failing handler's message is retried once by redelivery and then
-/// rejected. On graceful shutdown the consumer stops taking deliveries, finishes and
+/// dead-lettered at once; a failing handler's message is retried by the transport with
+/// back-off, then dead-lettered. On graceful shutdown the consumer stops taking deliveries, finishes and
 /// settles the one in hand, and closes.
 public struct ConsumerService: Service {
     let consumer: any EventConsumer
@@ -30,9 +30,9 @@ public struct ConsumerService: Service {
     /// Dispatches one delivery and decides its fate.
     public func handle(_ delivery: Delivery) async -> DeliveryOutcome {
         guard let envelope = delivery.envelope else {
-            logger.error("rejected a message that is not an event envelope (no UUID message_id)",
+            logger.error("dead-lettering a message that is not an event envelope (no UUID message_id)",
                          metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
-            return .reject
+            return .deadLetter(reason: "not an event envelope: message_id is missing or not a UUID")
         }
         var logger = self.logger
         logger[metadataKey: "amqp.routing_key"] = "\(envelope.routingKey)"
@@ -47,15 +47,11 @@ public struct ConsumerService: Service {
             ])
             return .ack
         } catch let error as BusError where error.code == .undecodable || error.code == .noHandler {
-            logger.error("rejected an event that cannot be handled", metadata: ["error": "\(error)"])
-            return .reject
+            logger.error("dead-lettering an event that cannot be handled", metadata: ["error": "\(error)"])
+            return .deadLetter(reason: "\(error)")
         } catch {
-            if delivery.redelivered {
-                logger.error("event failed again; rejecting it", metadata: ["error": "\(error)"])
-                return .reject
-            }
-            logger.warning("event failed; it will be redelivered", metadata: ["error": "\(error)"])
-            return .retry
+            logger.warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(delivery.attempt)"])
+            return .retry(reason: "\(error)")
         }
     }
 }

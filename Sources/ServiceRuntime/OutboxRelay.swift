@@ -55,7 +55,7 @@ public final class OutboxRelay: Service, Sendable {
             let batch: [(Int64, EventEnvelope)]
             do {
                 batch = try await database.pool.write { [relayId, batchSize] db in
-                    try Outbox.claim(limit: batchSize, relay: relayId, staleAfter: 30, in: db)
+                    try Outbox.claim(limit: batchSize, relay: relayId, staleAfter: 5, in: db)
                 }
             } catch {
                 logger.error("outbox read failed", metadata: ["error": "\(error)"])
@@ -82,7 +82,7 @@ public final class OutboxRelay: Service, Sendable {
                 }
             } catch {
                 failures += 1
-                let delay = min(30.0, 0.25 * pow(2.0, Double(min(failures, 8))))
+                let delay = min(2.0, 0.1 * pow(2.0, Double(min(failures, 8))))
                 if failures == 1 || failures % 20 == 0 {
                     logger.warning("outbox publish failed; will retry", metadata: [
                         "error": "\(error)", "outbox.batch": "\(batch.count)", "attempt": "\(failures)",

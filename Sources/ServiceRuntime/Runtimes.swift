@@ -34,8 +34,7 @@ public enum WorkerRuntime {
                                  publisher: OutboxPublisher(database: parts.database), logger: parts.logger)
             let consumer = AMQPConsumer(
                 settings: parts.config.amqp,
-                queue: .init(service: M.name, mode: parts.config.queueMode,
-                             prefetch: UInt16(parts.config.prefetch)),
+                queue: parts.config.queueSpec,
                 bindings: bus.routingKeys, logger: parts.logger)
             let service = ConsumerService(consumer: consumer, bus: bus, logger: parts.logger)
             let check = ReadinessCheck("consumer") { consumer.isConnected }

@@ -12,6 +12,8 @@ public struct ServiceConfig: Sendable {
     public var queueMode: QueueMode
     public var prefetch: Int
     public var retryAttempts: Int
+    public var retryDelayMs: Int
+    public var retryMaxDelayMs: Int
     public var httpHost: String
     public var httpPort: Int
     public var httpThreads: Int
@@ -43,6 +45,8 @@ public struct ServiceConfig: Sendable {
             "STEGA_QUEUE_MODE", default: "durable", QueueMode.allCases.map(\.rawValue)))!
         prefetch = try environment.int("STEGA_PREFETCH", default: 50, range: 1...65535)
         retryAttempts = try environment.int("STEGA_RETRY_ATTEMPTS", default: 5, range: 1...100)
+        retryDelayMs = try environment.int("STEGA_RETRY_DELAY_MS", default: 1000, range: 1...3_600_000)
+        retryMaxDelayMs = try environment.int("STEGA_RETRY_MAX_DELAY_MS", default: 60_000, range: 1...86_400_000)
         httpHost = try environment.string("STEGA_HTTP_HOST", default: "127.0.0.1")
         httpPort = try environment.int("STEGA_HTTP_PORT", default: Self.defaultPorts[process] ?? 8080,
                                        range: 0...65535)
@@ -57,6 +61,13 @@ public struct ServiceConfig: Sendable {
         logLevel = Logger.Level(rawValue: level)!
         logFormat = LogFormat(rawValue: try environment.choice("STEGA_LOG_FORMAT", default: "text",
                                                                LogFormat.allCases.map(\.rawValue)))!
+    }
+
+    /// The worker's queue and retry policy.
+    public var queueSpec: AMQPConsumer.QueueSpec {
+        AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch),
+                               retryAttempts: retryAttempts, retryBaseDelayMs: retryDelayMs,
+                               retryMaxDelayMs: retryMaxDelayMs)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

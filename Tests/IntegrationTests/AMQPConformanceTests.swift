@@ -15,7 +15,8 @@ struct AMQPFixture: TransportFixture {
     }
 
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
-        AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch),
+        AMQPConsumer(settings: settings,
+                     queue: .init(service: queue, mode: mode, prefetch: prefetch, retryAttempts: 3, retryBaseDelayMs: 50),
                      bindings: bindings)
     }
 }
