@@ -79,7 +79,11 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
-        .testTarget(name: "ServiceRuntimeTests", dependencies: ["ServiceRuntime", "AMQPTransport"]),
+        .testTarget(
+            name: "ServiceRuntimeTests",
+            dependencies: ["ServiceRuntime", "AMQPTransport", "MessageBus", "EventCatalog",
+                           .product(name: "GRDB", package: "GRDB.swift")]
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["AMQPTransport", "MessageBus", "MessageBusTesting", "EventCatalog", "ServiceRuntime"]

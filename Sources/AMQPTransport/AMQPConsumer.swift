@@ -215,7 +215,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     generation += 1
                     session = Session(connection: try connect(), generation: generation)
                     inFlight.store(0, ordering: .relaxed)
-                    if backoff.attempt > 0 { reconnects.add(1, ordering: .relaxed) }
+                    if generation > 1 { reconnects.add(1, ordering: .relaxed) }
                     backoff.reset()
                 } catch {
                     let delay = backoff.next()

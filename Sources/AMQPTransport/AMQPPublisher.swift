@@ -37,6 +37,10 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     private let finished = Atomic<Bool>(false)
     private let warnedKeys = Mutex<Set<String>>([])
     private let unroutable = Atomic<Int>(0)
+    private let port = Mutex<Int?>(nil)
+
+    /// The local TCP port of the current connection (to find it on the broker in tests).
+    var localPort: Int? { port.withLock { $0 } }
 
     /// - Parameters:
     ///   - confirms: publisher confirms (`confirm.select`): `publish` returns after the broker's ack.
@@ -212,6 +216,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                                             arguments: ["x-max-length": .int(100_000), "x-overflow": .string("drop-head")])
         }
         if confirms { try connection.selectConfirms() }
+        port.withLock { $0 = connection.localPort }
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("publisher connected", metadata: ["amqp.url": "\(settings.url)"])
         return connection

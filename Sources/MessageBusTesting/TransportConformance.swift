@@ -10,12 +10,15 @@ public protocol TransportFixture: Sendable {
     func makePublisher() async throws -> any EventPublisher
     /// A consumer of a fresh queue bound to `bindings`, delivering at most `prefetch` ahead.
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer
+    /// Cuts `consumer`'s and every publisher's connections from the broker's side; `false`
+    /// when the transport has no connections (then the reconnect scenario does not apply).
+    func dropConnections(of consumer: any EventConsumer) async throws -> Bool
 }
 
 /// A scenario failed; the message says how.
 public struct ConformanceFailure: Error, CustomStringConvertible {
     public let description: String
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }
 
 /// The one contract every transport passes (in-memory in unit tests, AMQP in integration
@@ -97,11 +100,76 @@ public enum TransportConformance {
         guard ids == sent.map(\.eventId) else { throw ConformanceFailure("deliveries out of order") }
     }
 
+    /// A consumer stopped mid-stream settles what it handled; the rest is delivered to the
+    /// next consumer of the queue; nothing is lost and nothing handled comes again.
+    public static func noLossWhileClosing(_ fixture: some TransportFixture, count: Int = 200) async throws {
+        let queue = uniqueQueue("closing")
+        let first = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 20)
+        let handled = Inbox()
+        let task1 = Task {
+            try await first.run { delivery in
+                await handled.add(delivery)
+                try? await Task.sleep(for: .milliseconds(2))
+                return .ack
+            }
+        }
+        try await waitUntil("\(fixture.name) consumer ready") { first.isReady }
+        let sent = try (0..<count).map { try EventEnvelope(WindowAdded(window: $0)) }
+        try await fixture.makePublisher().publish(sent)
+        try await waitUntil("\(fixture.name) some handled") { await handled.count >= count / 5 }
+        task1.cancel()
+        _ = await task1.result
+        let second = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 20)
+        let task2 = Task { try await second.run { await handled.add($0); return .ack } }
+        defer { task2.cancel() }
+        try await waitUntil("\(fixture.name) all handled") {
+            Set(await handled.items.compactMap { $0.envelope?.eventId }).count == count
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let ids = await handled.items.compactMap { $0.envelope?.eventId }
+        guard ids.count == Set(ids).count else {
+            throw ConformanceFailure("\(ids.count - Set(ids).count) deliveries came twice after a clean stop")
+        }
+    }
+
+    /// After the broker drops the connections, the consumer reconnects, declares its
+    /// topology again and resumes; a publish after the drop gets through (a publisher may
+    /// fail once while it notices, as the outbox relay expects).
+    public static func reconnect(_ fixture: some TransportFixture) async throws {
+        let queue = uniqueQueue("reconnect")
+        let consumer = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 10)
+        let inbox = Inbox()
+        let task = Task { try await consumer.run { await inbox.add($0); return .ack } }
+        defer { task.cancel() }
+        try await waitUntil("\(fixture.name) consumer ready") { consumer.isReady }
+        let publisher = try await fixture.makePublisher()
+        let before = try EventEnvelope(WindowAdded(window: 1))
+        try await publisher.publish([before])
+        try await waitUntil("\(fixture.name) first delivery") { await inbox.count == 1 }
+        guard try await fixture.dropConnections(of: consumer) else { return }
+        let after = try EventEnvelope(WindowAdded(window: 2))
+        var published = false
+        for _ in 0..<50 where !published {
+            do {
+                try await publisher.publish([after])
+                published = true
+            } catch {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        guard published else { throw ConformanceFailure("could not publish after the drop") }
+        try await waitUntil("\(fixture.name) delivery after reconnect", seconds: 20) {
+            await inbox.items.contains { $0.envelope?.eventId == after.eventId }
+        }
+    }
+
     /// Runs every scenario.
     public static func all(_ fixture: some TransportFixture) async throws {
         try await publishConsume(fixture)
         try await retryRedelivers(fixture)
         try await orderWithPrefetchOne(fixture)
+        try await noLossWhileClosing(fixture)
+        try await reconnect(fixture)
     }
 
     static func uniqueQueue(_ name: String) -> String {

@@ -1,17 +1,37 @@
-import AMQPTransport
+@testable import AMQPTransport
 import EventCatalog
+import Synchronization
 import Foundation
 import MessageBus
 import MessageBusTesting
 import Testing
 
-struct AMQPFixture: TransportFixture {
+final class AMQPFixture: TransportFixture {
     let settings: AMQPSettings
     let mode: QueueMode
+    let publishers = Mutex<[AMQPPublisher]>([])
     var name: String { "amqp-\(mode.rawValue)" }
 
+    init(settings: AMQPSettings, mode: QueueMode) {
+        self.settings = settings
+        self.mode = mode
+    }
+
     func makePublisher() async throws -> any EventPublisher {
-        AMQPPublisher(settings: settings, confirms: mode == .durable, persistent: mode == .durable)
+        let publisher = AMQPPublisher(settings: settings, confirms: mode == .durable, persistent: mode == .durable)
+        publishers.withLock { $0.append(publisher) }
+        return publisher
+    }
+
+    func dropConnections(of consumer: any EventConsumer) async throws -> Bool {
+        let amqp = consumer as! AMQPConsumer
+        var ports = Set(publishers.withLock { $0.compactMap(\.localPort) })
+        if let port = amqp.localPort { ports.insert(port) }
+        let closed = try Broker.closeConnections(clientPorts: ports)
+        guard closed >= 2 else { throw ConformanceFailure("closed \(closed) connections of \(ports)") }
+        try await TransportConformance.waitUntil("consumer noticed") { !amqp.isConnected || amqp.reconnectCount > 0 }
+        try await TransportConformance.waitUntil("consumer reconnected", seconds: 20) { amqp.reconnectCount >= 1 && amqp.isReady }
+        return true
     }
 
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
@@ -41,6 +61,16 @@ struct AMQPConformanceTests {
     @Test("per-queue order with prefetch 1")
     func order() async throws {
         try await TransportConformance.orderWithPrefetchOne(AMQPFixture(settings: Broker.settings(), mode: .durable))
+    }
+
+    @Test("no loss while closing: what was handled is not delivered again, the rest is")
+    func noLossWhileClosing() async throws {
+        try await TransportConformance.noLossWhileClosing(AMQPFixture(settings: Broker.settings(), mode: .durable))
+    }
+
+    @Test("reconnect after the broker closes the connections", .enabled(if: Broker.controllable))
+    func reconnect() async throws {
+        try await TransportConformance.reconnect(AMQPFixture(settings: Broker.settings(), mode: .durable))
     }
 
     @Test("a topic exchange with a wildcard binding")
@@ -104,38 +134,4 @@ struct AMQPDetailTests {
         #expect(consumer.queueName == "\(service).events")
     }
 
-    @Test("a consumer stopped mid-stream settles what it handled; the rest is redelivered, none lost")
-    func stopLosesNothing() async throws {
-        let settings = try Broker.settings()
-        let service = "stop\(UUID().uuidString.prefix(6).lowercased())"
-        let sent = try (0..<200).map { try EventEnvelope(WindowAdded(window: $0)) }
-        // Declare the queue first, then fill it.
-        let first = AMQPConsumer(settings: settings, queue: .init(service: service, mode: .durable, prefetch: 20),
-                                 bindings: [WindowAdded.routingKey])
-        let handled = Received()
-        let task1 = Task {
-            try await first.run { delivery in
-                await handled.add(delivery)
-                try? await Task.sleep(for: .milliseconds(2))
-                return .ack
-            }
-        }
-        try await TransportConformance.waitUntil("ready") { first.isReady }
-        try await AMQPPublisher(settings: settings).publish(sent)
-        try await TransportConformance.waitUntil("some handled") { await handled.count >= 30 }
-        task1.cancel()
-        _ = await task1.result
-        let second = AMQPConsumer(settings: settings, queue: .init(service: service, mode: .durable),
-                                  bindings: [WindowAdded.routingKey])
-        let task2 = Task { try await second.run { await handled.add($0); return .ack } }
-        defer { task2.cancel() }
-        try await TransportConformance.waitUntil("all handled") {
-            Set(await handled.items.compactMap { $0.envelope?.eventId }).count == sent.count
-        }
-        // Whatever the first consumer acked is not delivered again.
-        try await Task.sleep(for: .milliseconds(300))
-        let ids = await handled.items.compactMap { $0.envelope?.eventId }
-        let duplicates = ids.count - Set(ids).count
-        #expect(duplicates == 0, "\(duplicates) deliveries came twice after a clean stop")
-    }
 }

@@ -9,6 +9,7 @@ struct InMemoryFixture: TransportFixture {
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
         await transport.consumer(queue: queue, bindings: bindings)
     }
+    func dropConnections(of consumer: any EventConsumer) async throws -> Bool { false }
 }
 
 @Suite("In-memory transport conformance")
@@ -17,5 +18,11 @@ struct InMemoryConformanceTests {
     @Test func retryRedelivers() async throws { try await TransportConformance.retryRedelivers(InMemoryFixture()) }
     @Test func orderWithPrefetchOne() async throws {
         try await TransportConformance.orderWithPrefetchOne(InMemoryFixture())
+    }
+    @Test func noLossWhileClosing() async throws {
+        try await TransportConformance.noLossWhileClosing(InMemoryFixture())
+    }
+    @Test("reconnect (not applicable: no connections)") func reconnect() async throws {
+        try await TransportConformance.reconnect(InMemoryFixture())
     }
 }

@@ -1,0 +1,93 @@
+import EventCatalog
+import Foundation
+import GRDB
+import MessageBus
+import ServiceRuntime
+import Synchronization
+import Testing
+
+/// A publisher that fails while `down` is set, then forwards to an in-memory transport.
+final class FlakyPublisher: EventPublisher {
+    let down = Atomic<Bool>(true)
+    let failures = Atomic<Int>(0)
+    let transport = InMemoryTransport()
+
+    func publish(_ envelopes: [EventEnvelope]) async throws {
+        if down.load(ordering: .relaxed) {
+            failures.add(1, ordering: .relaxed)
+            throw CancellationError()
+        }
+        try await transport.publish(envelopes)
+    }
+}
+
+func temporaryDatabase() throws -> (ServiceDatabase, URL) {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-\(UUID().uuidString)")
+    return (try ServiceDatabase(path: dir.appendingPathComponent("t.sqlite").path), dir)
+}
+
+@Suite("Outbox and inbox")
+struct OutboxTests {
+    @Test("state and raised events commit together; nothing of a failed transaction is published")
+    func atomic() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await database.pool.write { db in try db.execute(sql: "CREATE TABLE t (x INTEGER)") }
+        let context = HandlerContext(metadata: .newOperation(), appId: "test")
+        struct Boom: Error {}
+        await #expect(throws: Boom.self) {
+            try await database.write(context) { db in
+                try db.execute(sql: "INSERT INTO t VALUES (1)")
+                try context.raise(WindowAdded(window: 1))
+                throw Boom()
+            }
+        }
+        let (rows, depth) = try await database.pool.read { db in
+            (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t")!, try Outbox.depth(in: db))
+        }
+        #expect(rows == 0 && depth == 0)
+        let ok = HandlerContext(metadata: .newOperation(), appId: "test")
+        try await database.write(ok) { db in
+            try db.execute(sql: "INSERT INTO t VALUES (1)")
+            try ok.raise(WindowAdded(window: 2))
+        }
+        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == 1)
+    }
+
+    @Test("an event already in the inbox is not handled again")
+    func inbox() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let event = try EventEnvelope(WindowAdded(window: 3))
+        let runs = Atomic<Int>(0)
+        for _ in 0..<3 {
+            let context = HandlerContext(metadata: MessageMetadata(handling: event), appId: "t", handledEventId: event.eventId)
+            _ = try await database.write(context) { _ in runs.add(1, ordering: .relaxed) }
+        }
+        #expect(runs.load(ordering: .relaxed) == 1)
+    }
+
+    @Test("while the broker is down the outbox keeps the events; the relay publishes them, in order, when it returns")
+    func relayRetries() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let publisher = FlakyPublisher()
+        let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 7)
+        let task = Task { try await relay.run() }
+        defer { task.cancel() }
+        let sent = try (0..<50).map { try EventEnvelope(WindowAdded(window: $0)) }
+        for chunk in stride(from: 0, to: 50, by: 10) {
+            try await OutboxPublisher(database: database).publish(Array(sent[chunk..<chunk + 10]))
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while publisher.failures.load(ordering: .relaxed) < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == 50)
+        publisher.down.store(false, ordering: .relaxed)
+        while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let published = await publisher.transport.published
+        #expect(published.map(\.eventId) == sent.map(\.eventId))
+        #expect(published == sent)
+    }
+}
