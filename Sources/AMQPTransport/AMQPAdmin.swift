@@ -13,18 +13,21 @@ public enum AMQPAdmin {
         public var description: String { "moved \(moved), kept \(kept)" }
     }
 
-    /// Moves up to `limit` messages from `<service>.events.dead` to `<service>.events` (through
-    /// the default exchange, so only this service sees them again), with a fresh attempt count.
+    /// Moves up to `limit` of the messages now in `<service>.events.dead` to `<service>.events`
+    /// (through the default exchange, so only this service sees them again), with a fresh
+    /// attempt count.
     public static func replayDeadLetters(settings: AMQPSettings, service: String, limit: Int) throws -> Report {
         let connection = try RabbitMQConnection(settings: settings)
         defer { connection.close() }
         try connection.selectConfirms()
         let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable)
-        _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false)
+        let depth = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false,
+                                                autoDelete: false).messages
         _ = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false)
         var report = Report()
         var tag: UInt64 = 1
-        while report.moved < limit, let delivery = try connection.get(queue: spec.deadLetterQueue) {
+        // Only what is there now: a message that fails again and comes back is not replayed twice.
+        while report.moved < min(limit, Int(depth)), let delivery = try connection.get(queue: spec.deadLetterQueue) {
             var message = delivery.message
             message.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
             message.headers[AMQPMessage.Header.attempt] = nil

@@ -51,9 +51,9 @@ def rabbitmqctl(*args):
 class Process:
     """One of the project's binaries, running with its log in a file."""
 
-    def __init__(self, name, env, log_dir):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
+    def __init__(self, name, env, log_dir, alias=None):
+        self.name = alias or name
+        self.log_path = log_dir / f"{self.name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([str(BIN / name)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = int(env["STEGA_HTTP_PORT"])
@@ -107,10 +107,11 @@ class Stack:
         self.env.update(extra_env or {})
         self.processes = {}
 
-    def start(self, name):
+    def start(self, name, alias=None):
+        """Starts binary `name` (as `alias`, for a second replica) and waits until it is ready."""
         env = dict(self.env, STEGA_HTTP_PORT=str(free_port()))
-        process = Process(name, env, self.tmp_path)
-        self.processes[name] = process
+        process = Process(name, env, self.tmp_path, alias)
+        self.processes[alias or name] = process
         return process.ready()
 
     @property

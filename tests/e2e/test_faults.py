@@ -1,0 +1,310 @@
+"""Fault tests with real processes and the test's own broker: broker restart under load,
+a worker SIGKILLed mid-stream, poison messages, competing workers, SIGTERM under load.
+Every accepted write (202) must reach the read views exactly once."""
+import concurrent.futures as futures
+import datetime as dt
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+
+import numpy as np
+import pika
+import requests
+
+from conftest import BIN, ROOT, wait_until
+
+BROKER_DIR = os.environ.get("STEGA_TEST_BROKER_DIR", "")
+
+
+def broker(action):
+    args = [str(ROOT / "scripts/broker.sh"), action, BROKER_DIR]
+    if action == "start":
+        args.append(pathlib.Path(BROKER_DIR, "port").read_text().strip())
+    subprocess.run(args, check=True, capture_output=True, timeout=180)
+
+
+def dates(n, start=dt.date(2023, 1, 2)):
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def close_for(symbol_index, day_index):
+    # A deterministic, symbol-specific price path.
+    return round(100.0 + 10 * np.sin(day_index / 7.0 + symbol_index) + day_index * 0.05 * (symbol_index + 1), 4)
+
+
+def writes(symbols, days):
+    """One POST per (symbol, date), in an order that interleaves symbols and shuffles dates."""
+    rng = np.random.default_rng(7)
+    items = [(s, d) for d in range(days) for s in range(symbols)]
+    rng.shuffle(items)
+    return items
+
+
+def post_one(session, api_url, symbol_index, day_index, all_dates):
+    body = {"symbol": f"S{symbol_index}", "prices": [{"date": all_dates[day_index],
+                                                      "close": close_for(symbol_index, day_index)}]}
+    try:
+        r = session.post(api_url + "/prices", json=body, timeout=10)
+        return r.status_code
+    except requests.RequestException:
+        return None
+
+
+def run_load(api_url, items, all_dates, threads=8, on_progress=None, pause=0.0):
+    """POSTs every item from `threads` concurrent clients, each waiting `pause` seconds
+    between requests; returns the accepted ones and every status."""
+    accepted, lock = [], threading.Lock()
+    local = threading.local()
+
+    def work(item):
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        status = post_one(local.session, api_url, item[0], item[1], all_dates)
+        time.sleep(pause)
+        if status == 202:
+            with lock:
+                accepted.append(item)
+                if on_progress:
+                    on_progress(len(accepted))
+        return status
+
+    with futures.ThreadPoolExecutor(threads) as pool:
+        statuses = list(pool.map(work, items))
+    return accepted, statuses
+
+
+def db(stack):
+    return sqlite3.connect(str(stack.tmp_path / "data" / "returns.sqlite"), timeout=30)
+
+
+def check_views(stack, symbols, days, all_dates):
+    """Every price once, every return equal to numpy's on the full series."""
+    api = stack.api
+    for s in range(symbols):
+        def complete():
+            r = requests.get(f"{api.url}/returns/S{s}", timeout=10)
+            return r.status_code == 200 and len(r.json()["returns"]) == days - 1 and r.json()
+        view = wait_until(f"returns of S{s}", complete, timeout=90)
+        closes = np.array([close_for(s, d) for d in range(days)])
+        np.testing.assert_allclose([x["value"] for x in view["returns"]], closes[1:] / closes[:-1] - 1, rtol=1e-9)
+        assert [x["date"] for x in view["returns"]] == all_dates[1:days]
+    with db(stack) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM prices").fetchone()[0] == symbols * days
+
+
+def diagnostics(stack):
+    with db(stack) as conn:
+        outbox = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        inbox = conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+    queues = __import__("conftest").rabbitmqctl("list_queues", "name", "messages", "messages_unacknowledged")
+    errors = [l for p in stack.processes.values() for l in p.log_text().splitlines()
+              if " error " in l or " warning " in l][-20:]
+    return f"outbox={outbox} inbox={inbox}\nqueues:\n{queues}\nlog:\n" + "\n".join(errors)
+
+
+def inbox_count(stack):
+    with db(stack) as conn:
+        return conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+
+
+def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factory):
+    stack = stack_factory(extra_env={"STEGA_RETRY_DELAY_MS": "100"})
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    symbols, days = 10, 100
+    all_dates = dates(days)
+    restarted = threading.Event()
+    observations = {}
+
+    def bounce():
+        wait_until("300 accepted", lambda: observations.get("accepted", 0) >= 300, timeout=60)
+        broker("stop")
+        # Writes are still accepted, and readiness says the broker is gone.
+        observations["readyz_down"] = wait_until(
+            "readyz 503", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 503, timeout=30)
+        time.sleep(1)
+        observations["accepted_while_down"] = observations.get("accepted", 0)
+        broker("start")
+        observations["accepted_at_restart"] = observations.get("accepted", 0)
+        restarted.set()
+
+    bouncer = threading.Thread(target=bounce)
+    bouncer.start()
+    # Paced at about 40 writes/s, so the load spans the broker's stop and start (~25 s).
+    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.12,
+                                  on_progress=lambda n: observations.__setitem__("accepted", n))
+    bouncer.join()
+    assert restarted.is_set()
+    assert observations["readyz_down"]
+    # The broker was down while writes were still coming in.
+    assert 300 <= observations["accepted_while_down"] < symbols * days, observations
+    print(f"broker restart: stopped after 300 accepted, {observations['accepted_at_restart']} accepted by the restart")
+    # Every write was accepted (the outbox does not need the broker).
+    assert len(accepted) == symbols * days, {s: statuses.count(s) for s in set(statuses)}
+    wait_until("api ready again", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 200, timeout=60)
+    check_views(stack, symbols, days, all_dates)
+    # One handled event per accepted write: the inbox holds each event id once.
+    try:
+        wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
+    except AssertionError:
+        raise AssertionError(diagnostics(stack))
+    assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
+
+
+def test_b_worker_sigkilled_mid_stream_loses_nothing_and_applies_nothing_twice(stack_factory, seed_consumer):
+    stack = stack_factory()
+    watcher = seed_consumer(stack.exchange, ["returns.events.returns_calculated"])
+    # The worker declares its durable queue, then stops: the events queue up meanwhile.
+    assert stack.start("returns-worker").terminate() == 0
+    api = stack.start("returns-api")
+    symbols, days = 5, 80
+    all_dates = dates(days)
+    accepted, _ = run_load(api.url, writes(symbols, days), all_dates)
+    assert len(accepted) == symbols * days
+    worker = stack.start("returns-worker")
+    wait_until("some handled", lambda: inbox_count(stack) >= 40, timeout=60, interval=0.005)
+    worker.proc.kill()
+    worker.proc.wait()
+    handled_before = inbox_count(stack)
+    assert handled_before < symbols * days, "the worker finished before it was killed"
+    print(f"worker SIGKILLed after {handled_before} of {symbols * days} events")
+    stack.start("returns-worker")
+    check_views(stack, symbols, days, all_dates)
+    wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
+    # Each prices_recorded produced exactly one returns_calculated event id (the relay
+    # may publish one twice after a crash; consumers dedupe by event id).
+    def all_seen():
+        watcher.conn.process_data_events(time_limit=0.2)
+        causes = {m[1].headers["causation_id"] for m in watcher.messages}
+        return len(causes) == symbols * days
+    wait_until("a returns_calculated per prices_recorded", all_seen, timeout=60)
+    by_cause = {}
+    for method, props, body in watcher.messages:
+        by_cause.setdefault(props.headers["causation_id"], set()).add(props.message_id)
+    assert all(len(ids) == 1 for ids in by_cause.values()), "an event was applied twice"
+
+
+def test_c_poison_messages_land_in_the_dead_letter_queue_and_valid_events_keep_flowing(stack_factory, amqp_url):
+    stack = stack_factory(extra_env={"STEGA_RETRY_DELAY_MS": "50"})
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.exchange_declare(exchange=stack.exchange, exchange_type="direct", durable=True)
+    ch.queue_purge("returns.events.dead")  # the queue is the service's, shared with earlier tests
+    key = "returns.events.prices_recorded"
+    poison = [
+        (key, b"not json at all", pika.BasicProperties(message_id=str(uuid.uuid4()), type="prices_recorded")),
+        (key, b'{"symbol": 42}', pika.BasicProperties(message_id=str(uuid.uuid4()), type="prices_recorded")),
+        (key, b'{"symbol":"AAPL","first_date":"2024-01-02","last_date":"2024-01-02","count":1}',
+         pika.BasicProperties()),  # no message_id: not an event envelope
+    ]
+    for routing_key, body, props in poison:
+        ch.basic_publish(exchange=stack.exchange, routing_key=routing_key, body=body, properties=props)
+    # An unknown type, straight into the service's queue.
+    ch.basic_publish(exchange="", routing_key="returns.events", body=b"{}",
+                     properties=pika.BasicProperties(message_id=str(uuid.uuid4()), type="mystery"))
+
+    response = requests.post(api.url + "/prices", json={"symbol": "OK", "prices": [
+        {"date": "2024-01-02", "close": 10.0}, {"date": "2024-01-03", "close": 11.0}]}, timeout=5)
+    assert response.status_code == 202
+    wait_until("valid event handled", lambda: requests.get(api.url + "/returns/OK", timeout=5).status_code == 200
+               and len(requests.get(api.url + "/returns/OK", timeout=5).json()["returns"]) == 1)
+
+    def dead():
+        return ch.queue_declare(queue="returns.events.dead", durable=True, passive=True).method.message_count
+    wait_until("4 dead letters", lambda: dead() == 4, timeout=30)
+    seen = []
+    for _ in range(4):
+        method, props, body = ch.basic_get("returns.events.dead", auto_ack=False)
+        seen.append((props.headers or {}, body))
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    for headers, body in seen:
+        assert headers["x-stega-error"], headers
+        assert headers["x-stega-attempts"] == 1
+        assert headers["x-stega-routing-key"] in (key, "returns.events")
+    conn.close()
+
+    # The documented command moves them back; still poison, they are dead-lettered again.
+    out = subprocess.run([str(BIN / "returns-worker"), "replay-dead-letters"], env=stack.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "moved 4" in out.stdout
+    wait_until("dead again", lambda: dead_count(amqp_url) == 4, timeout=30)
+    assert requests.get(stack.worker.url + "/readyz", timeout=5).status_code == 200
+
+
+def dead_count(amqp_url):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return conn.channel().queue_declare(queue="returns.events.dead", durable=True, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def test_d_two_workers_on_one_queue_handle_every_event_once_in_total(stack_factory):
+    stack = stack_factory(extra_env={"STEGA_PREFETCH": "1"})
+    first = stack.start("returns-worker")
+    second = stack.start("returns-worker", alias="returns-worker-2")
+    api = stack.start("returns-api")
+    symbols, days = 6, 50
+    all_dates = dates(days)
+    accepted, _ = run_load(api.url, writes(symbols, days), all_dates)
+    assert len(accepted) == symbols * days
+    check_views(stack, symbols, days, all_dates)
+    wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
+
+    def handled(process):
+        return [json_id(line) for line in process.log_text().splitlines() if "event handled" in line]
+    ids_first, ids_second = handled(first), handled(second)
+    assert len(ids_first) + len(ids_second) == symbols * days
+    assert len(set(ids_first) | set(ids_second)) == symbols * days
+    assert ids_first and ids_second, "one worker did all the work: not competing consumers"
+    codes = stack.stop()
+    assert set(codes.values()) == {0}, codes
+
+
+def json_id(line):
+    return line.split("bus.event_id=")[1].split()[0]
+
+
+def test_e_sigterm_during_load_exits_0_within_10s_and_loses_nothing_accepted(stack_factory):
+    stack = stack_factory()
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    symbols, days = 4, 150
+    all_dates = dates(days)
+    state = {}
+
+    def stop_midway():
+        wait_until("200 accepted", lambda: state.get("accepted", 0) >= 200, timeout=60)
+        started = time.monotonic()
+        for process in (stack.api, stack.worker):
+            process.proc.send_signal(signal.SIGTERM)
+        state["codes"] = [p.proc.wait(10) for p in (stack.api, stack.worker)]
+        state["seconds"] = time.monotonic() - started
+
+    stopper = threading.Thread(target=stop_midway)
+    stopper.start()
+    accepted, _ = run_load(api.url, writes(symbols, days), all_dates, threads=4, pause=0.01,
+                           on_progress=lambda n: state.__setitem__("accepted", n))
+    stopper.join()
+    assert state["codes"] == [0, 0], state
+    assert state["seconds"] < 10, state
+    assert 200 <= len(accepted) < symbols * days, len(accepted)
+
+    # Restart both: every accepted write is there, and its returns are computed.
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    with db(stack) as conn:
+        stored = set(conn.execute("SELECT symbol, date FROM prices").fetchall())
+    expected = {(f"S{s}", all_dates[d]) for s, d in accepted}
+    assert expected <= stored, f"{len(expected - stored)} accepted writes are missing"
+    wait_until("every accepted write handled", lambda: inbox_count(stack) == len(stored), timeout=60)
+    assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
