@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .executable(name: "returns-api", targets: ["returns-api"]),
         .executable(name: "returns-worker", targets: ["returns-worker"]),
+        .executable(name: "correlations-api", targets: ["correlations-api"]),
+        .executable(name: "correlations-worker", targets: ["correlations-worker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -68,7 +70,17 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
+        .target(
+            name: "Correlations",
+            dependencies: [
+                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
         .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
+        .executableTarget(name: "correlations-api", dependencies: ["Correlations", "ServiceRuntime"]),
+        .executableTarget(name: "correlations-worker", dependencies: ["Correlations", "ServiceRuntime"]),
         .executableTarget(name: "returns-worker", dependencies: ["Returns", "ServiceRuntime"]),
 
         .testTarget(name: "EventCatalogTests", dependencies: ["EventCatalog"]),
@@ -76,6 +88,11 @@ let package = Package(
         .testTarget(
             name: "ReturnsTests",
             dependencies: ["Returns", "MessageBus", "EventCatalog", "HTTPServer", "ServiceRuntime"],
+            exclude: ["Fixtures"]
+        ),
+        .testTarget(
+            name: "CorrelationsTests",
+            dependencies: ["Correlations", "Returns", "MessageBus", "EventCatalog", "HTTPServer", "ServiceRuntime"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),

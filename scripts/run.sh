@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 RUN=run
 BIN=${STEGA_BIN_DIR:-.build/release}
 # name:port of every process, in start order (workers first, so their queues exist).
-PROCESSES=("returns-worker:9081" "returns-api:8081")
+PROCESSES=("returns-worker:9081" "correlations-worker:9082" "returns-api:8081" "correlations-api:8082")
 
 start() {
   mkdir -p "$RUN/logs" "$RUN/pids"
@@ -54,15 +54,18 @@ for p in ($port, $port + 20000): socket.socket().bind(('127.0.0.1', p))" 2>/dev/
   cat <<MSG
 
 stega events is running.
-  broker          $STEGA_AMQP_URL
-  returns-api     http://127.0.0.1:8081   (POST /prices, GET /symbols, /prices/{s}, /returns/{s})
-  returns-worker  http://127.0.0.1:9081   (GET /healthz, /readyz)
-  logs            $RUN/logs/<name>.log    (make logs tails the workers)
-  data            $STEGA_DATA_DIR
+  broker               $STEGA_AMQP_URL
+  returns-api          http://127.0.0.1:8081   (POST /prices, GET /symbols, /prices/{s}, /returns/{s}[/summary])
+  correlations-api     http://127.0.0.1:8082   (POST /windows, GET /correlations?symbols=A,B&window=N)
+  returns-worker       http://127.0.0.1:9081   (GET /healthz, /readyz)
+  correlations-worker  http://127.0.0.1:9082   (GET /healthz, /readyz)
+  logs                 $RUN/logs/<name>.log    (make logs tails the workers)
+  data                 $STEGA_DATA_DIR
 Try:
   curl -s -X POST http://127.0.0.1:8081/prices -H 'Content-Type: application/json' \\
        -d '{"symbol":"AAPL","prices":[{"date":"2024-01-02","close":185.64},{"date":"2024-01-03","close":184.25}]}'
   curl -s http://127.0.0.1:8081/returns/AAPL
+  curl -s 'http://127.0.0.1:8082/correlations?symbols=AAPL,MSFT&window=20'
 Stop with: make stop
 MSG
 }
@@ -93,13 +96,13 @@ status() {
     pidfile="$RUN/pids/$name.pid"
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)
-      printf '%-16s running (pid %s)  readyz %s  http://127.0.0.1:%s\n' "$name" "$(cat "$pidfile")" "$ready" "$port"
+      printf '%-20s running (pid %s)  readyz %s  http://127.0.0.1:%s\n' "$name" "$(cat "$pidfile")" "$ready" "$port"
     else
-      printf '%-16s stopped\n' "$name"
+      printf '%-20s stopped\n' "$name"
     fi
   done
   if [ -f "$RUN/broker/server.pid" ] && kill -0 "$(cat "$RUN/broker/server.pid")" 2>/dev/null; then
-    echo "broker           running  $(cat "$RUN/amqp_url" 2>/dev/null)"
+    echo "broker               running  $(cat "$RUN/amqp_url" 2>/dev/null)"
   fi
 }
 

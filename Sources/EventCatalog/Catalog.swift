@@ -30,6 +30,14 @@ public enum Catalog {
             name: "returns-worker",
             publishes: [ReturnsCalculated.routingKey, ReturnsOperationFailed.routingKey],
             consumes: [PricesRecorded.routingKey]),
+        ServiceDeclaration(
+            name: "correlations-api",
+            publishes: [WindowAdded.routingKey, CorrelationsOperationFailed.routingKey],
+            consumes: []),
+        ServiceDeclaration(
+            name: "correlations-worker",
+            publishes: [CorrelationsUpdated.routingKey, CorrelationsOperationFailed.routingKey],
+            consumes: [ReturnsCalculated.routingKey, WindowAdded.routingKey]),
     ]
 
     /// The event type with this routing key, if any.

@@ -27,6 +27,14 @@ public struct CorrelationsUpdated: Event {
         case symbols, windows, pairs
         case asOf = "as_of"
     }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(symbols, forKey: .symbols)
+        try c.encode(windows, forKey: .windows)
+        try c.encode(asOf, forKey: .asOf)  // null, not absent, before any return
+        try c.encode(pairs, forKey: .pairs)
+    }
 }
 
 /// An operation started at the correlations service failed.

@@ -25,6 +25,15 @@ public struct ReturnsRoutes: Sendable {
             }
             return try .json(PricesBody(symbol: symbol, prices: prices))
         }
+        router.get("/returns/{symbol}/summary") { request in
+            let symbol = try Self.symbol(request)
+            // From the prices themselves, so the summary is consistent even while the worker catches up.
+            guard let prices = try await store.prices(of: symbol, from: nil, to: nil), !prices.isEmpty else {
+                throw Self.unknown(symbol)
+            }
+            let returns = ReturnsMath.dailyReturns(prices).map(\.simple)
+            return try .json(ReturnsMath.summary(symbol: symbol, prices: prices, returns: returns))
+        }
         router.get("/returns/{symbol}") { request in
             let symbol = try Self.symbol(request)
             let (from, to) = try Self.range(request)

@@ -42,3 +42,69 @@ public enum ReturnsMath {
         return out
     }
 }
+
+/// `GET /returns/{symbol}/summary`: statistics of a symbol's daily simple returns.
+public struct ReturnsSummary: Codable, Sendable, Equatable {
+    public var symbol: String
+    /// Number of daily returns.
+    public var count: Int
+    /// Date of the first and of the last price.
+    public var firstDate: CalendarDate
+    public var lastDate: CalendarDate
+    /// Mean daily simple return; `nil` without returns.
+    public var mean: Double?
+    /// Sample standard deviation (n − 1) of daily simple returns × √252; `nil` below 2 returns.
+    public var volatility: Double?
+    /// Π(1 + r) − 1.
+    public var cumulativeReturn: Double
+    /// The worst fall from a running peak of closes, as a fraction (≤ 0).
+    public var maxDrawdown: Double
+
+    enum CodingKeys: String, CodingKey {
+        case symbol, count, mean, volatility
+        case firstDate = "first_date"
+        case lastDate = "last_date"
+        case cumulativeReturn = "cumulative_return"
+        case maxDrawdown = "max_drawdown"
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(symbol, forKey: .symbol)
+        try c.encode(count, forKey: .count)
+        try c.encode(firstDate, forKey: .firstDate)
+        try c.encode(lastDate, forKey: .lastDate)
+        try c.encode(mean, forKey: .mean)  // null, not absent, without returns
+        try c.encode(volatility, forKey: .volatility)
+        try c.encode(cumulativeReturn, forKey: .cumulativeReturn)
+        try c.encode(maxDrawdown, forKey: .maxDrawdown)
+    }
+}
+
+extension ReturnsMath {
+    /// The summary of `prices` (sorted by date, at least one) and their daily `returns`.
+    public static func summary(symbol: String, prices: [PricePoint], returns: [Double]) -> ReturnsSummary {
+        let n = returns.count
+        var mean: Double?
+        var volatility: Double?
+        if n > 0 {
+            // Two passes: the mean, then the squared deviations (stable for small returns).
+            let m = returns.reduce(0, +) / Double(n)
+            mean = m
+            if n > 1 {
+                let ss = returns.reduce(0) { $0 + ($1 - m) * ($1 - m) }
+                volatility = (ss / Double(n - 1)).squareRoot() * Double(252).squareRoot()
+            }
+        }
+        var growth = 1.0
+        for r in returns { growth *= 1 + r }
+        var peak = -Double.infinity
+        var drawdown = 0.0
+        for p in prices {
+            peak = max(peak, p.close)
+            drawdown = min(drawdown, p.close / peak - 1)
+        }
+        return ReturnsSummary(symbol: symbol, count: n, firstDate: prices.first!.date, lastDate: prices.last!.date,
+                              mean: mean, volatility: volatility, cumulativeReturn: growth - 1, maxDrawdown: drawdown)
+    }
+}

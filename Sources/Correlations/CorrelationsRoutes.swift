@@ -1,0 +1,139 @@
+import EventCatalog
+import Foundation
+import HTTPServer
+import MessageBus
+
+/// The REST API of the correlations service (DESIGN.md "Read views").
+public struct CorrelationsRoutes: Sendable {
+    let store: CorrelationsStore
+    let bus: MessageBus
+
+    /// At most this many symbols in one matrix request.
+    public static let maxSymbols = 1000
+
+    public init(store: CorrelationsStore, bus: MessageBus) {
+        self.store = store
+        self.bus = bus
+    }
+
+    public func add(to router: inout Router) {
+        router.post("/windows") { request in
+            let command = try AddWindow.parse(body: request.body)
+            let metadata = MessageMetadata.newOperation(traceparent: request.header("traceparent"))
+            do {
+                try await bus.send(command, metadata: metadata)
+            } catch {
+                throw HTTPError(503, "store_unavailable", "the write could not be stored; try again")
+            }
+            return try .json(["operation_id": metadata.correlationId], status: 202,
+                             headers: ["Location": "/operations/\(metadata.correlationId)"])
+        }
+        router.get("/correlations") { request in
+            guard let list = request.query["symbols"], !list.isEmpty else {
+                throw HTTPError.invalidQuery("symbols is required: symbols=A,B,C")
+            }
+            let symbols = list.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard symbols.count <= Self.maxSymbols else {
+                throw HTTPError.invalidQuery("at most \(Self.maxSymbols) symbols")
+            }
+            let window = try await trackedWindow(request)
+            try await requireKnown(symbols)
+            let pairs = try await store.pairs(among: symbols, window: window)
+            var diagonal: [String: PairCorrelation] = [:]
+            for symbol in Set(symbols) { diagonal[symbol] = try await store.diagonal(symbol, window: window) }
+            var asOf: Int32?
+            let matrix = symbols.map { x in
+                symbols.map { y -> Double? in
+                    let c = x == y ? diagonal[x] : pairs[Pair(x, y)]
+                    if let day = c?.asOfDay { asOf = max(asOf ?? day, day) }
+                    return c?.value
+                }
+            }
+            return try .json(MatrixBody(symbols: symbols, window: window,
+                                        asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) }, matrix: matrix))
+        }
+        router.get("/correlations/{a}/{b}") { request in
+            let a = request.parameters["a"] ?? "", b = request.parameters["b"] ?? ""
+            let window = try await trackedWindow(request)
+            try await requireKnown([a, b])
+            let c = a == b ? try await store.diagonal(a, window: window)
+                : try await store.pairs(among: [a, b], window: window)[Pair(a, b)]
+            return try .json(PairBody(a: a, b: b, window: window, value: c?.value, observations: c?.observations ?? 0,
+                                      asOf: c?.asOfDay.map { CalendarDate(daysSinceEpoch: Int($0)) }))
+        }
+    }
+
+    /// The `window` query parameter (default 60): 400 when not an integer, 422 out of
+    /// range, 404 `unknown_window` when not tracked.
+    func trackedWindow(_ request: HTTPRequest) async throws -> Int {
+        let text = request.query["window"] ?? "60"
+        guard let window = Int(text) else { throw HTTPError.invalidQuery("window must be an integer, got \(text)") }
+        guard AddWindow.range.contains(window) else {
+            throw HTTPError.unprocessable("invalid_window", "window must be between 2 and 2520")
+        }
+        guard try await store.isTracked(window) else {
+            throw HTTPError(404, "unknown_window", "window \(window) is not tracked; POST /windows to track it")
+        }
+        return window
+    }
+
+    func requireKnown(_ symbols: [String]) async throws {
+        for symbol in symbols where !Symbol.isValid(symbol) {
+            throw HTTPError.unprocessable("invalid_symbol", "symbol must match ^[A-Z0-9.\\-]{1,15}$, got \(symbol)")
+        }
+        let known = try await store.knownSymbols()
+        if let missing = symbols.first(where: { !known.contains($0) }) {
+            throw HTTPError(404, "unknown_symbol", "no returns received for \(missing)")
+        }
+    }
+
+    struct MatrixBody: Encodable {
+        let symbols: [String]
+        let window: Int
+        let asOf: CalendarDate?
+        let matrix: [[Double?]]
+
+        enum CodingKeys: String, CodingKey { case symbols, window, matrix, asOf = "as_of" }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(symbols, forKey: .symbols)
+            try c.encode(window, forKey: .window)
+            try c.encode(asOf, forKey: .asOf)
+            try c.encode(matrix, forKey: .matrix)
+        }
+    }
+
+    struct PairBody: Encodable {
+        let a: String
+        let b: String
+        let window: Int
+        let value: Double?
+        let observations: Int
+        let asOf: CalendarDate?
+
+        enum CodingKeys: String, CodingKey { case a, b, window, value, observations, asOf = "as_of" }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(a, forKey: .a)
+            try c.encode(b, forKey: .b)
+            try c.encode(window, forKey: .window)
+            try c.encode(value, forKey: .value)
+            try c.encode(observations, forKey: .observations)
+            try c.encode(asOf, forKey: .asOf)
+        }
+    }
+}
+
+/// Ticker symbols: `^[A-Z0-9.\-]{1,15}$`.
+enum Symbol {
+    static func isValid(_ text: String) -> Bool {
+        let utf8 = text.utf8
+        guard (1...15).contains(utf8.count) else { return false }
+        return utf8.allSatisfy { c in
+            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c)
+                || c == UInt8(ascii: ".") || c == UInt8(ascii: "-")
+        }
+    }
+}

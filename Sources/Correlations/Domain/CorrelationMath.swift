@@ -1,0 +1,101 @@
+import EventCatalog
+
+/// A symbol's daily returns, sorted by date, as day numbers and values.
+public struct ReturnSeries: Sendable, Equatable {
+    public var days: [Int32]
+    public var values: [Double]
+
+    public init(days: [Int32] = [], values: [Double] = []) {
+        self.days = days
+        self.values = values
+    }
+
+    public var count: Int { days.count }
+    public var lastDay: Int32? { days.last }
+}
+
+/// One correlation value with what it was computed from.
+public struct PairCorrelation: Sendable, Equatable {
+    /// Pearson's r, or `nil` with fewer than `window` common returns or a zero variance.
+    public var value: Double?
+    /// Common returns used (at most the window).
+    public var observations: Int
+    /// The last common date used, as a day number.
+    public var asOfDay: Int32?
+}
+
+/// Pearson correlation over the latest common dates of two return series.
+public enum CorrelationMath {
+    /// The correlation of `a` and `b` over their latest `window` common dates.
+    public static func pair(_ a: ReturnSeries, _ b: ReturnSeries, window: Int) -> PairCorrelation {
+        var i = a.count - 1, j = b.count - 1
+        var xs = [Double](), ys = [Double]()
+        xs.reserveCapacity(window)
+        ys.reserveCapacity(window)
+        var asOf: Int32?
+        while i >= 0, j >= 0, xs.count < window {
+            let da = a.days[i], db = b.days[j]
+            if da == db {
+                if asOf == nil { asOf = da }
+                xs.append(a.values[i])
+                ys.append(b.values[j])
+                i -= 1
+                j -= 1
+            } else if da > db {
+                i -= 1
+            } else {
+                j -= 1
+            }
+        }
+        guard xs.count == window else { return PairCorrelation(value: nil, observations: xs.count, asOfDay: asOf) }
+        return PairCorrelation(value: pearson(xs, ys), observations: window, asOfDay: asOf)
+    }
+
+    /// The diagonal: 1 when `a` has `window` returns with a non-zero variance, else `nil`.
+    public static func diagonal(_ a: ReturnSeries, window: Int) -> PairCorrelation {
+        let n = min(window, a.count)
+        guard n == window, window >= 2 else { return PairCorrelation(value: nil, observations: n, asOfDay: a.lastDay) }
+        let tail = Array(a.values.suffix(window))
+        return PairCorrelation(value: pearson(tail, tail) == nil ? nil : 1.0, observations: n, asOfDay: a.lastDay)
+    }
+
+    /// Pearson's r of two equally long samples (two-pass, centred), clipped to [−1, 1];
+    /// `nil` when either variance is zero.
+    public static func pearson(_ x: [Double], _ y: [Double]) -> Double? {
+        let n = x.count
+        guard n >= 2, y.count == n else { return nil }
+        var mx = 0.0, my = 0.0
+        for k in 0..<n {
+            mx += x[k]
+            my += y[k]
+        }
+        mx /= Double(n)
+        my /= Double(n)
+        var sxy = 0.0, sxx = 0.0, syy = 0.0
+        for k in 0..<n {
+            let dx = x[k] - mx, dy = y[k] - my
+            sxy += dx * dy
+            sxx += dx * dx
+            syy += dy * dy
+        }
+        guard sxx > 0, syy > 0 else { return nil }
+        return max(-1, min(1, sxy / (sxx * syy).squareRoot()))
+    }
+}
+
+extension CalendarDate {
+    /// The date of a day number (days since 1970-01-01).
+    public init(daysSinceEpoch days: Int) {
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        self = CalendarDate(year: y, month: m, day: d)!
+    }
+}

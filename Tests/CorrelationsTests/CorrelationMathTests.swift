@@ -1,0 +1,94 @@
+import Correlations
+import EventCatalog
+import Foundation
+import HTTPServer
+import Testing
+
+struct CorrelationFixture: Decodable {
+    struct Series: Decodable {
+        let days: [Int32]
+        let values: [Double]
+    }
+    struct Expected: Decodable {
+        let a: String
+        let b: String
+        let window: Int
+        let value: Double?
+        let observations: Int
+        let as_of: Int32?
+    }
+    let series: [String: Series]
+    let expected: [Expected]
+
+    static func load() throws -> CorrelationFixture {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/correlations.json")
+        return try JSONDecoder().decode(CorrelationFixture.self, from: Data(contentsOf: url))
+    }
+}
+
+@Suite("Correlation arithmetic")
+struct CorrelationMathTests {
+    @Test("pairs over the latest N common dates match numpy's corrcoef to 1e-9, gaps and nulls included")
+    func matchesNumpy() throws {
+        let fixture = try CorrelationFixture.load()
+        var nulls = 0
+        for e in fixture.expected {
+            let a = fixture.series[e.a]!, b = fixture.series[e.b]!
+            let got = CorrelationMath.pair(ReturnSeries(days: a.days, values: a.values),
+                                           ReturnSeries(days: b.days, values: b.values), window: e.window)
+            #expect(got.observations == e.observations, "\(e.a)/\(e.b)/\(e.window)")
+            #expect(got.asOfDay == e.as_of, "\(e.a)/\(e.b)/\(e.window)")
+            if let expected = e.value {
+                let value = try #require(got.value, "\(e.a)/\(e.b)/\(e.window)")
+                #expect(abs(value - expected) <= 1e-9 * max(abs(expected), 1e-12), "\(e.a)/\(e.b)/\(e.window)")
+            } else {
+                nulls += 1
+                #expect(got.value == nil, "\(e.a)/\(e.b)/\(e.window)")
+            }
+        }
+        #expect(nulls >= 4, "the fixture exercises zero variance and short histories")
+    }
+
+    @Test("perfectly (anti-)correlated series give ±1; the diagonal needs N returns and a variance")
+    func exact() {
+        let days: [Int32] = [1, 2, 3, 4, 5]
+        let x = ReturnSeries(days: days, values: [0.01, -0.02, 0.03, 0.0, 0.015])
+        let y = ReturnSeries(days: days, values: x.values.map { 2 * $0 + 0.001 })
+        let z = ReturnSeries(days: days, values: x.values.map { -$0 })
+        #expect(abs(CorrelationMath.pair(x, y, window: 5).value! - 1) < 1e-12)
+        #expect(abs(CorrelationMath.pair(x, z, window: 5).value! + 1) < 1e-12)
+        #expect(CorrelationMath.pair(x, y, window: 6).value == nil)
+        #expect(CorrelationMath.pair(x, y, window: 6).observations == 5)
+        #expect(CorrelationMath.diagonal(x, window: 5).value == 1)
+        #expect(CorrelationMath.diagonal(x, window: 6).value == nil)
+        #expect(CorrelationMath.diagonal(ReturnSeries(days: days, values: [0, 0, 0, 0, 0]), window: 5).value == nil)
+    }
+
+    @Test("day numbers and dates convert both ways")
+    func days() {
+        for text in ["1970-01-01", "2024-02-29", "1999-12-31", "2100-03-01"] {
+            let date = CalendarDate(text)!
+            #expect(CalendarDate(daysSinceEpoch: date.daysSinceEpoch) == date)
+        }
+    }
+}
+
+@Suite("POST /windows validation")
+struct AddWindowParsingTests {
+    @Test("JSON faults are 400, out of range 422", arguments: [
+        ("{\"window\": 60}", 0, ""), ("{\"window\": 6e1}", 0, ""),
+        ("{\"window\": 60.5}", 400, "invalid_body"), ("{\"window\": \"60\"}", 400, "invalid_body"),
+        ("{}", 400, "invalid_body"), ("[60]", 400, "invalid_body"), ("nope", 400, "invalid_body"),
+        ("{\"window\": 1}", 422, "invalid_window"), ("{\"window\": 2521}", 422, "invalid_window"),
+        ("{\"window\": -5}", 422, "invalid_window"), ("{\"window\": 1e999}", 400, "invalid_body"),
+    ])
+    func parse(body: String, status: Int, code: String) {
+        do {
+            let command = try AddWindow.parse(body: Array(body.utf8))
+            #expect(status == 0 && command.window == 60)
+        } catch {
+            #expect(error.status == status && error.code == code, "\(body)")
+        }
+    }
+}
