@@ -5,7 +5,7 @@
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
-.PHONY: deps build release test run stop status logs clean
+.PHONY: deps build release test bench run stop status logs clean
 
 deps:            ## apt packages and Python test clients, when missing
 	@scripts/deps.sh
@@ -18,6 +18,9 @@ release: deps    ## release build of the executables
 
 test: build      ## throw-away RabbitMQ + swift test + end-to-end tests
 	@scripts/test.sh
+
+bench: release   ## figures beside their baselines (bench/run.py), table in bench/results/latest.md
+	@python3 bench/run.py
 
 run: release     ## local broker (unless STEGA_AMQP_URL is set) + every service in the background
 	@scripts/run.sh start

@@ -29,6 +29,12 @@ let package = Package(
             providers: [.apt(["libmicrohttpd-dev"])]
         ),
 
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+
         .target(name: "EventCatalog"),
         .target(
             name: "MessageBus",
@@ -73,7 +79,7 @@ let package = Package(
         .target(
             name: "Correlations",
             dependencies: [
-                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
+                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime", "COpenBLAS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -81,6 +87,10 @@ let package = Package(
         .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
         .executableTarget(name: "correlations-api", dependencies: ["Correlations", "ServiceRuntime"]),
         .executableTarget(name: "correlations-worker", dependencies: ["Correlations", "ServiceRuntime"]),
+        .executableTarget(
+            name: "stega-bench",
+            dependencies: ["Correlations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(name: "returns-worker", dependencies: ["Returns", "ServiceRuntime"]),
 
         .testTarget(name: "EventCatalogTests", dependencies: ["EventCatalog"]),

@@ -22,6 +22,9 @@ public final class HTTPDaemon: Sendable {
     private let threads: Int
     private let handle = Mutex<MHDHandle?>(nil)
     private let active = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+    /// Suspended connections by context, so a stop can answer them; `nil` once stopped.
+    private let suspendedConnections = Mutex<[ObjectIdentifier: (RequestContext, UInt)]?>([:])
     private let logger: Logger
 
     public init(router: Router, host: String = "127.0.0.1", port: Int, threads: Int = 2,
@@ -52,17 +55,57 @@ public final class HTTPDaemon: Sendable {
     /// Requests being read or answered now.
     public var activeRequests: Int { active.load(ordering: .relaxed) }
 
-    /// Stops accepting connections, lets requests in flight finish for up to `drainFor`
-    /// seconds, then stops the daemon.
+    /// Stops accepting connections and new requests (503 on kept-alive connections), lets
+    /// requests in flight finish for up to `drainFor` seconds, answers any still running
+    /// with 503, then stops the daemon.
     public func stop(drainFor seconds: Double = 5) {
         guard let current = handle.withLock({ h -> MHDHandle? in defer { h = nil }; return h }) else { return }
-        current.quiesce()
-        let deadline = Date().addingTimeInterval(seconds)
-        while active.load(ordering: .relaxed) > 0, Date() < deadline { usleep(2_000) }
-        current.stop()
-        logger.info("stopped listening", metadata: ["http.port": "\(port)"])
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        let listener = current.quiesce()
+        waitForIdle(seconds)
+        // Handlers still running: answer them now; their late results are dropped.
+        let left = suspendedConnections.withLock { registry -> Int in
+            let pending = registry ?? [:]
+            for (context, connection) in pending.values {
+                if context.settle(HTTPResponse.error(HTTPError(503, "shutting_down", "the server is shutting down"))) {
+                    MHDHandle.resume(connection: connection)
+                }
+            }
+            registry = nil
+            return pending.count
+        }
+        if left > 0 { waitForIdle(1) }
+        // MHD aborts when stopped with a connection still suspended: never risk it.
+        if active.load(ordering: .sequentiallyConsistent) == 0 {
+            current.stop()
+        } else {
+            logger.warning("requests still in flight; leaving the daemon to the process exit")
+        }
+        MHDHandle.close(socket: listener)
+        logger.info("stopped listening", metadata: ["http.port": "\(port)", "http.cut_short": "\(left)"])
     }
 
-    func requestStarted() { active.add(1, ordering: .relaxed) }
-    func requestFinished() { active.subtract(1, ordering: .relaxed) }
+    private func waitForIdle(_ seconds: Double) {
+        let deadline = Date().addingTimeInterval(seconds)
+        while active.load(ordering: .sequentiallyConsistent) > 0, Date() < deadline { usleep(2_000) }
+    }
+
+    var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
+    func requestStarted() { active.add(1, ordering: .sequentiallyConsistent) }
+    func requestFinished() { active.subtract(1, ordering: .sequentiallyConsistent) }
+
+    /// Registers a connection the access handler suspended.
+    func suspended(_ context: RequestContext, connection: UInt) {
+        suspendedConnections.withLock { $0?[ObjectIdentifier(context)] = (context, connection) }
+    }
+
+    /// Stores the handler's response and resumes the connection, unless a stop answered it.
+    func resume(_ context: RequestContext, with response: HTTPResponse) {
+        suspendedConnections.withLock { registry in
+            // Under the registry's lock, so a stop cannot run between the check and the resume;
+            // after a stop the registry is nil and the connection is not touched again.
+            guard let entry = registry?.removeValue(forKey: ObjectIdentifier(context)) else { return }
+            if context.settle(response) { MHDHandle.resume(connection: entry.1) }
+        }
+    }
 }

@@ -17,6 +17,15 @@ final class RequestContext: @unchecked Sendable {
     let response = Mutex<HTTPResponse?>(nil)
 
     init(request: HTTPRequest) { self.request = request }
+
+    /// Stores `response` unless one is stored already; returns whether it was stored.
+    func settle(_ response: HTTPResponse) -> Bool {
+        self.response.withLock { current in
+            guard current == nil else { return false }
+            current = response
+            return true
+        }
+    }
 }
 
 /// Collects key-value pairs for `MHD_get_connection_values`.
@@ -75,7 +84,14 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
             headers: headers)
         let context = RequestContext(request: request)
         conCls.pointee = Unmanaged.passRetained(context).toOpaque()
+        // Counted before the stopping check: `stop` either sees this request or we see it stopping.
         daemon.requestStarted()
+        if daemon.isStopping {
+            context.dispatched = true
+            let response = HTTPResponse.error(HTTPError(503, "shutting_down", "the server is shutting down",
+                                                        headers: ["Connection": "close"]))
+            return queue(response, on: connection)
+        }
         if let length = headers["content-length"].flatMap(Int.init), length > daemon.maxBodySize {
             let error = daemon.router.precheck(method: request.method, path: request.path,
                                                contentType: headers["content-type"])
@@ -108,15 +124,19 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     }
     guard !context.dispatched else { return .YES }
     context.dispatched = true
+    if daemon.isStopping {
+        // Not suspended any more once stopping: answer at once.
+        return queue(.error(HTTPError(503, "shutting_down", "the server is shutting down")), on: connection)
+    }
     MHD_suspend_connection(connection)
     let request = context.request
-    // The bridge from MHD's thread to Swift concurrency; the connection stays suspended
-    // until the handler has stored its response.
     let connectionBits = UInt(bitPattern: connection)
+    daemon.suspended(context, connection: connectionBits)
+    // The bridge from MHD's thread to Swift concurrency; the connection stays suspended
+    // until the handler has stored its response (or the daemon, stopping, answered it).
     Task {
         let response = await daemon.router.respond(to: request)
-        context.response.withLock { $0 = response }
-        MHD_resume_connection(OpaquePointer(bitPattern: connectionBits))
+        daemon.resume(context, with: response)
     }
     return .YES
 }
@@ -179,8 +199,19 @@ final class MHDHandle: @unchecked Sendable {
         Int(stega_mhd_bound_port(pointer))
     }
 
-    /// Calls `MHD_quiesce_daemon`: no new connections are accepted.
-    func quiesce() { _ = MHD_quiesce_daemon(pointer) }
+    /// Calls `MHD_resume_connection` on a connection suspended by the access handler.
+    static func resume(connection: UInt) {
+        MHD_resume_connection(OpaquePointer(bitPattern: connection))
+    }
+
+    /// Calls `MHD_quiesce_daemon`: no new connections are accepted. The listening socket
+    /// is then ours to close (after `stop`), or new clients would wait in its backlog.
+    func quiesce() -> Int32 { MHD_quiesce_daemon(pointer) }
+
+    /// Closes a socket that `quiesce` handed back.
+    static func close(socket: Int32) {
+        if socket >= 0 { _ = Glibc.close(socket) }
+    }
 
     /// Calls `MHD_stop_daemon`.
     func stop() { MHD_stop_daemon(pointer) }

@@ -92,3 +92,30 @@ struct AddWindowParsingTests {
         }
     }
 }
+
+@Suite("Dense correlation matrix")
+struct CorrelationMatrixTests {
+    @Test("equals pairwise Pearson on every cell; a constant row gives nan; ±1 and the diagonal exact")
+    func matchesPairwise() {
+        var generator = SystemRandomNumberGenerator()
+        for (n, k) in [(1, 5), (3, 7), (9, 33), (17, 252)] {
+            var rows = (0..<n).map { _ in (0..<k).map { _ in Double.random(in: -0.05...0.05, using: &generator) } }
+            if n > 2 { rows[1] = [Double](repeating: 0.25, count: k) }
+            if n > 3 { rows[3] = rows[0].map { -3 * $0 + 1 } }
+            let m = CorrelationMatrix.compute(rows)
+            for i in 0..<n {
+                for j in 0..<n {
+                    let value = m[i * n + j]
+                    if i == j {
+                        #expect(n > 2 && i == 1 ? value.isNaN : value == 1)
+                    } else if let expected = CorrelationMath.pearson(rows[i], rows[j]) {
+                        #expect(abs(value - expected) <= 1e-12, "\(n)x\(k) [\(i),\(j)]")
+                    } else {
+                        #expect(value.isNaN)
+                    }
+                }
+            }
+            if n > 3 { #expect(abs(m[0 * n + 3] + 1) < 1e-12) }
+        }
+    }
+}

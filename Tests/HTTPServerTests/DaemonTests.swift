@@ -68,6 +68,26 @@ struct DaemonTests {
         }
     }
 
+    @Test("a stop answers requests still running with 503 after the drain time, and does not crash")
+    func stopCutsShort() async throws {
+        var router = Router()
+        router.get("/slow") { _ in
+            try? await Task.sleep(for: .seconds(3))
+            return try .json(["slow": "done"])
+        }
+        router.get("/fast") { _ in try .json(["fast": "yes"]) }
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 2)
+        let port = try daemon.start()
+        async let slow = send(port, "GET", "/slow")
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(daemon.activeRequests == 1)
+        daemon.stop(drainFor: 0.3)
+        let (status, body, _) = try await slow
+        #expect(status == 503)
+        #expect((body?["error"] as? [String: Any])?["code"] as? String == "shutting_down")
+        await #expect(throws: (any Error).self) { _ = try await send(port, "GET", "/fast") }
+    }
+
     @Test("bad JSON is 400 and an unknown route 404, over the wire")
     func errors() async throws {
         try await withDaemon { port in

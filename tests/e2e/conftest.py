@@ -106,6 +106,16 @@ class Stack:
         })
         self.env.update(extra_env or {})
         self.processes = {}
+        # The services' queues are named after the service, not the exchange: start each
+        # stack without what earlier tests left in them.
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = conn.channel()
+            for service in ("returns", "correlations"):
+                for queue in (f"{service}.events", f"{service}.events.dead"):
+                    channel.queue_delete(queue=queue)
+        finally:
+            conn.close()
 
     def start(self, name, alias=None):
         """Starts binary `name` (as `alias`, for a second replica) and waits until it is ready."""

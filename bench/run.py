@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""make bench: the project's figures beside their baselines, measured in the same run.
+
+Scenarios (release build; load only on 127.0.0.1, bounded in count and time):
+  - correlation matrix 500 x 252 and 2000 x 252: stega-bench vs numpy.corrcoef on the same
+    data (median of 15), and the two results compared to 1e-9;
+  - ingest 500 symbols x 10 years of daily prices through returns-api, until every return
+    and every default-window correlation (20, 60, 252) is computed and readable.
+
+Prints one table and writes it to bench/results/latest.md."""
+import concurrent.futures as futures
+import datetime as dt
+import os
+import pathlib
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BIN = pathlib.Path(os.environ.get("STEGA_BIN_DIR", ROOT / ".build/release"))
+ROWS = []  # (scenario, project, baseline, ratio, target, verdict)
+
+
+def record(scenario, project, baseline="", ratio="", target="", ok=None):
+    verdict = "" if ok is None else ("pass" if ok else "FAIL")
+    ROWS.append((scenario, project, baseline, ratio, target, verdict))
+    print(f"  {scenario}: {project}  {baseline}  {ratio}  {verdict}", flush=True)
+
+
+def median_ms(fn, repeats=15):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def matrix(n, k=252):
+    rng = np.random.default_rng(n)
+    common = rng.normal(0, 0.01, k)
+    x = 0.4 * common + rng.normal(0, 0.01, (n, k))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = pathlib.Path(tmp, "in.bin"), pathlib.Path(tmp, "out.bin")
+        x.astype("<f8").tofile(src)
+        baseline = median_ms(lambda: np.corrcoef(x))
+        out = subprocess.run([str(BIN / "stega-bench"), "matrix", "--input", str(src), "--rows", str(n),
+                              "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True)
+        project = float(out.stdout.split('"median_ms": ')[1].split(",")[0])
+        ours = np.fromfile(dst, dtype="<f8").reshape(n, n)
+        diff = np.nanmax(np.abs(ours - np.corrcoef(x)))
+    ok = project <= baseline and diff <= 1e-9
+    record(f"correlation matrix {n} x {k} (ms, median of 15)", f"{project:.2f}", f"numpy corrcoef {baseline:.2f}",
+           f"{project / baseline:.2f}x", "<= 1.0x numpy, |diff| <= 1e-9", ok)
+    print(f"    max |stega - numpy| = {diff:.2e}")
+
+
+def free_port_pair():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/free-port.py"), "--pair"], capture_output=True, text=True)
+    return int(out.stdout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ingest(symbols=500, years=10):
+    days = 252 * years
+    broker_dir = tempfile.mkdtemp(prefix="stega-bench-broker.")
+    port = free_port_pair()
+    subprocess.run([str(ROOT / "scripts/broker.sh"), "start", broker_dir, str(port)], check=True, capture_output=True)
+    data = tempfile.mkdtemp(prefix="stega-bench-data.")
+    env = dict(os.environ, STEGA_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}", STEGA_DATA_DIR=data,
+               STEGA_LOG_LEVEL="warning")
+    procs = {}
+    try:
+        for name in ("returns-worker", "correlations-worker", "returns-api", "correlations-api"):
+            p = free_port()
+            log = open(pathlib.Path(data, f"{name}.log"), "w")
+            procs[name] = (subprocess.Popen([str(BIN / name)], env=dict(env, STEGA_HTTP_PORT=str(p)), stdout=log,
+                                            stderr=subprocess.STDOUT), f"http://127.0.0.1:{p}")
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    if requests.get(procs[name][1] + "/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.1)
+        api, corr = procs["returns-api"][1], procs["correlations-api"][1]
+        rng = np.random.default_rng(42)
+        start_day = dt.date(2015, 1, 2)
+        dates = []
+        d = start_day
+        while len(dates) < days:
+            if d.weekday() < 5:
+                dates.append(d.isoformat())
+            d += dt.timedelta(days=1)
+        market = rng.normal(0.0003, 0.01, days)
+        names = [f"S{i:03d}" for i in range(symbols)]
+
+        def post(i):
+            closes = 50 * np.cumprod(1 + 0.7 * market + rng.normal(0, 0.012, days))
+            body = {"symbol": names[i], "prices": [{"date": x, "close": round(float(c), 4)} for x, c in zip(dates, closes)]}
+            r = requests.post(api + "/prices", json=body, timeout=60)
+            assert r.status_code == 202, r.text
+
+        t0 = time.perf_counter()
+        with futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(post, range(symbols)))
+        posted = time.perf_counter() - t0
+        all_symbols = ",".join(names)
+
+        def complete(window):
+            r = requests.get(corr + "/correlations", params={"symbols": all_symbols, "window": window}, timeout=120)
+            return r.status_code == 200 and all(v is not None for row in r.json()["matrix"] for v in row)
+
+        deadline = time.perf_counter() + 900
+        while time.perf_counter() < deadline and not all(complete(w) for w in (252, 60, 20)):
+            time.sleep(2)
+        total = time.perf_counter() - t0
+        done = all(complete(w) for w in (252, 60, 20))
+        returns_ok = all(len(requests.get(f"{api}/returns/{s}", timeout=30).json()["returns"]) == days - 1
+                         for s in names[:: max(1, symbols // 25)])
+        record(f"ingest {symbols} symbols x {years} years via REST ({symbols * days:,} prices)",
+               f"POSTs {posted:.1f} s; all returns and {3 * symbols * (symbols - 1) // 2:,} correlations readable after {total:.1f} s",
+               "", "", "completes (no target)", done and returns_ok)
+        for name, (proc, _) in procs.items():
+            record(f"{name} RSS after the ingest (MB)", f"{rss_mb(proc.pid):.1f}", "", "", "<= 40 MB (issue 6)",
+                   rss_mb(proc.pid) <= 40)
+    finally:
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run([str(ROOT / "scripts/broker.sh"), "stop", broker_dir], capture_output=True)
+
+
+def main():
+    print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores")
+    which = sys.argv[1:] or ["matrix", "ingest"]
+    if "matrix" in which:
+        matrix(500)
+        matrix(2000)
+    if "ingest" in which:
+        ingest()
+    header = "| scenario | project | baseline | ratio | target | result |\n|---|---|---|---|---|---|\n"
+    table = header + "".join(f"| {' | '.join(str(c) for c in row)} |\n" for row in ROWS)
+    print()
+    print(table)
+    out = ROOT / "bench/results/latest.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    out.write_text(f"# make bench, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\nMachine: {cpu}, "
+                   f"{os.cpu_count()} cores\n\n{table}")
+    print(f"written to {out}")
+    return 0 if all(r[5] != "FAIL" for r in ROWS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
