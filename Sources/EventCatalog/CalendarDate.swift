@@ -84,6 +84,23 @@ public struct CalendarDate: Hashable, Comparable, Sendable, Codable, CustomStrin
     }
 }
 
+extension CalendarDate {
+    /// The date of a day number (days since 1970-01-01).
+    public init(daysSinceEpoch days: Int) {
+        // Howard Hinnant's civil_from_days.
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        self = CalendarDate(year: y, month: m, day: d)!
+    }
+}
+
 /// A value on a date, as in `{"date": "2024-01-02", "value": 0.0123}`.
 public struct DatedValue: Codable, Sendable, Equatable {
     public var date: CalendarDate

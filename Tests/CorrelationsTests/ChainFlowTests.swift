@@ -134,6 +134,15 @@ struct ChainFlowTests {
         let (_, pair) = try await chain.get("/correlations/S1/S0", ["window": "20"])
         #expect(pair["observations"] as? Int == 20)
         #expect(abs((pair["value"] as! Double) - (matrix[1][0] as! Double)) < 1e-15)
+
+        // The same prices again: no return changes, and the write still resolves.
+        let items = zip(days, closes(0, n)).map { "{\"date\":\"\($0)\",\"close\":\($1)}" }.joined(separator: ",")
+        let again = await chain.post(chain.returnsRouter, "/prices", "{\"symbol\":\"S0\",\"prices\":[\(items)]}")
+        let op = (try JSONSerialization.jsonObject(with: Data(again.body)) as! [String: String])["operation_id"]!
+        try await chain.waitFor("no-change update") { try await !chain.updates(for: op).isEmpty }
+        let none = try await chain.updates(for: op)[0]
+        #expect(none.windows.isEmpty && none.pairs == 0 && none.symbols == ["S0"])
+        #expect(none.asOf?.description == days.last)
     }
 
     @Test("POST /windows tracks a new window and backfills every pair; unknowns are 404")

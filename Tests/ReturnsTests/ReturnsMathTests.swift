@@ -55,3 +55,49 @@ struct ReturnsMathTests {
         #expect(abs(r[0].log - 0.09531017980432493) < 1e-15)
     }
 }
+
+@Suite("Returns summary")
+struct SummaryTests {
+    func points(_ closes: [Double]) -> [PricePoint] {
+        closes.enumerated().map { PricePoint(date: CalendarDate(daysSinceEpoch: 19_000 + $0.offset), close: $0.element) }
+    }
+
+    @Test("against the numpy fixture: mean, sample volatility × √252, cumulative, drawdown")
+    func matchesNumpy() throws {
+        let fixture = try Fixture.load()
+        let r = fixture.simple.map(\.value)
+        let s = ReturnsMath.summary(symbol: "X", prices: fixture.prices, returns: r)
+        // An independent computation in Decimal-free long form.
+        let n = Double(r.count)
+        let mean = r.reduce(0, +) / n
+        let variance = r.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)
+        #expect(s.count == r.count)
+        #expect(relativeError(s.mean!, mean) < 1e-9)
+        #expect(relativeError(s.volatility!, variance.squareRoot() * 252.0.squareRoot()) < 1e-9)
+        let closes = fixture.prices.map(\.close)
+        #expect(relativeError(s.cumulativeReturn, closes.last! / closes.first! - 1) < 1e-9)
+        var peak = 0.0, worst = 0.0
+        for c in closes { peak = max(peak, c); worst = min(worst, c / peak - 1) }
+        #expect(s.maxDrawdown == worst)
+        #expect(s.firstDate == fixture.prices.first!.date && s.lastDate == fixture.prices.last!.date)
+    }
+
+    @Test("a single price: no returns, null mean and volatility, zero cumulative and drawdown")
+    func single() throws {
+        let s = ReturnsMath.summary(symbol: "X", prices: points([10]), returns: [])
+        #expect(s.count == 0 && s.mean == nil && s.volatility == nil && s.cumulativeReturn == 0 && s.maxDrawdown == 0)
+        let json = String(decoding: try JSONEncoder().encode(s), as: UTF8.self)
+        #expect(json.contains("\"mean\":null") && json.contains("\"volatility\":null"))
+    }
+
+    @Test("constant prices: zero volatility; a fall then recovery: the drawdown from the peak")
+    func constantsAndDrawdown() {
+        let flat = ReturnsMath.summary(symbol: "X", prices: points([5, 5, 5]), returns: [0, 0])
+        #expect(flat.volatility == 0 && flat.mean == 0 && flat.maxDrawdown == 0)
+        let p = points([100, 120, 90, 130, 117])
+        let r = ReturnsMath.dailyReturns(p).map(\.simple)
+        let s = ReturnsMath.summary(symbol: "X", prices: p, returns: r)
+        #expect(abs(s.maxDrawdown - (90.0 / 120.0 - 1)) < 1e-15)
+        #expect(abs(s.cumulativeReturn - 0.17) < 1e-12)
+    }
+}
