@@ -2,6 +2,7 @@ import EventCatalog
 import Foundation
 import HTTPServer
 import MessageBus
+import ServiceRuntime
 
 /// The REST API of the correlations service (DESIGN.md "Read views").
 public struct CorrelationsRoutes: Sendable {
@@ -18,15 +19,7 @@ public struct CorrelationsRoutes: Sendable {
 
     public func add(to router: inout Router) {
         router.post("/windows") { request in
-            let command = try AddWindow.parse(body: request.body)
-            let metadata = MessageMetadata.newOperation(traceparent: request.header("traceparent"))
-            do {
-                try await bus.send(command, metadata: metadata)
-            } catch {
-                throw HTTPError(503, "store_unavailable", "the write could not be stored; try again")
-            }
-            return try .json(["operation_id": metadata.correlationId], status: 202,
-                             headers: ["Location": "/operations/\(metadata.correlationId)"])
+            try await CommandEndpoint.accept(AddWindow.parse(body: request.body), from: request, bus: bus)
         }
         router.get("/correlations") { request in
             guard let list = request.query["symbols"], !list.isEmpty else {
@@ -122,18 +115,6 @@ public struct CorrelationsRoutes: Sendable {
             try c.encode(value, forKey: .value)
             try c.encode(observations, forKey: .observations)
             try c.encode(asOf, forKey: .asOf)
-        }
-    }
-}
-
-/// Ticker symbols: `^[A-Z0-9.\-]{1,15}$`.
-enum Symbol {
-    static func isValid(_ text: String) -> Bool {
-        let utf8 = text.utf8
-        guard (1...15).contains(utf8.count) else { return false }
-        return utf8.allSatisfy { c in
-            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c)
-                || c == UInt8(ascii: ".") || c == UInt8(ascii: "-")
         }
     }
 }

@@ -21,6 +21,18 @@ public enum JSONValue: Equatable, Sendable {
         return value
     }
 
+    /// Parses a request body that must be a JSON object: 400 `invalid_body` otherwise.
+    public static func parseObject(_ body: [UInt8]) throws(HTTPError) -> [String: JSONValue] {
+        let json: JSONValue
+        do {
+            json = try parse(body)
+        } catch {
+            throw .invalidBody("the body is not valid JSON: \(error)")
+        }
+        guard case .object(let fields) = json else { throw .invalidBody("the body must be a JSON object") }
+        return fields
+    }
+
     public subscript(key: String) -> JSONValue? {
         if case .object(let fields) = self { return fields[key] }
         return nil

@@ -3,6 +3,7 @@ import Foundation
 import HTTPServer
 import Logging
 import MessageBus
+import ServiceRuntime
 
 /// The REST API of the returns service (DESIGN.md "Read views").
 public struct ReturnsRoutes: Sendable {
@@ -50,15 +51,7 @@ public struct ReturnsRoutes: Sendable {
 
     /// `POST /prices`: validate, run the command, answer 202 with the operation id.
     func recordPrices(_ request: HTTPRequest) async throws -> HTTPResponse {
-        let command = try RecordPrices.parse(body: request.body)
-        let metadata = MessageMetadata.newOperation(traceparent: request.header("traceparent"))
-        do {
-            try await bus.send(command, metadata: metadata)
-        } catch {
-            throw HTTPError(503, "store_unavailable", "the write could not be stored; try again")
-        }
-        return try .json(["operation_id": metadata.correlationId], status: 202,
-                         headers: ["Location": "/operations/\(metadata.correlationId)"])
+        try await CommandEndpoint.accept(RecordPrices.parse(body: request.body), from: request, bus: bus)
     }
 
     static func symbol(_ request: HTTPRequest) throws -> String {

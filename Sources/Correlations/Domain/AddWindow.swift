@@ -13,13 +13,7 @@ public struct AddWindow: Command, Equatable {
     /// Parses `{"window": N}`: 400 `invalid_body` for JSON faults (a string, `60.5`), 422
     /// `invalid_window` out of range.
     public static func parse(body: [UInt8]) throws(HTTPError) -> AddWindow {
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(body)
-        } catch {
-            throw .invalidBody("the body is not valid JSON: \(error)")
-        }
-        guard case .object(let fields) = json else { throw .invalidBody("the body must be a JSON object") }
+        let fields = try JSONValue.parseObject(body)
         guard let value = fields["window"] else { throw .invalidBody("missing field window") }
         guard case .number(let number, let integral) = value, integral, number.isFinite else {
             throw .invalidBody("window must be an integer, got \(value.typeName == "number" ? "a fraction" : value.typeName)")

@@ -18,13 +18,7 @@ public struct RecordPrices: Command, Equatable {
     /// Accepted bodies: `{"symbol":"AAPL","prices":[{"date":"2024-01-02","close":185.64}]}`,
     /// or several symbols at once: `{"prices":{"AAPL":[…],"MSFT":[…]}}`.
     public static func parse(body: [UInt8]) throws(HTTPError) -> RecordPrices {
-        let json: JSONValue
-        do {
-            json = try JSONValue.parse(body)
-        } catch {
-            throw .invalidBody("the body is not valid JSON: \(error)")
-        }
-        guard case .object(let fields) = json else { throw .invalidBody("the body must be a JSON object") }
+        let fields = try JSONValue.parseObject(body)
         var raw: [(symbol: String, points: [(date: String, close: Double)])] = []
         switch (fields["symbol"], fields["prices"]) {
         case (.string(let symbol), .array(let items)?):
@@ -98,17 +92,5 @@ public struct RecordPrices: Command, Equatable {
             out.append((date, close))
         }
         return out
-    }
-}
-
-/// Ticker symbols: `^[A-Z0-9.\-]{1,15}$`.
-public enum Symbol {
-    public static func isValid(_ text: String) -> Bool {
-        let utf8 = text.utf8
-        guard (1...15).contains(utf8.count) else { return false }
-        return utf8.allSatisfy { c in
-            (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(c) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c)
-                || c == UInt8(ascii: ".") || c == UInt8(ascii: "-")
-        }
     }
 }
