@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import pathlib
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,21 +45,26 @@ def median_ms(fn, repeats=15):
     return sorted(times)[len(times) // 2]
 
 
-def matrix(n, k=252):
+def matrix(n, k=252, rounds=5):
     rng = np.random.default_rng(n)
     common = rng.normal(0, 0.01, k)
     x = 0.4 * common + rng.normal(0, 0.01, (n, k))
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = pathlib.Path(tmp, "in.bin"), pathlib.Path(tmp, "out.bin")
         x.astype("<f8").tofile(src)
-        baseline = median_ms(lambda: np.corrcoef(x))
-        out = subprocess.run([str(BIN / "stega-bench"), "matrix", "--input", str(src), "--rows", str(n),
-                              "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True)
-        project = float(out.stdout.split('"median_ms": ')[1].split(",")[0])
+        # Rounds alternate between the two, so a noisy moment hits both; each figure is the
+        # median over the rounds of each round's median of 15.
+        baselines, projects = [], []
+        for _ in range(rounds):
+            baselines.append(median_ms(lambda: np.corrcoef(x)))
+            out = subprocess.run([str(BIN / "stega-bench"), "matrix", "--input", str(src), "--rows", str(n),
+                                  "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True)
+            projects.append(float(out.stdout.split('"median_ms": ')[1].split(",")[0]))
+        baseline, project = sorted(baselines)[rounds // 2], sorted(projects)[rounds // 2]
         ours = np.fromfile(dst, dtype="<f8").reshape(n, n)
         diff = np.nanmax(np.abs(ours - np.corrcoef(x)))
     ok = project <= baseline and diff <= 1e-9
-    record(f"correlation matrix {n} x {k} (ms, median of 15)", f"{project:.2f}", f"numpy corrcoef {baseline:.2f}",
+    record(f"correlation matrix {n} x {k} (ms, median of {rounds} rounds x 15)", f"{project:.2f}", f"numpy corrcoef {baseline:.2f}",
            f"{project / baseline:.2f}x", "<= 1.0x numpy, |diff| <= 1e-9", ok)
     print(f"    max |stega - numpy| = {diff:.2e}")
 
@@ -154,6 +160,8 @@ def ingest(symbols=500, years=10):
             except subprocess.TimeoutExpired:
                 proc.kill()
         subprocess.run([str(ROOT / "scripts/broker.sh"), "stop", broker_dir], capture_output=True)
+        shutil.rmtree(broker_dir, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def main():
