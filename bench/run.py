@@ -57,10 +57,15 @@ def matrix(n, k=252, rounds=5):
         baselines, projects = [], []
         for _ in range(rounds):
             baselines.append(median_ms(lambda: np.corrcoef(x)))
-            # numpy's OpenBLAS threads spin for a while after a call and would hold a core.
-            time.sleep(1)
+            # numpy's OpenBLAS pool spins for a while after each call: let it go idle first, as
+            # the project's run would otherwise share its cores with it.
+            time.sleep(0.5)
+            # The project runs OpenBLAS single-threaded and splits the work over threads of its
+            # own; OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting an idle pool whose
+            # spinning thread would take the second core (as run.sh and the images set it).
             out = subprocess.run([str(BIN / "stega-bench"), "matrix", "--input", str(src), "--rows", str(n),
-                                  "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True)
+                                  "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
             projects.append(float(out.stdout.split('"median_ms": ')[1].split(",")[0]))
         baseline, project = sorted(baselines)[rounds // 2], sorted(projects)[rounds // 2]
         ours = np.fromfile(dst, dtype="<f8").reshape(n, n)
