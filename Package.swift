@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "returns-worker", targets: ["returns-worker"]),
         .executable(name: "correlations-api", targets: ["correlations-api"]),
         .executable(name: "correlations-worker", targets: ["correlations-worker"]),
+        .executable(name: "boundary", targets: ["boundary"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -84,6 +85,15 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
+        .target(
+            name: "Boundary",
+            dependencies: [
+                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime", "AMQPTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(name: "boundary", dependencies: ["Boundary"]),
         .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
         .executableTarget(name: "correlations-api", dependencies: ["Correlations", "ServiceRuntime"]),
         .executableTarget(name: "correlations-worker", dependencies: ["Correlations", "ServiceRuntime"]),
@@ -106,6 +116,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
+        .testTarget(name: "BoundaryTests", dependencies: ["Boundary", "EventCatalog", "HTTPServer"]),
         .testTarget(
             name: "ServiceRuntimeTests",
             dependencies: ["ServiceRuntime", "AMQPTransport", "MessageBus", "EventCatalog",

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 RUN=run
 BIN=${STEGA_BIN_DIR:-.build/release}
 # name:port of every process, in start order (workers first, so their queues exist).
-PROCESSES=("returns-worker:9081" "correlations-worker:9082" "returns-api:8081" "correlations-api:8082")
+PROCESSES=("returns-worker:9081" "correlations-worker:9082" "boundary:8080" "returns-api:8081" "correlations-api:8082")
 
 start() {
   mkdir -p "$RUN/logs" "$RUN/pids"
@@ -62,6 +62,7 @@ stega events is running.
   correlations-api     http://127.0.0.1:8082   (POST /windows, GET /correlations?symbols=A,B&window=N)
   returns-worker       http://127.0.0.1:9081   (GET /healthz, /readyz)
   correlations-worker  http://127.0.0.1:9082   (GET /healthz, /readyz)
+  boundary             http://127.0.0.1:8080   (GET /operations/{id})
   logs                 $RUN/logs/<name>.log    (make logs tails the workers)
   data                 $STEGA_DATA_DIR
 Try:

@@ -3,7 +3,7 @@
 /// Unlike `JSONDecoder`, it keeps a number that overflows a `Double` (`1e999` becomes
 /// infinity, for the caller to reject as a value, 422, rather than as malformed JSON, 400)
 /// and remembers whether a number was written as an integer (`60` vs `60.5`).
-public enum JSONValue: Equatable, Sendable {
+public enum JSONValue: Equatable, Sendable, Encodable {
     case null
     case bool(Bool)
     case number(Double, integral: Bool)
@@ -19,6 +19,19 @@ public enum JSONValue: Equatable, Sendable {
         parser.skipWhitespace()
         guard parser.index == bytes.count else { throw parser.error("unexpected text after the JSON value") }
         return value
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .number(let d, let integral):
+            if integral, let i = Int64(exactly: d) { try c.encode(i) } else { try c.encode(d) }
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
     }
 
     /// Parses a request body that must be a JSON object: 400 `invalid_body` otherwise.

@@ -14,11 +14,18 @@ public struct ConsumerService: Service {
     let consumer: any EventConsumer
     let bus: MessageBus
     let logger: Logger
+    /// Handler attempts the transport makes before dead-lettering (1 in transient mode).
+    let maxAttempts: Int
+    /// Where `<service>.events.operation_failed` goes when an event fails for good.
+    let failures: (any EventPublisher)?
 
-    public init(consumer: any EventConsumer, bus: MessageBus, logger: Logger) {
+    public init(consumer: any EventConsumer, bus: MessageBus, logger: Logger, maxAttempts: Int = 1,
+                failures: (any EventPublisher)? = nil) {
         self.consumer = consumer
         self.bus = bus
         self.logger = logger
+        self.maxAttempts = max(1, maxAttempts)
+        self.failures = failures
     }
 
     public func run() async throws {
@@ -48,10 +55,29 @@ public struct ConsumerService: Service {
             return .ack
         } catch let error as BusError where error.code == .undecodable || error.code == .noHandler {
             logger.error("dead-lettering an event that cannot be handled", metadata: ["error": "\(error)"])
+            await reportFailure(of: envelope, reason: "\(error)")
             return .deadLetter(reason: "\(error)")
         } catch {
             logger.warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(delivery.attempt)"])
+            if delivery.attempt >= maxAttempts { await reportFailure(of: envelope, reason: "\(error)") }
             return .retry(reason: "\(error)")
+        }
+    }
+
+    /// Raises `<service>.events.operation_failed` for the operation of `envelope` (its last
+    /// attempt failed, or it can never be handled), so the client learns the outcome.
+    func reportFailure(of envelope: EventEnvelope, reason: String) async {
+        guard let failures, let operation = envelope.correlationId else { return }
+        let failure = OperationFailure(operationId: operation, service: bus.appId, reason: String(reason.prefix(500)))
+        do {
+            let body = try EventJSON.encode(failure)
+            try await failures.publish([EventEnvelope(
+                routingKey: "\(bus.appId).events.operation_failed", correlationId: operation,
+                causationId: envelope.eventId.uuidString.lowercased(), appId: bus.appId,
+                traceparent: envelope.traceparent, body: body)])
+            logger.error("operation failed", metadata: ["bus.correlation_id": "\(operation)", "error": "\(reason)"])
+        } catch {
+            logger.error("could not record operation_failed", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -36,7 +36,10 @@ public enum WorkerRuntime {
                 settings: parts.config.amqp,
                 queue: parts.config.queueSpec,
                 bindings: bus.routingKeys, logger: parts.logger)
-            let service = ConsumerService(consumer: consumer, bus: bus, logger: parts.logger)
+            let service = ConsumerService(
+                consumer: consumer, bus: bus, logger: parts.logger,
+                maxAttempts: parts.config.queueMode == .durable ? parts.config.retryAttempts : 1,
+                failures: OutboxPublisher(database: parts.database))
             let check = ReadinessCheck("consumer") { consumer.isConnected }
             return (Router(logger: parts.logger), [(service, check)])
         }

@@ -91,3 +91,32 @@ struct OutboxTests {
         #expect(published == sent)
     }
 }
+
+@Suite("Failed operations")
+struct OperationFailedTests {
+    struct Boom: Error {}
+
+    @Test("the last failed attempt raises <service>.events.operation_failed with the operation id; earlier ones do not")
+    func lastAttempt() async throws {
+        var registry = HandlerRegistry()
+        registry.on(WindowAdded.self) { _, _ in throw Boom() }
+        let transport = InMemoryTransport()
+        let bus = MessageBus(appId: "correlations", registry: registry, publisher: transport)
+        let service = ConsumerService(consumer: await transport.consumer(queue: "x", bindings: []), bus: bus,
+                                      logger: .init(label: "t"), maxAttempts: 3, failures: transport)
+        let event = try EventEnvelope(WindowAdded(window: 4), correlationId: "op-7")
+        func deliver(_ attempt: Int) async -> DeliveryOutcome {
+            await service.handle(Delivery(envelope: event, routingKey: event.routingKey, body: Array(event.body),
+                                          redelivered: false, attempt: attempt))
+        }
+        if case .retry = await deliver(1) {} else { Issue.record("expected a retry") }
+        #expect(await transport.published.isEmpty)
+        _ = await deliver(3)
+        let failed = try #require(await transport.published.first)
+        #expect(failed.routingKey == "correlations.events.operation_failed")
+        #expect(failed.correlationId == "op-7")
+        #expect(failed.causationId == event.eventId.uuidString.lowercased())
+        let payload = try failed.decode(CorrelationsOperationFailed.self).failure
+        #expect(payload.operationId == "op-7" && payload.service == "correlations" && payload.reason.contains("Boom"))
+    }
+}

@@ -28,6 +28,7 @@ def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
     watcher = seed_consumer(stack.exchange, ["correlations.events.correlations_updated"])
     stack.start("returns-worker")
     stack.start("correlations-worker")
+    boundary = stack.start("boundary")
     returns_api = stack.start("returns-api")
     correlations_api = stack.start("correlations-api")
 
@@ -50,6 +51,18 @@ def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
     payloads = [m[2] for m in updates()]
     assert sorted(p["symbols"][0] for p in payloads) == SYMBOLS
     assert all(p["windows"] == [20, 60, 252] for p in payloads)
+
+    # The boundary resolved the operation: 4 prices_recorded, 4 returns_calculated, 4 updates.
+    def operation():
+        r = requests.get(f"{boundary.url}/operations/{op}", timeout=5)
+        return r.status_code == 200 and r.json()["status"] == "succeeded" and r.json()
+    resolved = wait_until("operation succeeded", operation, timeout=30)
+    keys = [e["routing_key"] for e in resolved["events"]]
+    assert keys.count("returns.events.prices_recorded") == 4
+    assert keys.count("correlations.events.correlations_updated") == 4
+    assert all(e["correlation_id"] == op and e["timestamp"].endswith("Z") for e in resolved["events"])
+    assert requests.get(f"{boundary.url}/operations/{uuid.uuid4()}", timeout=5).status_code == 404
+    assert requests.get(f"{boundary.url}/operations/not-a-uuid", timeout=5).json()["error"]["code"] == "invalid_operation_id"
 
     # The matrix, against numpy on the latest 20 and 60 common returns.
     def returns_of(s):
