@@ -62,7 +62,7 @@ stega events is running.
   correlations-api     http://127.0.0.1:8082   (POST /windows, GET /correlations?symbols=A,B&window=N)
   returns-worker       http://127.0.0.1:9081   (GET /healthz, /readyz)
   correlations-worker  http://127.0.0.1:9082   (GET /healthz, /readyz)
-  boundary             http://127.0.0.1:8080   (GET /operations/{id})
+  boundary             http://127.0.0.1:8080   (GET /operations/{id}, /operations/{id}/events)
   logs                 $RUN/logs/<name>.log    (make logs tails the workers)
   data                 $STEGA_DATA_DIR
 Try:

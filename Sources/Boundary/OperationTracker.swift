@@ -41,9 +41,18 @@ public struct Operation: Sendable, Equatable, Encodable {
 /// outcomes (at most `capacity` operations, none older than `maxAge`) so a client that asks
 /// after the end still gets the result.
 public final class OperationTracker: Sendable {
+    /// What a subscriber is told: an event of the operation, or its outcome.
+    public enum Update: Sendable {
+        case event(Operation.Event)
+        case resolved(Operation.Status)
+    }
+
+    public typealias Subscriber = @Sendable (Update) -> Void
+
     private struct State {
         var operations: [String: Operation] = [:]
         var order: [String] = []  // insertion order, for eviction
+        var subscribers: [String: [UUID: Subscriber]] = [:]
     }
 
     private let state = Mutex(State())
@@ -67,7 +76,7 @@ public final class OperationTracker: Sendable {
         let event = Operation.Event(routingKey: envelope.routingKey, eventId: envelope.eventId.uuidString.lowercased(),
                                     correlationId: id, payload: payload,
                                     timestamp: Self.rfc3339(envelope.timestamp))
-        state.withLock { state in
+        let (subscribers, resolved) = state.withLock { state -> ([Subscriber], Operation.Status?) in
             if state.operations[id] == nil {
                 state.operations[id] = Operation(operationId: id, status: .pending, events: [], firstSeen: now,
                                                  deadline: now.addingTimeInterval(timeout))
@@ -78,6 +87,7 @@ public final class OperationTracker: Sendable {
             if op.events.count < Self.maxEvents { op.events.append(event) }
             if Workflow.started(by: envelope.routingKey) != nil { op.started += 1 }
             if Workflow.all.contains(where: { $0.resolvedBy == envelope.routingKey }) { op.resolved += 1 }
+            let wasPending = op.status == .pending
             if op.status == .pending {
                 if Workflow.isFailure(envelope.routingKey) {
                     op.status = .failed
@@ -86,6 +96,33 @@ public final class OperationTracker: Sendable {
                 }
             }
             state.operations[id] = op
+            let subscribers = Array((state.subscribers[id] ?? [:]).values)
+            return (subscribers, wasPending && op.status != .pending ? op.status : nil)
+        }
+        // Outside the lock: subscribers may call back into the tracker.
+        for subscriber in subscribers {
+            subscriber(.event(event))
+            if let resolved { subscriber(.resolved(resolved)) }
+        }
+    }
+
+    /// Calls `subscriber` with every event of operation `id` after the ones in the returned
+    /// snapshot, and with its outcome; returns the snapshot (`nil` if the operation was never
+    /// seen) and a token for ``unsubscribe(_:token:)``.
+    public func subscribe(_ id: String, _ subscriber: @escaping Subscriber) -> (Operation?, UUID) {
+        let token = UUID()
+        let key = id.lowercased()
+        let snapshot = state.withLock { state -> Operation? in
+            state.subscribers[key, default: [:]][token] = subscriber
+            return state.operations[key]
+        }
+        return (snapshot, token)
+    }
+
+    public func unsubscribe(_ id: String, token: UUID) {
+        state.withLock { state in
+            state.subscribers[id.lowercased()]?[token] = nil
+            if state.subscribers[id.lowercased()]?.isEmpty == true { state.subscribers[id.lowercased()] = nil }
         }
     }
 
@@ -97,12 +134,16 @@ public final class OperationTracker: Sendable {
 
     /// Marks overdue pending operations `timed_out` and drops what is too old.
     public func sweep(now: Date = Date()) {
-        state.withLock { state in
+        let timedOut = state.withLock { state -> [Subscriber] in
+            var notify: [Subscriber] = []
             for (id, op) in state.operations where op.status == .pending && op.deadline <= now {
                 state.operations[id]?.status = .timedOut
+                notify += Array((state.subscribers[id] ?? [:]).values)
             }
             evict(&state, now: now)
+            return notify
         }
+        timedOut.forEach { $0(.resolved(.timedOut)) }
     }
 
     private func evict(_ state: inout State, now: Date) {

@@ -25,6 +25,9 @@ public final class HTTPDaemon: Sendable {
     private let stopping = Atomic<Bool>(false)
     /// Suspended connections by context, so a stop can answer them; `nil` once stopped.
     private let suspendedConnections = Mutex<[ObjectIdentifier: (RequestContext, UInt)]?>([:])
+    /// Streams being sent, so a stop can end them; `nil` once stopped. Shares the lock
+    /// discipline of `suspendedConnections`: resumes happen under it.
+    private let streams = Mutex<[ObjectIdentifier: ResponseStream]?>([:])
     private let logger: Logger
 
     public init(router: Router, host: String = "127.0.0.1", port: Int, threads: Int = 2,
@@ -62,7 +65,11 @@ public final class HTTPDaemon: Sendable {
         guard let current = handle.withLock({ h -> MHDHandle? in defer { h = nil }; return h }) else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)
         let listener = current.quiesce()
+        // Streams never end by themselves: end them, so their connections drain too.
+        let open = streams.withLock { $0.map { Array($0.values) } ?? [] }
+        open.forEach { $0.finish() }
         waitForIdle(seconds)
+        streams.withLock { $0 = nil }
         // Handlers still running: answer them now; their late results are dropped.
         let left = suspendedConnections.withLock { registry -> Int in
             let pending = registry ?? [:]
@@ -93,6 +100,26 @@ public final class HTTPDaemon: Sendable {
     var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
     func requestStarted() { active.add(1, ordering: .sequentiallyConsistent) }
     func requestFinished() { active.subtract(1, ordering: .sequentiallyConsistent) }
+
+    /// Registers a stream queued on `connection`; its writes resume the connection while
+    /// the daemon runs.
+    func streamStarted(_ stream: ResponseStream, connection: UInt) {
+        stream.state.withLock { s in
+            s.resume = { [weak self] in
+                guard let self else { return }
+                self.streams.withLock { registry in
+                    // Under the registry's lock: after a stop (nil), the connection is gone.
+                    guard registry?[ObjectIdentifier(stream)] != nil else { return }
+                    MHDHandle.resume(connection: connection)
+                }
+            }
+        }
+        streams.withLock { $0?[ObjectIdentifier(stream)] = stream }
+    }
+
+    func streamEnded(_ stream: ResponseStream) {
+        streams.withLock { _ = $0?.removeValue(forKey: ObjectIdentifier(stream)) }
+    }
 
     /// Registers a connection the access handler suspended.
     func suspended(_ context: RequestContext, connection: UInt) {

@@ -37,11 +37,14 @@ public struct HTTPResponse: Sendable, Equatable {
     public var status: Int
     public var headers: [String: String]
     public var body: [UInt8]
+    /// A body written over time instead of `body` (Server-Sent Events).
+    public var stream: ResponseStream?
 
-    public init(status: Int, headers: [String: String] = [:], body: [UInt8] = []) {
+    public init(status: Int, headers: [String: String] = [:], body: [UInt8] = [], stream: ResponseStream? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
+        self.stream = stream
     }
 
     /// A JSON response of `value`.

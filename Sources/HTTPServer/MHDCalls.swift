@@ -52,12 +52,61 @@ private func connectionValues(_ connection: OpaquePointer, _ kind: MHD_ValueKind
     return pairs.values
 }
 
-/// Calls `MHD_create_response_from_buffer`, `MHD_add_response_header`, `MHD_queue_response`
-/// and `MHD_destroy_response`.
-private func queue(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
-    let mhdResponse = response.body.withUnsafeBytes { raw in
-        MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress),
-                                        .RESPMEM_MUST_COPY)
+/// Reads a `ResponseStream` for MHD: buffered bytes, the end, or (nothing yet) suspends the
+/// connection until the next write resumes it.
+private let streamReader: MHD_ContentReaderCallback = { cls, _, buf, max in
+    guard let cls, let buf else { return -2 }
+    let box = Unmanaged<StreamBox>.fromOpaque(cls).takeUnretainedValue()
+    return box.stream.state.withLock { s -> Int in
+        if !s.buffer.isEmpty {
+            let n = min(max, s.buffer.count)
+            s.buffer.withUnsafeBytes { UnsafeMutableRawPointer(buf).copyMemory(from: $0.baseAddress!, byteCount: n) }
+            s.buffer.removeFirst(n)
+            return n
+        }
+        if s.finished { return -1 }  // MHD_CONTENT_READER_END_OF_STREAM
+        s.waiting = true
+        MHD_suspend_connection(OpaquePointer(bitPattern: box.connection))
+        return 0
+    }
+}
+
+private let streamFree: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    let box = Unmanaged<StreamBox>.fromOpaque(cls).takeRetainedValue()
+    box.daemon.streamEnded(box.stream)
+    box.stream.closed()
+}
+
+/// What the stream reader needs: the stream, its connection and the daemon.
+///
+/// `@unchecked Sendable`: `connection` is written once before MHD sees the box.
+final class StreamBox: @unchecked Sendable {
+    let stream: ResponseStream
+    let connection: UInt
+    let daemon: HTTPDaemon
+    init(stream: ResponseStream, connection: UInt, daemon: HTTPDaemon) {
+        self.stream = stream
+        self.connection = connection
+        self.daemon = daemon
+    }
+}
+
+/// Calls `MHD_create_response_from_buffer` (or `MHD_create_response_from_callback` for a
+/// stream), `MHD_add_response_header`, `MHD_queue_response` and `MHD_destroy_response`.
+private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemon: HTTPDaemon? = nil) -> MHD_Result {
+    let mhdResponse: OpaquePointer?
+    if let stream = response.stream, let daemon {
+        let bits = UInt(bitPattern: connection)
+        let box = StreamBox(stream: stream, connection: bits, daemon: daemon)
+        daemon.streamStarted(stream, connection: bits)
+        mhdResponse = MHD_create_response_from_callback(UInt64.max, 4096, streamReader,
+                                                        Unmanaged.passRetained(box).toOpaque(), streamFree)
+    } else {
+        mhdResponse = response.body.withUnsafeBytes { raw in
+            MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress),
+                                            .RESPMEM_MUST_COPY)
+        }
     }
     guard let mhdResponse else { return .NO }
     defer { MHD_destroy_response(mhdResponse) }
@@ -120,7 +169,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
     }
 
     if let response = context.response.withLock({ $0 }) {
-        return queue(response, on: connection)
+        return queue(response, on: connection, daemon: daemon)
     }
     guard !context.dispatched else { return .YES }
     context.dispatched = true

@@ -3,6 +3,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import HTTPServer
+import Synchronization
 import Testing
 
 /// A few tests through the real libmicrohttpd daemon on a loopback port.
@@ -88,6 +89,39 @@ struct DaemonTests {
         await #expect(throws: (any Error).self) { _ = try await send(port, "GET", "/fast") }
     }
 
+    @Test("a streamed response is sent as it is written, and a stop ends an open stream cleanly")
+    func streams() async throws {
+        let stream = ResponseStream()
+        var router = Router()
+        router.get("/stream") { _ in
+            stream.write("event: a\ndata: 1\n\n")
+            return HTTPResponse(status: 200, headers: ["Content-Type": "text/event-stream"], stream: stream)
+        }
+        router.get("/done") { _ in
+            let finished = ResponseStream()
+            finished.write("all")
+            finished.finish()
+            return HTTPResponse(status: 200, stream: finished)
+        }
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1)
+        let port = try daemon.start()
+        let closed = Counter()
+        stream.onClose { closed.increment() }
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/done")!)
+        let (data, _) = try await URLSession.shared.data(for: request)
+        #expect(String(decoding: data, as: UTF8.self) == "all")
+        request.url = URL(string: "http://127.0.0.1:\(port)/stream")!
+        async let open = URLSession.shared.data(for: request)
+        try await Task.sleep(for: .milliseconds(200))
+        stream.write("event: b\ndata: 2\n\n")  // resumes the suspended connection
+        try await Task.sleep(for: .milliseconds(200))
+        daemon.stop(drainFor: 2)
+        let (body, response) = try await open
+        #expect((response as! HTTPURLResponse).statusCode == 200)
+        #expect(String(decoding: body, as: UTF8.self) == "event: a\ndata: 1\n\nevent: b\ndata: 2\n\n")
+        #expect(closed.value == 1)
+    }
+
     @Test("bad JSON is 400 and an unknown route 404, over the wire")
     func errors() async throws {
         try await withDaemon { port in
@@ -98,4 +132,11 @@ struct DaemonTests {
             #expect(unsupported == 415)
         }
     }
+}
+
+/// A thread-safe counter for callbacks.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }

@@ -1,5 +1,7 @@
 """The whole chain with the four binaries: prices → returns → correlations, checked
 against numpy, with the operation id carried to correlations_updated."""
+import json
+import subprocess
 import uuid
 
 import numpy as np
@@ -42,6 +44,14 @@ def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
     r = requests.post(returns_api.url + "/prices", json=body, timeout=10)
     assert r.status_code == 202, r.text
     op = r.json()["operation_id"]
+    # An SSE subscriber from the start (curl, as a client would): retried until the boundary
+    # has seen the operation's first event (404 before).
+    def sse():
+        out = subprocess.run(["curl", "-sN", "--max-time", "30", "-w", "\n%{http_code}",
+                              f"{boundary.url}/operations/{op}/events"], capture_output=True, text=True)
+        body, _, code = out.stdout.rpartition("\n")
+        return code == "200" and body
+    live_stream = wait_until("SSE stream", sse, timeout=40)
 
     # One correlations_updated per symbol, all under the operation id of the write.
     def updates():
@@ -62,6 +72,14 @@ def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
     assert keys.count("correlations.events.correlations_updated") == 4
     assert all(e["correlation_id"] == op and e["timestamp"].endswith("Z") for e in resolved["events"])
     assert requests.get(f"{boundary.url}/operations/{uuid.uuid4()}", timeout=5).status_code == 404
+    # The stream: one SSE event per message, the same objects as /operations, then the outcome.
+    for stream_text in (live_stream, wait_until("late SSE", sse)):
+        blocks = [b for b in stream_text.strip().split("\n\n") if b]
+        parsed = [(b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1].removeprefix("data: ")))
+                  for b in blocks]
+        assert parsed[-1] == ("operation", {"operation_id": op, "status": "succeeded"})
+        assert [name for name, _ in parsed[:-1]] == keys
+        assert [data for _, data in parsed[:-1]] == resolved["events"]
     assert requests.get(f"{boundary.url}/operations/not-a-uuid", timeout=5).json()["error"]["code"] == "invalid_operation_id"
 
     # The matrix, against numpy on the latest 20 and 60 common returns.
@@ -134,3 +152,22 @@ def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
 def updates_all(watcher):
     watcher.conn.process_data_events(time_limit=0.1)
     return watcher.messages
+
+
+def test_live_sse_stream_ends_with_timed_out_when_no_outcome_comes(stack_factory):
+    # No correlations-worker: window_added is seen, correlations_updated never comes.
+    stack = stack_factory(extra_env={"STEGA_OPERATION_TIMEOUT_S": "3"})
+    boundary = stack.start("boundary")
+    api = stack.start("correlations-api")
+    op = requests.post(api.url + "/windows", json={"window": 30}, timeout=10).json()["operation_id"]
+    wait_until("operation seen", lambda: requests.get(f"{boundary.url}/operations/{op}", timeout=5).status_code == 200)
+    started = __import__("time").monotonic()
+    out = subprocess.run(["curl", "-sN", "--max-time", "20", f"{boundary.url}/operations/{op}/events"],
+                         capture_output=True, text=True).stdout
+    waited = __import__("time").monotonic() - started
+    blocks = [b for b in out.strip().split("\n\n") if b]
+    assert blocks[0].startswith("event: correlations.events.window_added\ndata: ")
+    assert blocks[-1] == 'event: operation\ndata: {"operation_id":"%s","status":"timed_out"}' % op
+    assert 1 < waited < 10, waited  # the stream stayed open until the deadline, then ended
+    assert requests.get(f"{boundary.url}/operations/{op}", timeout=5).json()["status"] == "timed_out"
+    assert stack.stop() == {"boundary": 0, "correlations-api": 0}
