@@ -9,7 +9,7 @@ import ServiceRuntime
 
 /// Runs the boundary: consumes every routing key of the catalog in the seed's transient
 /// mode (it only cares about new events), tracks operations by correlation id, and serves
-/// `GET /operations/{id}` on port 8080.
+/// `GET /operations/{id}`, its Server-Sent Events and `GET /ws` on port 8080.
 public enum BoundaryRuntime {
     /// Runs until SIGTERM or SIGINT; returns the process exit code.
     public static func run() async -> Int32 {
@@ -29,15 +29,17 @@ public enum BoundaryRuntime {
         let tracker = OperationTracker(timeout: TimeInterval(timeout))
         let consumer = AMQPConsumer(settings: config.amqp, queue: .init(service: "boundary", mode: .transient),
                                     bindings: Catalog.eventTypes.map { $0.routingKey }, logger: logger)
+        let hub = WebSocketHub(tracker: tracker)
         var router = Router(logger: logger)
         BoundaryRoutes(tracker: tracker).add(to: &router)
+        router.webSocket("/ws") { _ in hub }
         HealthRoutes.add(to: &router, process: "boundary", checks: [ReadinessCheck("broker") { consumer.isConnected }])
         let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                 threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
         let services: [any Service] = [
             Sweeper(tracker: tracker),
             HTTPService(daemon: daemon),
-            TrackingConsumer(consumer: consumer, tracker: tracker, logger: logger),
+            TrackingConsumer(consumer: consumer, tracker: tracker, hub: hub, logger: logger),
         ]
         logger.info("starting", metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(timeout)"])
         do {
@@ -57,6 +59,7 @@ public enum BoundaryRuntime {
 struct TrackingConsumer: Service {
     let consumer: AMQPConsumer
     let tracker: OperationTracker
+    let hub: WebSocketHub
     let logger: Logger
 
     func run() async throws {
@@ -64,6 +67,7 @@ struct TrackingConsumer: Service {
             try await consumer.run { delivery in
                 if let envelope = delivery.envelope {
                     tracker.record(envelope)
+                    hub.broadcast(envelope)
                     logger.debug("event seen", metadata: [
                         "amqp.routing_key": "\(envelope.routingKey)", "bus.correlation_id": "\(envelope.correlationId ?? "")",
                     ])

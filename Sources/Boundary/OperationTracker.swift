@@ -21,6 +21,15 @@ public struct Operation: Sendable, Equatable, Encodable {
             case eventId = "event_id"
             case correlationId = "correlation_id"
         }
+
+        /// The client's view of `envelope`: its JSON payload and an RFC 3339 timestamp.
+        public init(_ envelope: EventEnvelope) {
+            routingKey = envelope.routingKey
+            eventId = envelope.eventId.uuidString.lowercased()
+            correlationId = envelope.correlationId?.lowercased() ?? ""
+            payload = (try? JSONValue.parse(Array(envelope.body))) ?? .string(String(decoding: envelope.body, as: UTF8.self))
+            timestamp = OperationTracker.rfc3339(envelope.timestamp)
+        }
     }
 
     public let operationId: String
@@ -72,10 +81,7 @@ public final class OperationTracker: Sendable {
     /// Records `envelope` under its correlation id and moves the operation's status on.
     public func record(_ envelope: EventEnvelope, now: Date = Date()) {
         guard let id = envelope.correlationId?.lowercased(), !id.isEmpty else { return }
-        let payload = (try? JSONValue.parse(Array(envelope.body))) ?? .string(String(decoding: envelope.body, as: UTF8.self))
-        let event = Operation.Event(routingKey: envelope.routingKey, eventId: envelope.eventId.uuidString.lowercased(),
-                                    correlationId: id, payload: payload,
-                                    timestamp: Self.rfc3339(envelope.timestamp))
+        let event = Operation.Event(envelope)
         let (subscribers, resolved) = state.withLock { state -> ([Subscriber], Operation.Status?) in
             if state.operations[id] == nil {
                 state.operations[id] = Operation(operationId: id, status: .pending, events: [], firstSeen: now,

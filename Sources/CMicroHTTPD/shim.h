@@ -1,5 +1,5 @@
-// Only what Swift cannot import from libmicrohttpd: the variadic MHD_start_daemon and
-// MHD_get_daemon_info.
+// Only what Swift cannot import from libmicrohttpd: the variadic MHD_start_daemon,
+// MHD_get_daemon_info and MHD_upgrade_action.
 #ifndef STEGA_CMICROHTTPD_SHIM_H
 #define STEGA_CMICROHTTPD_SHIM_H
 
@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <microhttpd.h>
+#include <sys/eventfd.h>
 
 /// Calls `MHD_start_daemon` with a bind address, a thread pool, a connection
 /// memory limit, a connection timeout and a completion callback.
@@ -36,6 +37,11 @@ static inline struct MHD_Daemon *stega_mhd_start(unsigned int flags,
 static inline uint16_t stega_mhd_bound_port(struct MHD_Daemon *daemon) {
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
     return info ? info->port : 0;
+}
+
+/// Calls the variadic `MHD_upgrade_action` with `MHD_UPGRADE_ACTION_CLOSE`.
+static inline enum MHD_Result stega_mhd_upgrade_close(struct MHD_UpgradeResponseHandle *urh) {
+    return MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 }
 
 #endif

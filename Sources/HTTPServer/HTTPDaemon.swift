@@ -28,6 +28,8 @@ public final class HTTPDaemon: Sendable {
     /// Streams being sent, so a stop can end them; `nil` once stopped. Shares the lock
     /// discipline of `suspendedConnections`: resumes happen under it.
     private let streams = Mutex<[ObjectIdentifier: ResponseStream]?>([:])
+    /// Open WebSocket connections by upgrade handle.
+    private let webSockets = Mutex<[UInt: WebSocket]>([:])
     private let logger: Logger
 
     public init(router: Router, host: String = "127.0.0.1", port: Int, threads: Int = 2,
@@ -65,9 +67,12 @@ public final class HTTPDaemon: Sendable {
         guard let current = handle.withLock({ h -> MHDHandle? in defer { h = nil }; return h }) else { return }
         stopping.store(true, ordering: .sequentiallyConsistent)
         let listener = current.quiesce()
-        // Streams never end by themselves: end them, so their connections drain too.
+        // Streams and WebSockets never end by themselves: end them, so their connections drain too.
         let open = streams.withLock { $0.map { Array($0.values) } ?? [] }
         open.forEach { $0.finish() }
+        webSockets.withLock { Array($0.values) }.forEach { $0.close(WebSocketCloseCode.goingAway, reason: "server shutting down") }
+        let socketsDeadline = Date().addingTimeInterval(3)
+        while !webSockets.withLock({ $0.isEmpty }), Date() < socketsDeadline { usleep(5_000) }
         waitForIdle(seconds)
         streams.withLock { $0 = nil }
         // Handlers still running: answer them now; their late results are dropped.
@@ -120,6 +125,17 @@ public final class HTTPDaemon: Sendable {
     func streamEnded(_ stream: ResponseStream) {
         streams.withLock { _ = $0?.removeValue(forKey: ObjectIdentifier(stream)) }
     }
+
+    func webSocketStarted(_ socket: WebSocket, handle: UInt) {
+        webSockets.withLock { $0[handle] = socket }
+    }
+
+    func webSocketEnded(_ handle: UInt) {
+        webSockets.withLock { _ = $0.removeValue(forKey: handle) }
+    }
+
+    /// Open WebSocket connections.
+    public var webSocketCount: Int { webSockets.withLock { $0.count } }
 
     /// Registers a connection the access handler suspended.
     func suspended(_ context: RequestContext, connection: UInt) {

@@ -32,6 +32,22 @@ public struct HTTPRequest: Sendable {
     public func header(_ name: String) -> String? { headers[name.lowercased()] }
 }
 
+/// The delegate of a WebSocket connection an upgrade response hands over.
+public struct WebSocketUpgrade: Sendable, Equatable {
+    public let delegate: any WebSocketDelegate
+    public let sendLimit: Int
+    let id = UUIDBox()
+
+    public init(delegate: any WebSocketDelegate, sendLimit: Int = 1 << 20) {
+        self.delegate = delegate
+        self.sendLimit = sendLimit
+    }
+
+    public static func == (lhs: WebSocketUpgrade, rhs: WebSocketUpgrade) -> Bool { lhs.id === rhs.id }
+
+    final class UUIDBox: Sendable {}
+}
+
 /// A response: status, headers and body bytes.
 public struct HTTPResponse: Sendable, Equatable {
     public var status: Int
@@ -39,12 +55,16 @@ public struct HTTPResponse: Sendable, Equatable {
     public var body: [UInt8]
     /// A body written over time instead of `body` (Server-Sent Events).
     public var stream: ResponseStream?
+    /// For a `101` upgrade: who takes the WebSocket connection.
+    public var upgrade: WebSocketUpgrade?
 
-    public init(status: Int, headers: [String: String] = [:], body: [UInt8] = [], stream: ResponseStream? = nil) {
+    public init(status: Int, headers: [String: String] = [:], body: [UInt8] = [], stream: ResponseStream? = nil,
+                upgrade: WebSocketUpgrade? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
         self.stream = stream
+        self.upgrade = upgrade
     }
 
     /// A JSON response of `value`.

@@ -92,11 +92,40 @@ final class StreamBox: @unchecked Sendable {
     }
 }
 
+/// What the upgrade handler needs.
+final class UpgradeBox: Sendable {
+    let upgrade: WebSocketUpgrade
+    let daemon: HTTPDaemon
+    init(upgrade: WebSocketUpgrade, daemon: HTTPDaemon) {
+        self.upgrade = upgrade
+        self.daemon = daemon
+    }
+}
+
+/// After the `101`: the socket is ours until `MHD_upgrade_action(CLOSE)` hands it back.
+private let upgradeHandler: MHD_UpgradeHandler = { cls, _, _, extraIn, extraInSize, sock, urh in
+    guard let cls else { return }
+    let box = Unmanaged<UpgradeBox>.fromOpaque(cls).takeRetainedValue()
+    let initial = extraIn.map { Array(UnsafeRawBufferPointer(start: $0, count: extraInSize)) } ?? []
+    let handle = UInt(bitPattern: urh)
+    let daemon = box.daemon
+    let socket = WebSocket(socket: sock, initial: initial, delegate: box.upgrade.delegate,
+                           sendLimit: box.upgrade.sendLimit) {
+        daemon.webSocketEnded(handle)
+        _ = stega_mhd_upgrade_close(OpaquePointer(bitPattern: handle))
+    }
+    daemon.webSocketStarted(socket, handle: handle)
+}
+
 /// Calls `MHD_create_response_from_buffer` (or `MHD_create_response_from_callback` for a
-/// stream), `MHD_add_response_header`, `MHD_queue_response` and `MHD_destroy_response`.
+/// stream, `MHD_create_response_for_upgrade` for a WebSocket), `MHD_add_response_header`,
+/// `MHD_queue_response` and `MHD_destroy_response`.
 private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemon: HTTPDaemon? = nil) -> MHD_Result {
     let mhdResponse: OpaquePointer?
-    if let stream = response.stream, let daemon {
+    if let upgrade = response.upgrade, let daemon {
+        mhdResponse = MHD_create_response_for_upgrade(
+            upgradeHandler, Unmanaged.passRetained(UpgradeBox(upgrade: upgrade, daemon: daemon)).toOpaque())
+    } else if let stream = response.stream, let daemon {
         let bits = UInt(bitPattern: connection)
         let box = StreamBox(stream: stream, connection: bits, daemon: daemon)
         daemon.streamStarted(stream, connection: bits)
@@ -208,7 +237,7 @@ final class MHDHandle: @unchecked Sendable {
     /// Calls `MHD_start_daemon` (through the shim) bound to `host:port`.
     static func start(daemon: HTTPDaemon, host: String, port: Int, threads: Int) throws -> MHDHandle {
         let flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue
-            | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue
+            | MHD_ALLOW_SUSPEND_RESUME.rawValue | MHD_USE_ERROR_LOG.rawValue | MHD_ALLOW_UPGRADE.rawValue
         let cls = Unmanaged.passUnretained(daemon).toOpaque()
         var pointer: OpaquePointer?
         if host.contains(":") {

@@ -52,6 +52,25 @@ public struct Router: Sendable {
         add("GET", pattern, requiresJSON: false, responder)
     }
 
+    /// A WebSocket endpoint: checks the RFC 6455 handshake (400 `invalid_upgrade` otherwise)
+    /// and answers `101` with the connection handed to what `accept` returns.
+    public mutating func webSocket(_ pattern: String, sendLimit: Int = 1 << 20,
+                                   _ accept: @escaping @Sendable (HTTPRequest) throws -> any WebSocketDelegate) {
+        get(pattern) { request in
+            guard request.header("upgrade")?.lowercased() == "websocket",
+                  request.header("connection")?.lowercased().contains("upgrade") == true,
+                  request.header("sec-websocket-version") == "13",
+                  let key = request.header("sec-websocket-key"), Data(base64Encoded: key)?.count == 16
+            else {
+                throw HTTPError(400, "invalid_upgrade", "expected a WebSocket (RFC 6455, version 13) handshake")
+            }
+            let delegate = try accept(request)
+            return HTTPResponse(status: 101, headers: ["Upgrade": "websocket",
+                                                       "Sec-WebSocket-Accept": WebSocket.acceptKey(for: key)],
+                                upgrade: WebSocketUpgrade(delegate: delegate, sendLimit: sendLimit))
+        }
+    }
+
     /// A write route: its requests must be `Content-Type: application/json`.
     public mutating func post(_ pattern: String, _ responder: @escaping Responder) {
         add("POST", pattern, requiresJSON: true, responder)

@@ -1,0 +1,152 @@
+import Foundation
+@testable import HTTPServer
+import Synchronization
+import Testing
+
+@Suite("WebSocket framing (RFC 6455)")
+struct WebSocketFrameTests {
+    let key: [UInt8] = [0x37, 0xfa, 0x21, 0x3d]
+
+    func parse(_ bytes: [UInt8], maxFrame: Int = 1 << 16) -> Result<[WebSocketMessage], WebSocketViolation> {
+        var parser = WebSocketParser(expectMasked: true, maxFrameSize: maxFrame)
+        parser.feed(bytes)
+        var out: [WebSocketMessage] = []
+        do {
+            while let m = try parser.next() { out.append(m) }
+            return .success(out)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test("masked text, the RFC's example; 16- and 64-bit lengths; split across reads")
+    func texts() throws {
+        // RFC 6455 §5.7: a masked "Hello".
+        #expect(try parse([0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]).get() == [.text("Hello")])
+        let medium = String(repeating: "é", count: 300), large = String(repeating: "x", count: 70_000)
+        #expect(try parse(WebSocketFrame.encode(.text, Array(medium.utf8), maskKey: key)).get() == [.text(medium)])
+        #expect(try parse(WebSocketFrame.encode(.text, Array(large.utf8), maskKey: key), maxFrame: 100_000).get() == [.text(large)])
+        var parser = WebSocketParser(expectMasked: true)
+        let frame = WebSocketFrame.encode(.text, Array("split".utf8), maskKey: key)
+        parser.feed(frame[0..<3])
+        #expect(try parser.next() == nil)
+        parser.feed(frame[3...])
+        #expect(try parser.next() == .text("split"))
+    }
+
+    @Test("fragments join, with a ping between them; ping, pong and close decode")
+    func fragmentsAndControl() throws {
+        let bytes = WebSocketFrame.encode(.text, Array("{\"a\":".utf8), fin: false, maskKey: key)
+            + WebSocketFrame.encode(.ping, [1, 2], maskKey: key)
+            + WebSocketFrame.encode(.continuation, Array("1}".utf8), fin: true, maskKey: key)
+            + WebSocketFrame.close(1000, "bye", maskKey: key)
+        #expect(try parse(bytes).get() == [.ping([1, 2]), .text("{\"a\":1}"), .close(code: 1000, reason: "bye")])
+    }
+
+    @Test("violations map to their close codes", arguments: [
+        ("unmasked", [0x81, 0x02, 0x68, 0x69], 1002),
+        ("unknown opcode", [0x83, 0x80, 0, 0, 0, 0], 1002),
+        ("reserved bit", [0xC1, 0x80, 0, 0, 0, 0], 1002),
+        ("fragmented ping", [0x09, 0x80, 0, 0, 0, 0], 1002),
+        ("continuation first", [0x80, 0x80, 0, 0, 0, 0], 1002),
+        ("bad close code", [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xED], 1002),
+    ] as [(String, [UInt8], Int)])
+    func violations(name: String, bytes: [UInt8], code: Int) {
+        guard case .failure(let v) = parse(bytes) else { Issue.record("\(name) accepted"); return }
+        #expect(Int(v.code) == code, "\(name)")
+    }
+
+    @Test("oversized frames are 1009, invalid UTF-8 is 1007")
+    func limitsAndUTF8() {
+        let big = WebSocketFrame.encode(.text, [UInt8](repeating: 0x61, count: 70_000), maskKey: key)
+        if case .failure(let v) = parse(big) { #expect(v.code == 1009) } else { Issue.record("accepted") }
+        let bad = WebSocketFrame.encode(.text, [0xC3, 0x28], maskKey: key)
+        if case .failure(let v) = parse(bad) { #expect(v.code == 1007) } else { Issue.record("accepted") }
+    }
+
+    @Test("the accept key of RFC 6455 §1.3")
+    func acceptKey() {
+        #expect(WebSocket.acceptKey(for: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    }
+}
+
+/// Records what a WebSocket delivers.
+final class Recorder: WebSocketDelegate {
+    let texts = Mutex<[String]>([])
+    let closedCount = Mutex(0)
+    func received(_ text: String, on socket: WebSocket) {
+        texts.withLock { $0.append(text) }
+        socket.send("echo:" + text)
+    }
+    func closed(_ socket: WebSocket) { closedCount.withLock { $0 += 1 } }
+}
+
+@Suite("WebSocket connections over a socket pair")
+struct WebSocketConnectionTests {
+    func pair() -> (Int32, Int32) {
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        return (fds[0], fds[1])
+    }
+
+    func read(_ fd: Int32, atLeast: Int, timeout: Double = 5) -> [UInt8] {
+        var out: [UInt8] = []
+        let deadline = Date().addingTimeInterval(timeout)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while out.count < atLeast, Date() < deadline {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 100) > 0 else { continue }
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            out += buffer[0..<n]
+        }
+        return out
+    }
+
+    @Test("a text message is handled and answered; a ping gets its pong; a close is echoed and the socket ends")
+    func conversation() {
+        let (server, client) = pair()
+        defer { close(client) }
+        let recorder = Recorder()
+        let ended = Mutex(false)
+        _ = WebSocket(socket: server, initial: [], delegate: recorder, sendLimit: 1 << 20) {
+            ended.withLock { $0 = true }
+            close(server)
+        }
+        let key: [UInt8] = [1, 2, 3, 4]
+        let hello = WebSocketFrame.encode(.text, Array("hi".utf8), maskKey: key)
+        _ = hello.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
+        #expect(read(client, atLeast: 9) == WebSocketFrame.encode(.text, Array("echo:hi".utf8)))
+        let ping = WebSocketFrame.encode(.ping, [9], maskKey: key)
+        _ = ping.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
+        #expect(read(client, atLeast: 3) == WebSocketFrame.encode(.pong, [9]))
+        let bye = WebSocketFrame.close(1000, "", maskKey: key)
+        _ = bye.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
+        #expect(read(client, atLeast: 4) == WebSocketFrame.close(1000))
+        let deadline = Date().addingTimeInterval(5)
+        while !ended.withLock({ $0 }), Date() < deadline { usleep(10_000) }
+        #expect(ended.withLock { $0 })
+        #expect(recorder.closedCount.withLock { $0 } == 1)
+    }
+
+    @Test("a client that does not read is closed with 1008 once its queue is full; sends never block")
+    func slowClient() {
+        let (server, client) = pair()
+        defer { close(client) }
+        var size: Int32 = 4096
+        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
+        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(), sendLimit: 64 * 1024) { close(server) }
+        let message = String(repeating: "x", count: 1000)
+        var refused = 0
+        let start = Date()
+        for _ in 0..<1000 where !socket.send(message) { refused += 1 }
+        #expect(Date().timeIntervalSince(start) < 1, "send blocked")
+        #expect(refused > 0)
+        #expect(socket.isClosed)
+        // Reading now drains what was sent, and ends in the close frame with 1008.
+        let bytes = read(client, atLeast: 1 << 30, timeout: 3)
+        let tail = WebSocketFrame.close(1008, "client too slow")
+        #expect(Array(bytes.suffix(tail.count)) == tail)
+    }
+}
