@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "correlations-api", targets: ["correlations-api"]),
         .executable(name: "correlations-worker", targets: ["correlations-worker"]),
         .executable(name: "boundary", targets: ["boundary"]),
+        .executable(name: "stega", targets: ["stega"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -96,6 +97,10 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "boundary", dependencies: ["Boundary"]),
+        .executableTarget(
+            name: "stega",
+            dependencies: ["EventCatalog", "HTTPServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
         .executableTarget(name: "correlations-api", dependencies: ["Correlations", "ServiceRuntime"]),
         .executableTarget(name: "correlations-worker", dependencies: ["Correlations", "ServiceRuntime"]),

@@ -35,6 +35,10 @@ public enum Catalog {
             publishes: [WindowAdded.routingKey, CorrelationsOperationFailed.routingKey],
             consumes: []),
         ServiceDeclaration(
+            name: "boundary",
+            publishes: [],
+            consumes: Catalog.eventTypes.map { $0.routingKey }),
+        ServiceDeclaration(
             name: "correlations-worker",
             publishes: [CorrelationsUpdated.routingKey, CorrelationsOperationFailed.routingKey],
             consumes: [ReturnsCalculated.routingKey, WindowAdded.routingKey]),

@@ -77,7 +77,7 @@ struct CatalogTests {
     func entries() {
         let entry = Catalog.entries.first { $0.routingKey == PricesRecorded.routingKey }!
         #expect(entry.publishers == ["returns-api"])
-        #expect(entry.consumers == ["returns-worker"])
+        #expect(entry.consumers == ["returns-worker", "boundary"])
         #expect(Catalog.eventType(forRoutingKey: "returns.events.returns_calculated") != nil)
         #expect(Catalog.eventType(forRoutingKey: "nope.events.nope") == nil)
     }
