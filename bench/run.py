@@ -171,15 +171,90 @@ def ingest(symbols=500, years=10):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def fanout(subscribers=1000, rounds=5):
+    """1,000 WebSocket subscribers on the boundary; one event published with pika; the time
+    from publish until each subscriber has it."""
+    import asyncio
+    import json as jsonlib
+    import uuid
+
+    import pika
+    import websockets
+
+    broker_dir = tempfile.mkdtemp(prefix="stega-bench-broker.")
+    port = free_port_pair()
+    subprocess.run([str(ROOT / "scripts/broker.sh"), "start", broker_dir, str(port)], check=True, capture_output=True)
+    http_port = free_port()
+    env = dict(os.environ, STEGA_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}", STEGA_HTTP_PORT=str(http_port),
+               STEGA_LOG_LEVEL="warning", STEGA_EXCHANGE="events")
+    boundary = subprocess.Popen([str(BIN / "boundary")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        conn = pika.BlockingConnection(pika.URLParameters(env["STEGA_AMQP_URL"]))
+        channel = conn.channel()
+        channel.exchange_declare(exchange="events", exchange_type="direct", durable=True)
+
+        async def run():
+            clients = []
+            for _ in range(subscribers):
+                ws = await websockets.connect(f"ws://127.0.0.1:{http_port}/ws", max_queue=None)
+                await ws.send('{"action":"subscribe","pattern":"returns.events.*"}')
+                clients.append(ws)
+            for ws in clients:
+                await ws.recv()  # subscribed
+            latencies = []
+            for _ in range(rounds):
+                event_id = str(uuid.uuid4())
+                body = jsonlib.dumps({"symbol": "FAN", "first_date": "2024-01-02", "last_date": "2024-01-02", "count": 1})
+                start = time.perf_counter()
+                channel.basic_publish("events", "returns.events.prices_recorded", body, pika.BasicProperties(
+                    message_id=event_id, type="prices_recorded", correlation_id=str(uuid.uuid4()), app_id="bench",
+                    content_type="application/json", timestamp=int(time.time())))
+
+                async def one(ws):
+                    while True:
+                        m = jsonlib.loads(await ws.recv())
+                        if m.get("event_id") == event_id:
+                            return time.perf_counter() - start
+                latencies += await asyncio.wait_for(asyncio.gather(*(one(ws) for ws in clients)), 60)
+            for ws in clients:
+                await ws.close()
+            return latencies
+
+        latencies = np.array(asyncio.run(run())) * 1000
+        conn.close()
+        p50, p99, worst = np.percentile(latencies, 50), np.percentile(latencies, 99), latencies.max()
+        record(f"WebSocket fan-out: {subscribers} subscribers x {rounds} events, publish -> received (ms)",
+               f"p50 {p50:.1f}, p99 {p99:.1f}, max {worst:.1f}", "", "", "all received (no target)",
+               len(latencies) == subscribers * rounds)
+    finally:
+        boundary.send_signal(signal.SIGTERM)
+        try:
+            boundary.wait(15)
+        except subprocess.TimeoutExpired:
+            boundary.kill()
+        subprocess.run([str(ROOT / "scripts/broker.sh"), "stop", broker_dir], capture_output=True)
+        shutil.rmtree(broker_dir, ignore_errors=True)
+
+
 def main():
     print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
-    which = sys.argv[1:] or ["matrix", "ingest"]
+    which = sys.argv[1:] or ["matrix", "ingest", "fanout"]
     if "matrix" in which:
         matrix(500)
         matrix(2000)
     if "ingest" in which:
         ingest()
+    if "fanout" in which:
+        fanout()
     header = "| scenario | project | baseline | ratio | target | result |\n|---|---|---|---|---|---|\n"
     table = header + "".join(f"| {' | '.join(str(c) for c in row)} |\n" for row in ROWS)
     print()

@@ -13,7 +13,8 @@
 #include <sys/eventfd.h>
 
 /// Calls `MHD_start_daemon` with a bind address, a thread pool, a connection
-/// memory limit, a connection timeout and a completion callback.
+/// memory limit, a connection timeout, a completion callback and room for 10,000
+/// connections (WebSocket subscribers hold theirs).
 static inline struct MHD_Daemon *stega_mhd_start(unsigned int flags,
                                                  uint16_t port,
                                                  const struct sockaddr *bind_addr,
@@ -30,6 +31,7 @@ static inline struct MHD_Daemon *stega_mhd_start(unsigned int flags,
                             MHD_OPTION_THREAD_POOL_SIZE, thread_pool_size,
                             MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, connection_memory_limit,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 10000,
                             MHD_OPTION_END);
 }
 

@@ -1,3 +1,4 @@
+import CMicroHTTPD  // socket constants (MSG_NOSIGNAL)
 import Foundation
 
 /// A small blocking WebSocket client (RFC 6455, text messages) for the `stega` CLI and
