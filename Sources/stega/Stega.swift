@@ -209,9 +209,14 @@ struct Watch: AsyncParsableCommand {
 
 struct Events: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The event catalog: who publishes and consumes each routing key.")
+    @Flag(help: "Print the catalog as an AsyncAPI 3.0 document.") var asyncapi = false
     @OptionGroup var common: Common
 
     func run() async throws {
+        if asyncapi {
+            let data = try JSONSerialization.data(withJSONObject: AsyncAPI.document(), options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
+            return print(String(decoding: data, as: UTF8.self))
+        }
         let rows = Catalog.entries.map { entry -> [String] in
             let resolves = Workflow.all.filter { $0.resolvedBy == entry.routingKey }.map(\.endpoint)
                 + (Workflow.isFailure(entry.routingKey) ? ["any operation (failure)"] : [])
