@@ -78,7 +78,8 @@ let package = Package(
                 "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
-            ]
+            ],
+            resources: [.copy("openapi.json")]
         ),
         .target(
             name: "Correlations",
@@ -86,7 +87,8 @@ let package = Package(
                 "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime", "COpenBLAS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
-            ]
+            ],
+            resources: [.copy("openapi.json")]
         ),
         .target(
             name: "Boundary",
@@ -94,7 +96,8 @@ let package = Package(
                 "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime", "AMQPTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ]
+            ],
+            resources: [.copy("openapi.json")]
         ),
         .executableTarget(name: "boundary", dependencies: ["Boundary"]),
         .executableTarget(
@@ -123,7 +126,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
-        .testTarget(name: "BoundaryTests", dependencies: ["Boundary", "EventCatalog", "HTTPServer"]),
+        .testTarget(name: "BoundaryTests", dependencies: ["Boundary", "EventCatalog", "HTTPServer", "Returns", "Correlations", "ServiceRuntime", "MessageBus"]),
         .testTarget(
             name: "ServiceRuntimeTests",
             dependencies: ["ServiceRuntime", "AMQPTransport", "MessageBus", "EventCatalog",

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPServer
+import ServiceRuntime
 import Synchronization
 
 /// The boundary's REST API: `GET /operations/{id}`.
@@ -7,6 +8,11 @@ public struct BoundaryRoutes: Sendable {
     let tracker: OperationTracker
 
     public init(tracker: OperationTracker) { self.tracker = tracker }
+
+    /// The boundary's OpenAPI 3.1 document.
+    public static var openAPIDocument: [UInt8] {
+        OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
+    }
 
     public func add(to router: inout Router) {
         router.get("/operations/{id}") { request in

@@ -33,6 +33,7 @@ public enum BoundaryRuntime {
         var router = Router(logger: logger)
         BoundaryRoutes(tracker: tracker).add(to: &router)
         router.webSocket("/ws") { _ in hub }
+        OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
         HealthRoutes.add(to: &router, process: "boundary", checks: [ReadinessCheck("broker") { consumer.isConnected }])
         let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                 threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)

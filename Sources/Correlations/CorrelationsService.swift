@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import HTTPServer
 import Logging
@@ -20,6 +21,10 @@ public struct CorrelationsService: ServiceModule {
     public init(database: ServiceDatabase, logger: Logger) {
         store = CorrelationsStore(database: database)
         handlers = CorrelationsHandlers(store: store, logger: logger)
+    }
+
+    public static var openAPIDocument: [UInt8] {
+        OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
     }
 
     public static func migrate(_ migrator: inout DatabaseMigrator) {

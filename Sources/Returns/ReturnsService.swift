@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import HTTPServer
 import Logging
@@ -19,6 +20,10 @@ public struct ReturnsService: ServiceModule {
     public init(database: ServiceDatabase, logger: Logger) {
         store = ReturnsStore(database: database)
         handlers = ReturnsHandlers(store: store, logger: logger)
+    }
+
+    public static var openAPIDocument: [UInt8] {
+        OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
     }
 
     public static func migrate(_ migrator: inout DatabaseMigrator) {

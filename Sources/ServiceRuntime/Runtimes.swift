@@ -17,6 +17,7 @@ public enum APIRuntime {
                                  publisher: OutboxPublisher(database: parts.database), logger: parts.logger)
             var router = Router(logger: parts.logger)
             parts.module.addRoutes(to: &router, bus: bus)
+            OpenAPIRoute.add(to: &router, document: M.openAPIDocument)
             return (router, [])
         }
     }

@@ -1,3 +1,4 @@
+import Foundation
 import GRDB
 import HTTPServer
 import Logging
@@ -18,4 +19,18 @@ public protocol ServiceModule: Sendable {
     func addRoutes(to router: inout Router, bus: MessageBus)
     /// The worker's event handlers; their routing keys are what the worker binds.
     func registerEventHandlers(_ registry: inout HandlerRegistry) throws
+    /// The api's OpenAPI 3.1 document (served at `GET /openapi.json`).
+    static var openAPIDocument: [UInt8] { get }
+}
+
+/// `GET /openapi.json`.
+public enum OpenAPIRoute {
+    public static func add(to router: inout Router, document: [UInt8]) {
+        router.get("/openapi.json") { _ in .json(bytes: document) }
+    }
+
+    /// The bytes of a module's bundled `openapi.json`.
+    public static func load(_ url: URL?) -> [UInt8] {
+        url.flatMap { try? Data(contentsOf: $0) }.map(Array.init) ?? Array("{}".utf8)
+    }
 }

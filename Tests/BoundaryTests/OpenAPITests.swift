@@ -1,0 +1,59 @@
+import Boundary
+import Correlations
+import Foundation
+import HTTPServer
+import Logging
+import MessageBus
+import Returns
+import ServiceRuntime
+import Testing
+
+/// The routes each api serves, built the way its runtime builds them.
+func apiRouter<M: ServiceModule>(_ type: M.Type) throws -> Router {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("oas-\(UUID().uuidString)")
+    let database = try ServiceDatabase(path: dir.appendingPathComponent("x.sqlite").path, migrations: M.migrate)
+    let module = M(database: database, logger: Logger(label: "t"))
+    var registry = HandlerRegistry()
+    try module.registerCommandHandlers(&registry)
+    let bus = MessageBus(appId: M.name, registry: registry, publisher: InMemoryTransport())
+    var router = Router()
+    module.addRoutes(to: &router, bus: bus)
+    OpenAPIRoute.add(to: &router, document: M.openAPIDocument)
+    HealthRoutes.add(to: &router, process: M.name, checks: [])
+    return router
+}
+
+func documentRoutes(_ bytes: [UInt8]) throws -> Set<String> {
+    let doc = try #require(try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any])
+    #expect(doc["openapi"] as? String == "3.1.0")
+    let paths = try #require(doc["paths"] as? [String: [String: Any]])
+    return Set(paths.flatMap { path, methods in methods.keys.map { "\($0.uppercased()) \(path)" } })
+}
+
+@Suite("OpenAPI documents and routers")
+struct OpenAPITests {
+    @Test("returns-api: the document's paths are exactly the router's routes, and it is served")
+    func returns() async throws {
+        let router = try apiRouter(ReturnsService.self)
+        #expect(Set(router.routeList) == (try documentRoutes(ReturnsService.openAPIDocument)))
+        let served = await router.respond(to: HTTPRequest(method: "GET", path: "/openapi.json"))
+        #expect(served.status == 200 && served.body == ReturnsService.openAPIDocument)
+    }
+
+    @Test("correlations-api: the same")
+    func correlations() throws {
+        #expect(Set(try apiRouter(CorrelationsService.self).routeList)
+                == (try documentRoutes(CorrelationsService.openAPIDocument)))
+    }
+
+    @Test("boundary: the same")
+    func boundary() throws {
+        let tracker = OperationTracker()
+        var router = Router()
+        BoundaryRoutes(tracker: tracker).add(to: &router)
+        router.webSocket("/ws") { _ in WebSocketHub(tracker: tracker) }
+        OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
+        HealthRoutes.add(to: &router, process: "boundary", checks: [])
+        #expect(Set(router.routeList) == (try documentRoutes(BoundaryRoutes.openAPIDocument)))
+    }
+}
