@@ -55,6 +55,8 @@ def test_post_prices_reaches_a_seed_consumer_and_the_worker(stack_factory, seed_
     method, props2, calculated = watcher.wait_for(lambda m: m[0].routing_key == "returns.events.returns_calculated")
     assert props2.correlation_id == operation_id
     assert props2.headers["causation_id"] == props.message_id
+    # The trace context travels on downstream, too.
+    assert props2.headers["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
     closes = np.array([c for _, c in PRICES])
     expected_simple = closes[1:] / closes[:-1] - 1
