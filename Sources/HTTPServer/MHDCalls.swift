@@ -172,7 +172,7 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         }
         if let length = headers["content-length"].flatMap(Int.init), length > daemon.maxBodySize {
             let error = daemon.router.precheck(method: request.method, path: request.path,
-                                               contentType: headers["content-type"])
+                                               contentType: headers["content-type"], authorization: headers["authorization"])
                 ?? HTTPError(413, "payload_too_large", "the request body is over \(daemon.maxBodySize) bytes")
             context.dispatched = true
             return queue(.error(error), on: connection)

@@ -31,6 +31,8 @@ public struct Router: Sendable {
 
     private(set) var routes: [Route] = []
     private let logger: Logger
+    /// When set, write routes need `Authorization: Bearer <token>` (401 `unauthorized` otherwise).
+    public var writeToken: String?
 
     public init(logger: Logger = Logger(label: "stega.http")) {
         self.logger = logger
@@ -77,7 +79,8 @@ public struct Router: Sendable {
     }
 
     /// Finds the route, or the error for route, method or content type.
-    func match(method: String, path: String, contentType: String?) -> Result<(Route, [String: String]), HTTPError> {
+    func match(method: String, path: String, contentType: String?,
+               authorization: String? = nil) -> Result<(Route, [String: String]), HTTPError> {
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         var allowed: [String] = []
         for route in routes {
@@ -86,6 +89,10 @@ public struct Router: Sendable {
             guard sameMethod else {
                 allowed.append(route.method)
                 continue
+            }
+            if route.requiresJSON, let token = writeToken, !Self.authorized(authorization, token) {
+                return .failure(HTTPError(401, "unauthorized", "this write needs Authorization: Bearer <token>",
+                                          headers: ["WWW-Authenticate": "Bearer"]))
             }
             if route.requiresJSON, !Self.isJSON(contentType) {
                 return .failure(HTTPError(415, "unsupported_media_type",
@@ -99,14 +106,16 @@ public struct Router: Sendable {
     }
 
     /// The route, method or content-type error of a request, if any (before its body is read).
-    public func precheck(method: String, path: String, contentType: String?) -> HTTPError? {
-        if case .failure(let error) = match(method: method, path: path, contentType: contentType) { return error }
+    public func precheck(method: String, path: String, contentType: String?, authorization: String? = nil) -> HTTPError? {
+        if case .failure(let error) = match(method: method, path: path, contentType: contentType,
+                                            authorization: authorization) { return error }
         return nil
     }
 
     /// Runs the matching route; never throws.
     public func respond(to request: HTTPRequest) async -> HTTPResponse {
-        switch match(method: request.method, path: request.path, contentType: request.header("content-type")) {
+        switch match(method: request.method, path: request.path, contentType: request.header("content-type"),
+                     authorization: request.header("authorization")) {
         case .failure(let error):
             return .error(error)
         case .success(let (route, parameters)):
@@ -139,6 +148,14 @@ public struct Router: Sendable {
             }
         }
         return parameters
+    }
+
+    /// Compares `Bearer <token>` in constant time (for equal lengths).
+    static func authorized(_ header: String?, _ token: String) -> Bool {
+        guard let header, header.hasPrefix("Bearer ") else { return false }
+        let given = Array(header.dropFirst(7).utf8), expected = Array(token.utf8)
+        guard given.count == expected.count else { return false }
+        return zip(given, expected).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
     static func isJSON(_ contentType: String?) -> Bool {

@@ -85,6 +85,7 @@ enum RuntimeShared {
             ]
             checks.append(contentsOf: extra.map(\.1))
             HealthRoutes.add(to: &router, process: process, checks: checks)
+            router.writeToken = config.apiToken
             let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                     threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
             // Shutdown runs in reverse: consumer first, then HTTP, then the relay flushes.

@@ -21,6 +21,8 @@ public struct ServiceConfig: Sendable {
     public var dataDirectory: String
     public var logLevel: Logger.Level
     public var logFormat: LogFormat
+    /// Bearer token required by write endpoints (`STEGA_API_TOKEN` or `STEGA_API_TOKEN_FILE`); none when unset.
+    public var apiToken: String?
 
     /// The default HTTP port of each process.
     public static let defaultPorts: [String: Int] = [
@@ -59,6 +61,7 @@ public struct ServiceConfig: Sendable {
         let level = try environment.choice("STEGA_LOG_LEVEL", default: "info",
                                            Logger.Level.allCases.map(\.rawValue))
         logLevel = Logger.Level(rawValue: level)!
+        apiToken = try environment.string("STEGA_API_TOKEN")
         logFormat = LogFormat(rawValue: try environment.choice("STEGA_LOG_FORMAT", default: "text",
                                                                LogFormat.allCases.map(\.rawValue)))!
     }

@@ -67,6 +67,26 @@ struct RouterTests {
         #expect(ok.status == 202)
     }
 
+    @Test("with a write token, writes need Authorization: Bearer <token>; reads do not")
+    func writeToken() async {
+        var router = makeRouter()
+        router.writeToken = "s3cret"
+        let json = ["content-type": "application/json"]
+        let missing = await router.respond(to: HTTPRequest(method: "POST", path: "/items", headers: json, body: Array("{}".utf8)))
+        #expect(missing.status == 401)
+        #expect(errorCode(missing) == "unauthorized")
+        #expect(missing.headers["WWW-Authenticate"] == "Bearer")
+        var wrong = json
+        wrong["authorization"] = "Bearer s3creT"
+        #expect(await router.respond(to: HTTPRequest(method: "POST", path: "/items", headers: wrong, body: [])).status == 401)
+        var right = json
+        right["authorization"] = "Bearer s3cret"
+        #expect(await router.respond(to: HTTPRequest(method: "POST", path: "/items", headers: right, body: Array("{}".utf8))).status == 202)
+        #expect(await router.respond(to: HTTPRequest(method: "GET", path: "/items/1")).status == 200)
+        // Route and method faults still come first.
+        #expect(await router.respond(to: HTTPRequest(method: "DELETE", path: "/items")).status == 405)
+    }
+
     @Test("an HTTPError sets the status; any other error is a 500 with no error text")
     func errors() async {
         let teapot = await router.respond(to: HTTPRequest(method: "GET", path: "/teapot"))

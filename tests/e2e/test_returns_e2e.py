@@ -170,3 +170,22 @@ def test_json_logs_carry_the_event_ids_and_sigint_exits_0(stack_factory):
         process = stack.processes[name]
         process.proc.send_signal(__import__("signal").SIGINT)
         assert process.proc.wait(10) == 0, process.log_text()
+
+
+def test_a_write_token_guards_writes_and_a_refused_write_publishes_nothing(stack_factory, seed_consumer, tmp_path):
+    secret = tmp_path / "api_token"
+    secret.write_text("t0ken-from-a-secret\n")
+    stack = stack_factory(extra_env={"STEGA_API_TOKEN_FILE": str(secret)})
+    watcher = seed_consumer(stack.exchange, ["returns.events.prices_recorded"])
+    api = stack.start("returns-api")
+    body = {"symbol": "TOK", "prices": [{"date": "2024-01-02", "close": 1.0}]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken-from-a-secret"}):
+        r = requests.post(api.url + "/prices", json=body, headers=headers, timeout=5)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized"), headers
+    watcher.conn.process_data_events(time_limit=0.5)
+    assert watcher.messages == []
+    assert requests.get(api.url + "/symbols", timeout=5).status_code == 200  # reads need no token
+    ok = requests.post(api.url + "/prices", json=body, headers={"Authorization": "Bearer t0ken-from-a-secret"}, timeout=5)
+    assert ok.status_code == 202
+    watcher.wait_for(lambda m: m[1].correlation_id == ok.json()["operation_id"])
+    assert stack.stop() == {"returns-api": 0}
