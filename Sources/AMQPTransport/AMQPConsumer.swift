@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import Logging
+import Metrics
 import MessageBus
 import Synchronization
 
@@ -215,7 +216,10 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     generation += 1
                     session = Session(connection: try connect(), generation: generation)
                     inFlight.store(0, ordering: .relaxed)
-                    if generation > 1 { reconnects.add(1, ordering: .relaxed) }
+                    if generation > 1 {
+                        reconnects.add(1, ordering: .relaxed)
+                        Counter(label: "amqp_reconnects_total", dimensions: [("role", "consumer")]).increment()
+                    }
                     backoff.reset()
                 } catch {
                     let delay = backoff.next()
@@ -241,6 +245,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                         continue
                     }
                     inFlight.add(1, ordering: .relaxed)
+                    Counter(label: "events_consumed_total",
+                            dimensions: [("routing_key", delivery.message.originalRoutingKey)]).increment()
                     output.yield(Incoming(delivery: delivery, generation: open.generation))
                 case .frame(let frame):
                     try handle(frame, on: open)
@@ -278,6 +284,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             message.deliveryMode = 2
             try publishHoldingAck(message, to: spec.retryQueue(after: attempt), delivery: delivery, on: open)
             counters.retried.add(1, ordering: .relaxed)
+            Counter(label: "events_retried_total", dimensions: [("routing_key", message.originalRoutingKey)]).increment()
             logger.warning("event will be retried", metadata: [
                 "amqp.routing_key": "\(message.originalRoutingKey)", "attempt": "\(attempt)",
                 "retry_in_ms": "\(spec.delayMs(after: attempt))", "error": "\(reason)",
@@ -291,6 +298,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             message.deliveryMode = 2
             try publishHoldingAck(message, to: spec.deadLetterQueue, delivery: delivery, on: open)
             counters.deadLettered.add(1, ordering: .relaxed)
+            Counter(label: "events_dead_lettered_total", dimensions: [("routing_key", message.originalRoutingKey)]).increment()
             logger.error("event dead-lettered", metadata: [
                 "amqp.routing_key": "\(message.originalRoutingKey)", "amqp.queue": "\(spec.deadLetterQueue)",
                 "attempts": "\(message.attempt)", "error": "\(reason)",

@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import Logging
+import Metrics
 import MessageBus
 import Synchronization
 
@@ -38,6 +39,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     private let warnedKeys = Mutex<Set<String>>([])
     private let unroutable = Atomic<Int>(0)
     private let port = Mutex<Int?>(nil)
+    private let connections = Atomic<Int>(0)
 
     /// The local TCP port of the current connection (to find it on the broker in tests).
     var localPort: Int? { port.withLock { $0 } }
@@ -180,6 +182,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             let last = first + UInt64(messages.count) - 1
             try awaitConfirms(open.connection, from: first, upTo: last, returned: &returned)
             open.nextTag = last + 1
+            Counter(label: "events_confirmed_total").increment(by: messages.count)
         }
         return returned
     }
@@ -199,6 +202,9 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             ])
         }
         unroutable.add(returned.count, ordering: .relaxed)
+        for message in returned {
+            Counter(label: "events_unroutable_total", dimensions: [("routing_key", message.routingKey)]).increment()
+        }
         guard persistent else { return }
         let parked = returned.map { message -> AMQPMessage in
             var copy = message
@@ -217,6 +223,9 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         }
         if confirms { try connection.selectConfirms() }
         port.withLock { $0 = connection.localPort }
+        if connections.add(1, ordering: .relaxed).newValue > 1 {
+            Counter(label: "amqp_reconnects_total", dimensions: [("role", "publisher")]).increment()
+        }
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("publisher connected", metadata: ["amqp.url": "\(settings.url)"])
         return connection

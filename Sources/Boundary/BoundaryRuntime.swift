@@ -24,6 +24,7 @@ public enum BoundaryRuntime {
             return 2
         }
         LoggingSetup.bootstrap(process: "boundary", level: config.logLevel, format: config.logFormat)
+        MetricsSetup.bootstrap()
         var logger = Logger(label: "stega.boundary")
         logger.logLevel = config.logLevel
         let tracker = OperationTracker(timeout: TimeInterval(timeout))
@@ -35,6 +36,7 @@ public enum BoundaryRuntime {
         router.webSocket("/ws") { _ in hub }
         OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
         HealthRoutes.add(to: &router, process: "boundary", checks: [ReadinessCheck("broker") { consumer.isConnected }])
+        MetricsSetup.addRoute(to: &router)
         let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                 threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
         let services: [any Service] = [

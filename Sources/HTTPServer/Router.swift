@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 
 /// A request handler.
 public typealias Responder = @Sendable (HTTPRequest) async throws -> HTTPResponse
@@ -112,28 +113,40 @@ public struct Router: Sendable {
         return nil
     }
 
-    /// Runs the matching route; never throws.
+    /// Runs the matching route; never throws. Counts `http_requests_total{route,method,status}`
+    /// and times `http_request_duration_seconds{route}`.
     public func respond(to request: HTTPRequest) async -> HTTPResponse {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let (response, route) = await answer(request)
+        Counter(label: "http_requests_total",
+                dimensions: [("route", route), ("method", request.method), ("status", String(response.status))]).increment()
+        Timer(label: "http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            .recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
+        return response
+    }
+
+    private func answer(_ request: HTTPRequest) async -> (HTTPResponse, String) {
+        let unmatched = "unmatched"
         switch match(method: request.method, path: request.path, contentType: request.header("content-type"),
                      authorization: request.header("authorization")) {
         case .failure(let error):
-            return .error(error)
+            return (.error(error), unmatched)
         case .success(let (route, parameters)):
             if request.bodyTooLarge {
-                return .error(HTTPError(413, "payload_too_large", "the request body is over the limit"))
+                return (.error(HTTPError(413, "payload_too_large", "the request body is over the limit")), route.pattern)
             }
             var request = request
             request.parameters = parameters
             do {
-                return try await route.responder(request)
+                return (try await route.responder(request), route.pattern)
             } catch let error as HTTPError {
-                return .error(error)
+                return (.error(error), route.pattern)
             } catch {
                 logger.error("handler failed", metadata: [
                     "http.request.method": "\(request.method)", "http.route": "\(route.pattern)",
                     "error": "\(error)",
                 ])
-                return .error(HTTPError(500, "internal_error", "internal error"))
+                return (.error(HTTPError(500, "internal_error", "internal error")), route.pattern)
             }
         }
     }

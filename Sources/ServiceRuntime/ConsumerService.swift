@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import Logging
+import Metrics
 import MessageBus
 import ServiceLifecycle
 
@@ -46,6 +47,10 @@ public struct ConsumerService: Service {
         logger[metadataKey: "bus.event_id"] = "\(envelope.eventId.uuidString.lowercased())"
         logger[metadataKey: "bus.correlation_id"] = "\(envelope.correlationId ?? "")"
         let start = ContinuousClock.now
+        defer {
+            Timer(label: "handler_duration_seconds", dimensions: [("routing_key", envelope.routingKey)],
+                  preferredDisplayUnit: .seconds).record(duration: ContinuousClock.now - start)
+        }
         do {
             try await bus.dispatch(envelope)
             let elapsed = ContinuousClock.now - start

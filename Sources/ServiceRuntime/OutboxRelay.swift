@@ -2,6 +2,7 @@ import EventCatalog
 import Foundation
 import GRDB
 import Logging
+import Metrics
 import MessageBus
 import ServiceLifecycle
 import Synchronization
@@ -21,6 +22,7 @@ public final class OutboxRelay: Service, Sendable {
     private let relayId = "relay-" + UUID().uuidString.lowercased()
     private let stopping = Atomic<Bool>(false)
     private let published = Atomic<Int>(0)
+    private let depthGauge = Gauge(label: "outbox_depth")
 
     public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
                 flushTimeout: Duration = .seconds(5), logger: Logger = Logger(label: "stega.outbox")) {
@@ -63,6 +65,7 @@ public final class OutboxRelay: Service, Sendable {
                 continue
             }
             if batch.isEmpty {
+                depthGauge.record(0)
                 if flushDeadline != nil { break }
                 await database.outboxBell.wait(timeout: .seconds(1))
                 continue
@@ -71,6 +74,10 @@ public final class OutboxRelay: Service, Sendable {
                 try await publisher.publish(batch.map(\.1))
                 try await database.pool.write { db in try Outbox.remove(batch.map(\.0), in: db) }
                 published.add(batch.count, ordering: .relaxed)
+                for envelope in batch.map(\.1) {
+                    Counter(label: "events_published_total", dimensions: [("routing_key", envelope.routingKey)]).increment()
+                }
+                await recordDepth()
                 if failures > 0 { logger.info("outbox publishing again", metadata: ["outbox.batch": "\(batch.count)"]) }
                 failures = 0
                 for envelope in batch.map(\.1) {
@@ -91,7 +98,13 @@ public final class OutboxRelay: Service, Sendable {
                 await database.outboxBell.wait(timeout: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
             }
         }
+        await recordDepth()
         let left = (try? await database.pool.read { db in try Outbox.depth(in: db) }) ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
+    }
+
+    /// Sets the `outbox_depth` gauge: rows waiting to be published.
+    private func recordDepth() async {
+        if let depth = try? await database.pool.read({ db in try Outbox.depth(in: db) }) { depthGauge.record(depth) }
     }
 }

@@ -67,6 +67,7 @@ enum RuntimeShared {
             return 2
         }
         LoggingSetup.bootstrap(process: process, level: config.logLevel, format: config.logFormat)
+        MetricsSetup.bootstrap()
         var logger = Logger(label: "stega.\(process)")
         logger.logLevel = config.logLevel
         do {
@@ -85,6 +86,7 @@ enum RuntimeShared {
             ]
             checks.append(contentsOf: extra.map(\.1))
             HealthRoutes.add(to: &router, process: process, checks: checks)
+            MetricsSetup.addRoute(to: &router)
             router.writeToken = config.apiToken
             let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                     threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)

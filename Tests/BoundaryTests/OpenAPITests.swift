@@ -20,6 +20,7 @@ func apiRouter<M: ServiceModule>(_ type: M.Type) throws -> Router {
     module.addRoutes(to: &router, bus: bus)
     OpenAPIRoute.add(to: &router, document: M.openAPIDocument)
     HealthRoutes.add(to: &router, process: M.name, checks: [])
+    MetricsSetup.addRoute(to: &router)
     return router
 }
 
@@ -54,6 +55,7 @@ struct OpenAPITests {
         router.webSocket("/ws") { _ in WebSocketHub(tracker: tracker) }
         OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
         HealthRoutes.add(to: &router, process: "boundary", checks: [])
+        MetricsSetup.addRoute(to: &router)
         #expect(Set(router.routeList) == (try documentRoutes(BoundaryRoutes.openAPIDocument)))
     }
 }

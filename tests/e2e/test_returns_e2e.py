@@ -189,3 +189,42 @@ def test_a_write_token_guards_writes_and_a_refused_write_publishes_nothing(stack
     assert ok.status_code == 202
     watcher.wait_for(lambda m: m[1].correlation_id == ok.json()["operation_id"])
     assert stack.stop() == {"returns-api": 0}
+
+
+def metric(text, name, **labels):
+    """The value of `name{labels…}` in Prometheus text, or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        found = dict(part.split("=", 1) for part in head[len(name) + 1:-1].split(",")) if "{" in head else {}
+        if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def test_metrics_count_requests_events_and_handler_time(stack_factory):
+    stack = stack_factory()
+    worker = stack.start("returns-worker")
+    api = stack.start("returns-api")
+    for i in range(3):
+        assert post_prices(api, "MET", [(f"2024-01-0{i + 2}", 10.0 + i)]).status_code == 202
+    assert requests.post(api.url + "/prices", data="x", headers={"Content-Type": "application/json"}, timeout=5).status_code == 400
+    wait_for_returns(api, "MET", 2)
+    api_metrics = requests.get(api.url + "/metrics", timeout=5)
+    assert api_metrics.headers["Content-Type"].startswith("text/plain")
+    text = api_metrics.text
+    assert metric(text, "http_requests_total", route="/prices", method="POST", status="202") == 3
+    assert metric(text, "http_requests_total", route="/prices", method="POST", status="400") == 1
+    assert metric(text, "http_request_duration_seconds_count", route="/prices") == 4
+    def published():
+        t = requests.get(api.url + "/metrics", timeout=5).text + requests.get(worker.url + "/metrics", timeout=5).text
+        return (metric(t, "events_published_total", routing_key="returns.events.prices_recorded") or 0) >= 3 and t
+    both = wait_until("published counted", published)
+    assert metric(both, "outbox_depth") is not None
+    w = requests.get(worker.url + "/metrics", timeout=5).text
+    assert metric(w, "events_consumed_total", routing_key="returns.events.prices_recorded") == 3
+    assert metric(w, "handler_duration_seconds_count", routing_key="returns.events.prices_recorded") == 3
+    assert metric(w, "events_confirmed_total") is not None
