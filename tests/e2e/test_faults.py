@@ -136,8 +136,8 @@ def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factor
 
     bouncer = threading.Thread(target=bounce)
     bouncer.start()
-    # Paced at about 40 writes/s, so the load spans the broker's stop and start (~25 s).
-    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.12,
+    # Paced at about 50 writes/s, so the load spans the broker's stop and start (~20 s).
+    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.15,
                                   on_progress=lambda n: observations.__setitem__("accepted", n))
     bouncer.join()
     assert restarted.is_set()
