@@ -45,7 +45,7 @@ def median_ms(fn, repeats=15):
     return sorted(times)[len(times) // 2]
 
 
-def matrix(n, k=252, rounds=5):
+def matrix(n, k=252, rounds=7):
     rng = np.random.default_rng(n)
     common = rng.normal(0, 0.01, k)
     x = 0.4 * common + rng.normal(0, 0.01, (n, k))
