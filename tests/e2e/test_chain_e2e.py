@@ -171,3 +171,31 @@ def test_live_sse_stream_ends_with_timed_out_when_no_outcome_comes(stack_factory
     assert 1 < waited < 10, waited  # the stream stayed open until the deadline, then ended
     assert requests.get(f"{boundary.url}/operations/{op}", timeout=5).json()["status"] == "timed_out"
     assert stack.stop() == {"boundary": 0, "correlations-api": 0}
+
+
+def test_an_event_that_fails_for_good_fails_its_operation(stack_factory, amqp_url):
+    # A returns_calculated that can never be handled (a date that does not exist): the
+    # correlations-worker dead-letters it and raises operation_failed; the boundary says failed.
+    import pika
+    stack = stack_factory()
+    boundary = stack.start("boundary")
+    stack.start("correlations-worker")
+    op = str(uuid.uuid4())
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    channel = conn.channel()
+    channel.exchange_declare(exchange=stack.exchange, exchange_type="direct", durable=True)
+    channel.basic_publish(stack.exchange, "returns.events.returns_calculated",
+                          json.dumps({"symbol": "BAD", "returns": [{"date": "2024-13-01", "value": 0.1}]}),
+                          pika.BasicProperties(message_id=str(uuid.uuid4()), correlation_id=op, type="returns_calculated",
+                                               app_id="returns", content_type="application/json", delivery_mode=2))
+    conn.close()
+
+    def failed():
+        r = requests.get(f"{boundary.url}/operations/{op}", timeout=5)
+        return r.status_code == 200 and r.json()["status"] == "failed" and r.json()
+    operation = wait_until("operation failed", failed, timeout=20)
+    failure = [e for e in operation["events"] if e["routing_key"] == "correlations.events.operation_failed"][0]
+    assert failure["payload"]["operation_id"] == op
+    assert failure["payload"]["service"] == "correlations"
+    assert "undecodable" in failure["payload"]["reason"]
+    assert set(stack.stop().values()) == {0}
