@@ -33,7 +33,7 @@ public final class InMemoryTransport: EventPublisher {
     public func depth(of queue: String) async -> Int { await broker.depth(of: queue) }
 
     /// Messages dead-lettered by consumers of `queue`.
-    public func rejected(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
+    public func deadLettered(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
 
     actor Broker {
         var log: [EventEnvelope] = []

@@ -47,10 +47,6 @@ public final class MessageBus: Sendable {
         guard let handlers = registry.eventHandlers[envelope.routingKey], !handlers.isEmpty else {
             throw BusError(.noHandler, "no handler for routing key \(envelope.routingKey)")
         }
-        var logger = self.logger
-        logger[metadataKey: "amqp.routing_key"] = "\(envelope.routingKey)"
-        logger[metadataKey: "bus.event_id"] = "\(envelope.eventId.uuidString.lowercased())"
-        logger[metadataKey: "bus.correlation_id"] = "\(envelope.correlationId ?? "")"
         var firstError: (any Error)?
         for handler in handlers {
             let context = HandlerContext(metadata: MessageMetadata(handling: envelope),
@@ -62,7 +58,13 @@ public final class MessageBus: Sendable {
                 throw error
             } catch {
                 failures.add(1, ordering: .relaxed)
-                logger.error("event handler failed", metadata: ["error": "\(error)"])
+                // Metadata built only here, off the path of events that succeed.
+                logger.error("event handler failed", metadata: [
+                    "amqp.routing_key": "\(envelope.routingKey)",
+                    "bus.event_id": "\(envelope.eventId.uuidString.lowercased())",
+                    "bus.correlation_id": "\(envelope.correlationId ?? "")",
+                    "error": "\(error)",
+                ])
                 if firstError == nil { firstError = error }
             }
         }

@@ -21,7 +21,6 @@ public final class OutboxRelay: Service, Sendable {
     private let flushTimeout: Duration
     private let relayId = "relay-" + UUID().uuidString.lowercased()
     private let stopping = Atomic<Bool>(false)
-    private let published = Atomic<Int>(0)
     private let depthGauge = Gauge(label: "outbox_depth")
 
     public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
@@ -32,9 +31,6 @@ public final class OutboxRelay: Service, Sendable {
         self.flushTimeout = flushTimeout
         self.logger = logger
     }
-
-    /// Events published since start.
-    public var publishedCount: Int { published.load(ordering: .relaxed) }
 
     public func run() async throws {
         await withGracefulShutdownHandler {
@@ -48,7 +44,14 @@ public final class OutboxRelay: Service, Sendable {
     private func loop() async {
         var failures = 0
         var flushDeadline: ContinuousClock.Instant?
+        var depthMeasured = ContinuousClock.now - .seconds(1)
         while true {
+            // The gauge at most once a second, off the per-batch path, and also while the
+            // broker is down (when it matters most).
+            if ContinuousClock.now - depthMeasured >= .seconds(1) {
+                depthMeasured = .now
+                _ = await measureDepth()
+            }
             if stopping.load(ordering: .relaxed), flushDeadline == nil {
                 flushDeadline = .now + flushTimeout
             }
@@ -65,22 +68,21 @@ public final class OutboxRelay: Service, Sendable {
                 continue
             }
             if batch.isEmpty {
-                depthGauge.record(0)
                 if flushDeadline != nil { break }
                 await database.outboxBell.wait(timeout: .seconds(1))
                 continue
             }
+            let envelopes = batch.map(\.1)
             do {
-                try await publisher.publish(batch.map(\.1))
+                try await publisher.publish(envelopes)
                 try await database.pool.write { db in try Outbox.remove(batch.map(\.0), in: db) }
-                published.add(batch.count, ordering: .relaxed)
-                for envelope in batch.map(\.1) {
-                    Counter(label: "events_published_total", dimensions: [("routing_key", envelope.routingKey)]).increment()
+                // One counter update per routing key and batch, not per event.
+                for (key, count) in Dictionary(envelopes.map { ($0.routingKey, 1) }, uniquingKeysWith: +) {
+                    Counter(label: "events_published_total", dimensions: [("routing_key", key)]).increment(by: count)
                 }
-                await recordDepth()
                 if failures > 0 { logger.info("outbox publishing again", metadata: ["outbox.batch": "\(batch.count)"]) }
                 failures = 0
-                for envelope in batch.map(\.1) {
+                for envelope in envelopes {
                     logger.trace("published", metadata: [
                         "amqp.routing_key": "\(envelope.routingKey)",
                         "bus.event_id": "\(envelope.eventId.uuidString.lowercased())",
@@ -98,13 +100,14 @@ public final class OutboxRelay: Service, Sendable {
                 await database.outboxBell.wait(timeout: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
             }
         }
-        await recordDepth()
-        let left = (try? await database.pool.read { db in try Outbox.depth(in: db) }) ?? -1
+        let left = await measureDepth() ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
     }
 
-    /// Sets the `outbox_depth` gauge: rows waiting to be published.
-    private func recordDepth() async {
-        if let depth = try? await database.pool.read({ db in try Outbox.depth(in: db) }) { depthGauge.record(depth) }
+    /// Sets the `outbox_depth` gauge (rows waiting to be published) and returns it.
+    private func measureDepth() async -> Int? {
+        let depth = try? await database.pool.read { db in try Outbox.depth(in: db) }
+        if let depth { depthGauge.record(depth) }
+        return depth
     }
 }
