@@ -10,12 +10,7 @@ import Testing
 @Suite("HTTP daemon over a real socket", .serialized)
 struct DaemonTests {
     func withDaemon(maxBody: Int = 1024, _ body: (Int) async throws -> Void) async throws {
-        var router = makeRouter()
-        router.get("/slow") { _ in
-            try await Task.sleep(for: .seconds(2))
-            return try .json(["slow": "done"])
-        }
-        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1, maxBodySize: maxBody)
+        let daemon = HTTPDaemon(router: makeRouter(), host: "127.0.0.1", port: 0, threads: 1, maxBodySize: maxBody)
         let port = try daemon.start()
         #expect(port > 0)
         defer { daemon.stop(drainFor: 1) }
@@ -57,16 +52,32 @@ struct DaemonTests {
 
     @Test("a slow handler does not hold up other requests on the same MHD thread")
     func slowHandlerDoesNotBlock() async throws {
-        try await withDaemon { port in
-            async let slow = send(port, "GET", "/slow")
-            try await Task.sleep(for: .milliseconds(50))
-            let start = ContinuousClock.now
-            let (status, _, _) = try await send(port, "GET", "/items/1")
-            let fast = ContinuousClock.now - start
-            #expect(status == 200)
-            #expect(fast < .seconds(1), "a quick request waited for the slow one: \(fast)")
-            #expect(try await slow.0 == 200)
+        // No timing: the slow handler waits until the quick request has been answered (or gives
+        // up after 20 s). If the quick request were queued behind it, it would be answered only
+        // after the give-up, and the slow one would report that it was never released.
+        let released = Mutex(false)
+        var router = makeRouter()
+        router.get("/held") { _ in
+            let deadline = ContinuousClock.now + .seconds(20)
+            while !released.withLock({ $0 }) && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return try .json(["released": released.withLock { $0 } ? "yes" : "no"])
         }
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1, maxBodySize: 1024)
+        let port = try daemon.start()
+        defer { daemon.stop(drainFor: 1) }
+        async let held = send(port, "GET", "/held")
+        let arrived = ContinuousClock.now + .seconds(10)
+        while daemon.activeRequests == 0 && ContinuousClock.now < arrived {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let (status, _, _) = try await send(port, "GET", "/items/1")
+        #expect(status == 200)
+        released.withLock { $0 = true }
+        let (heldStatus, heldBody, _) = try await held
+        #expect(heldStatus == 200)
+        #expect(heldBody?["released"] as? String == "yes", "the quick request waited for the held one")
     }
 
     @Test("a stop answers requests still running with 503 after the drain time, and does not crash")
@@ -80,7 +91,10 @@ struct DaemonTests {
         let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 2)
         let port = try daemon.start()
         async let slow = send(port, "GET", "/slow")
-        try await Task.sleep(for: .milliseconds(200))
+        let deadline = ContinuousClock.now + .seconds(2)
+        while daemon.activeRequests == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         #expect(daemon.activeRequests == 1)
         daemon.stop(drainFor: 0.3)
         let (status, body, _) = try await slow
