@@ -5,7 +5,7 @@
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
-.PHONY: deps build release test bench run stop status logs clean
+.PHONY: deps build release test bench run stop status logs secrets compose-smoke clean
 
 deps:            ## apt packages and Python test clients, when missing
 	@scripts/deps.sh
@@ -33,6 +33,12 @@ status:          ## what make run started, and whether it is ready
 
 logs:            ## tail the worker logs
 	@tail -n 50 -F run/logs/*-worker.log
+
+secrets:         ## random secrets for compose.yaml in ./secrets (kept if there)
+	@scripts/secrets.sh
+
+compose-smoke:   ## build the image and run compose.yaml for real with podman (scripts/compose-smoke.sh)
+	@scripts/compose-smoke.sh
 
 clean:
 	rm -rf .build run

@@ -6,6 +6,9 @@
 #   scripts/broker.sh stop DIR         # stops the node started in DIR (by its PID)
 #   scripts/broker.sh restart DIR      # stop, then start again with the same data
 #   scripts/broker.sh ctl DIR ARGS...  # rabbitmqctl against that node
+#
+# With STEGA_BROKER_TLS_PORT set at start, the node also listens for TLS (amqps) on that port,
+# with DIR/tls/{ca.pem,server.pem,server.key} (scripts/test-ca.sh DIR/tls makes them).
 set -euo pipefail
 
 cmd=${1:?usage: broker.sh start|stop|restart|ctl DIR [PORT]}
@@ -42,6 +45,17 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 CONF
+  [ -z "${STEGA_BROKER_TLS_PORT:-}" ] || echo "$STEGA_BROKER_TLS_PORT" > "$dir/tls_port"
+  if [ -f "$dir/tls_port" ]; then
+    cat >> "$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$(cat "$dir/tls_port")
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  fi
   echo "[]." > "$dir/enabled_plugins"
   echo "[]." > "$dir/advanced.config"
   nohup "$bin/rabbitmq-server" > "$dir/log/startup.log" 2>&1 &

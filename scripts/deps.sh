@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-}" != "--no-python" ]; then
-  if ! python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator" 2>/dev/null; then
+  if ! { python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator, yaml" 2>/dev/null && command -v hadolint >/dev/null; }; then
     echo "deps: installing Python test clients"
     python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
   fi

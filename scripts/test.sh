@@ -13,8 +13,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-scripts/broker.sh start "$broker_dir" "$port" || exit 1
+# A TLS listener too, with a certificate authority made for this run (the TLS test).
+scripts/test-ca.sh "$broker_dir/tls"
+tls_port=$(python3 scripts/free-port.py)
+STEGA_BROKER_TLS_PORT=$tls_port scripts/broker.sh start "$broker_dir" "$port" || exit 1
 export STEGA_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
+export STEGA_TEST_AMQPS_URL="amqps://guest:guest@localhost:$tls_port"
+export STEGA_TEST_TLS_CA="$broker_dir/tls/ca.pem"
 export STEGA_TEST_BROKER_DIR="$broker_dir"
 export STEGA_BIN_DIR="$(swift build --show-bin-path)"
 

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Reads settings from environment variables; any `X` may instead be given as `X_FILE`,
-/// naming a file that holds the value (Docker secrets). A set `X` wins over `X_FILE`.
+/// naming a file that holds the value (Docker secrets). A set `X` wins over `X_FILE`; a file that
+/// holds only white space counts as not set (an empty `api_token` secret turns the token off).
 public struct Environment: Sendable {
     private let values: [String: String]
 
@@ -15,7 +16,8 @@ public struct Environment: Sendable {
         if let path = values[name + "_FILE"], !path.isEmpty {
             do {
                 let text = try String(contentsOfFile: path, encoding: .utf8)
-                return text.trimmingCharacters(in: .whitespacesAndNewlines)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+                return text.isEmpty ? nil : text
             } catch {
                 throw ConfigError("\(name)_FILE: cannot read \(path): \(error.localizedDescription)")
             }

@@ -41,6 +41,11 @@ struct ConfigTests {
         #expect(throws: ConfigError.self) {
             try Environment(["X_FILE": dir.appendingPathComponent("missing").path]).string("X")
         }
+        let empty = dir.appendingPathComponent("api_token")
+        try "\n".write(to: empty, atomically: true, encoding: .utf8)
+        let noToken = try ServiceConfig(service: "returns", process: "returns-api",
+                                        environment: Environment(["STEGA_API_TOKEN_FILE": empty.path]))
+        #expect(noToken.apiToken == nil)
     }
 
     @Test("malformed settings are refused with the variable's name", arguments: [
