@@ -6,6 +6,7 @@
 ARG BUILDER_IMAGE=swift:6.3-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
+# (podman: build with --format docker, or SHELL below is ignored.)
 # ---- build: release binaries and the Swift runtime libraries they load ------------------------
 # Linked against the Swift runtime dynamically: six binaries share one copy of it (about 80 MB,
 # most of it ICU data) instead of carrying it six times (a static binary is about 65 MB).

@@ -36,7 +36,8 @@ if [ ! -x "$WORK/venv/bin/docker-compose" ]; then
   # docker-compose 1.29 wants PyYAML < 6, whose sdist needs Cython < 3 to build.
   "$WORK/venv/bin/pip" install -q "cython<3" wheel setuptools
   "$WORK/venv/bin/pip" install -q --no-build-isolation "pyyaml==5.4.1"
-  "$WORK/venv/bin/pip" install -q "docker-compose==1.29.2"
+  # docker-py 6+ and requests 2.32+ broke docker-compose 1.29: the versions it was released with.
+  "$WORK/venv/bin/pip" install -q "docker-compose==1.29.2" "docker==5.0.3" "requests<2.32" "urllib3<2"
 fi
 COMPOSE="$WORK/venv/bin/docker-compose"
 
@@ -70,7 +71,7 @@ if ! podman image exists "$BUILDER_IMAGE"; then
       apt-get update -q
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         binutils git gnupg2 libc6-dev libcurl4-openssl-dev libedit2 libgcc-12-dev libpython3-dev \
-        libsqlite3-0 libstdc++-12-dev libxml2-dev libz3-dev pkg-config tzdata zlib1g-dev ca-certificates
+        libsqlite3-0 libstdc++-12-dev libxml2-dev libz3-dev libncurses6 pkg-config tzdata zlib1g-dev ca-certificates
       rm -rf /var/lib/apt/lists/*
       cp -a /mnt/swift /opt/swift
       cp -a /mnt/packages /opt/swift-packages
@@ -88,7 +89,7 @@ fi
 
 log "podman build of the Dockerfile (BUILDER_IMAGE=$BUILDER_IMAGE, RUNTIME_IMAGE=$BASE_IMAGE)"
 start=$(date +%s)
-podman build --build-arg BUILDER_IMAGE="$BUILDER_IMAGE" --build-arg RUNTIME_IMAGE="$BASE_IMAGE" \
+podman build --format docker --build-arg BUILDER_IMAGE="$BUILDER_IMAGE" --build-arg RUNTIME_IMAGE="$BASE_IMAGE" \
   -t "$STACK_IMAGE" . > "$WORK/image-build.log" 2>&1 || { tail -40 "$WORK/image-build.log"; exit 1; }
 echo "built in $(( $(date +%s) - start )) s; log in $WORK/image-build.log"
 size=$(podman image inspect --format '{{.Size}}' "$STACK_IMAGE")
@@ -186,9 +187,13 @@ for c in $(podman ps --filter "label=com.docker.compose.project=$PROJECT" --filt
   echo "  $c: $(podman logs "$c" 2>&1 | grep -c '"event handled"' || true)"
 done
 
-log "broker restart: accepted work is not lost"
-"$COMPOSE" -p "$PROJECT" restart rabbitmq 2>&1 | tail -2
+log "broker restart: a write accepted while the broker is down is not lost"
+"$COMPOSE" -p "$PROJECT" restart -t 5 rabbitmq > "$WORK/restart.log" 2>&1 &
+RESTART_PID=$!
+sleep 3
 during=$(post_prices AMZN 150)
+echo "POST /prices during the restart: accepted as $during"
+wait "$RESTART_PID"
 wait_healthy 8
 wait_succeeded "$during"
 
