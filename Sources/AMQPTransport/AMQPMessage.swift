@@ -32,7 +32,7 @@ struct AMQPMessage: Sendable, Equatable {
     init(_ envelope: EventEnvelope, persistent: Bool) {
         routingKey = envelope.routingKey
         body = Array(envelope.body)
-        messageId = envelope.eventId.uuidString.lowercased()
+        messageId = envelope.eventId.lowercaseText
         type = envelope.type
         contentType = envelope.contentType
         correlationId = envelope.correlationId
@@ -67,7 +67,7 @@ struct AMQPMessage: Sendable, Equatable {
 
     /// The event envelope, or `nil` unless the message carries a UUID `message_id`.
     var envelope: EventEnvelope? {
-        guard let id = messageId.flatMap(UUID.init(uuidString:)) else { return nil }
+        guard let id = messageId.flatMap(UUID.init(text:)) else { return nil }
         return EventEnvelope(
             eventId: id, routingKey: originalRoutingKey, type: type,
             correlationId: correlationId, causationId: headers["causation_id"]?.string,

@@ -25,7 +25,7 @@ public struct Operation: Sendable, Equatable, Encodable {
         /// The client's view of `envelope`: its JSON payload and an RFC 3339 timestamp.
         public init(_ envelope: EventEnvelope) {
             routingKey = envelope.routingKey
-            eventId = envelope.eventId.uuidString.lowercased()
+            eventId = envelope.eventId.lowercaseText
             correlationId = envelope.correlationId?.lowercased() ?? ""
             payload = (try? JSONValue.parse(Array(envelope.body))) ?? .string(String(decoding: envelope.body, as: UTF8.self))
             timestamp = OperationTracker.rfc3339(envelope.timestamp)

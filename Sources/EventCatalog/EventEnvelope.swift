@@ -77,8 +77,12 @@ public enum EventJSON {
     }
 
     public static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {
-        try JSONDecoder().decode(T.self, from: data)
+        try decoder.decode(T.self, from: data)
     }
+
+    // One decoder for every event: it is not configured after this, and decoding is safe from
+    // any thread.
+    nonisolated(unsafe) private static let decoder = JSONDecoder()
 }
 
 /// Errors of the event catalog.

@@ -28,14 +28,14 @@ public struct MessageMetadata: Sendable, Equatable {
 
     /// Metadata for a new operation: a fresh operation id, which is also the causation id.
     public static func newOperation(traceparent: String? = nil) -> MessageMetadata {
-        let id = UUID().uuidString.lowercased()
+        let id = UUID().lowercaseText
         return MessageMetadata(correlationId: id, causationId: id, traceparent: traceparent)
     }
 
     /// Metadata for handling `envelope`: same operation, caused by that event.
     public init(handling envelope: EventEnvelope) {
-        self.init(correlationId: envelope.correlationId ?? envelope.eventId.uuidString.lowercased(),
-                  causationId: envelope.eventId.uuidString.lowercased(),
+        self.init(correlationId: envelope.correlationId ?? envelope.eventId.lowercaseText,
+                  causationId: envelope.eventId.lowercaseText,
                   traceparent: envelope.traceparent)
     }
 }

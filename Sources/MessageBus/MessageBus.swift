@@ -61,7 +61,7 @@ public final class MessageBus: Sendable {
                 // Metadata built only here, off the path of events that succeed.
                 logger.error("event handler failed", metadata: [
                     "amqp.routing_key": "\(envelope.routingKey)",
-                    "bus.event_id": "\(envelope.eventId.uuidString.lowercased())",
+                    "bus.event_id": "\(envelope.eventId.lowercaseText)",
                     "bus.correlation_id": "\(envelope.correlationId ?? "")",
                     "error": "\(error)",
                 ])

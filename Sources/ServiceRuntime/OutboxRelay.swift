@@ -19,7 +19,7 @@ public final class OutboxRelay: Service, Sendable {
     private let logger: Logger
     private let batchSize: Int
     private let flushTimeout: Duration
-    private let relayId = "relay-" + UUID().uuidString.lowercased()
+    private let relayId = "relay-" + UUID().lowercaseText
     private let stopping = Atomic<Bool>(false)
     private let depthGauge = Gauge(label: "outbox_depth")
 
@@ -85,7 +85,7 @@ public final class OutboxRelay: Service, Sendable {
                 for envelope in envelopes {
                     logger.trace("published", metadata: [
                         "amqp.routing_key": "\(envelope.routingKey)",
-                        "bus.event_id": "\(envelope.eventId.uuidString.lowercased())",
+                        "bus.event_id": "\(envelope.eventId.lowercaseText)",
                         "bus.correlation_id": "\(envelope.correlationId ?? "")",
                     ])
                 }

@@ -67,7 +67,7 @@ public final class ServiceDatabase: Sendable {
     @discardableResult
     public func write(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
         let handled = try await pool.write { db -> Bool in
-            if let id = context.handledEventId?.uuidString.lowercased() {
+            if let id = context.handledEventId?.lowercaseText {
                 let seen = try Bool.fetchOne(db, sql: "SELECT 1 FROM inbox WHERE event_id = ?", arguments: [id]) ?? false
                 if seen { return false }
                 try db.execute(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?)",
@@ -97,7 +97,7 @@ public enum Outbox {
                                     timestamp, schema_version, traceparent, content_type, body)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [
-                    e.eventId.uuidString.lowercased(), e.routingKey, e.type, e.correlationId, e.causationId,
+                    e.eventId.lowercaseText, e.routingKey, e.type, e.correlationId, e.causationId,
                     e.appId, e.timestamp.timeIntervalSince1970, e.schemaVersion, e.traceparent,
                     e.contentType, e.body,
                 ])
@@ -116,7 +116,7 @@ public enum Outbox {
         let rows = try Row.fetchAll(db, sql: "SELECT * FROM outbox WHERE claimed_by = ? ORDER BY seq LIMIT ?",
                                     arguments: [relay, limit])
         return rows.compactMap { row in
-            guard let id = UUID(uuidString: row["event_id"]) else { return nil }
+            guard let id = UUID(text: row["event_id"]) else { return nil }
             let envelope = EventEnvelope(
                 eventId: id, routingKey: row["routing_key"], type: row["type"],
                 correlationId: row["correlation_id"], causationId: row["causation_id"], appId: row["app_id"],
