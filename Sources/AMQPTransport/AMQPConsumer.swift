@@ -74,6 +74,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         var settlements: [Settlement] = []
         var stopped = false
         var draining = false
+        /// The consumer thread is (about to be) blocked in `poll`: a settlement must wake it.
+        var sleeping = false
         var queueName: String?
         var localPort: Int?
     }
@@ -117,7 +119,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     var localPort: Int? { state.withLock { $0.localPort } }
 
     public func run(handler: @escaping DeliveryHandler) async throws {
-        let (stream, continuation) = AsyncStream<Incoming>.makeStream()
+        // Deliveries cross to the handler's task in batches: everything rabbitmq-c has
+        // already read from the socket goes in one hand-off (one wake-up, not one per message).
+        let (stream, continuation) = AsyncStream<[Incoming]>.makeStream()
         let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
         let finished = Atomic<Bool>(false)
         state.withLock {
@@ -134,14 +138,24 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         thread.start()
 
         await withTaskCancellationHandler {
-            for await incoming in stream {
-                let message = incoming.delivery.message
-                let delivery = Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey,
-                                        body: message.body, redelivered: incoming.delivery.redelivered,
-                                        attempt: message.attempt)
-                let outcome = await handler(delivery)
-                settle(Settlement(incoming: incoming, outcome: outcome))
-                if Task.isCancelled { break }
+            batches: for await batch in stream {
+                var settled: [Settlement] = []
+                settled.reserveCapacity(batch.count)
+                for incoming in batch {
+                    let message = incoming.delivery.message
+                    let delivery = Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey,
+                                            body: message.body, redelivered: incoming.delivery.redelivered,
+                                            attempt: message.attempt)
+                    let outcome = await handler(delivery)
+                    settled.append(Settlement(incoming: incoming, outcome: outcome))
+                    // Stopping: what is handled is settled, the rest of the batch is not
+                    // (unacked, the broker delivers it again).
+                    if Task.isCancelled {
+                        settle(settled, unhandled: batch.count - settled.count)
+                        break batches
+                    }
+                }
+                settle(settled, unhandled: 0)
             }
         } onCancel: {
             // Stop taking deliveries; the one being handled finishes and is settled first.
@@ -160,10 +174,16 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
     }
 
-    private func settle(_ settlement: Settlement) {
-        state.withLock { $0.settlements.append(settlement) }
-        inFlight.subtract(1, ordering: .relaxed)
-        wakeup.signal()
+    /// Hands a settlement to the consumer thread; wakes it only when it sleeps (an eventfd
+    /// write per message costs more than the rest of the hand-off).
+    private func settle(_ settlements: [Settlement], unhandled: Int) {
+        let wake = state.withLock { state -> Bool in
+            inFlight.subtract(settlements.count + unhandled, ordering: .relaxed)
+            state.settlements.append(contentsOf: settlements)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if wake { wakeup.signal() }
     }
 
     // MARK: - The consumer thread
@@ -184,11 +204,12 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
     }
 
-    private func loop(_ output: AsyncStream<Incoming>.Continuation) {
+    private func loop(_ output: AsyncStream<[Incoming]>.Continuation) {
         var session: Session?
         var generation = 0
         var backoff = Backoff(base: 0.25, cap: 5)
         var stopDeadline: Date?
+        var consumedCounters: [String: Counter] = [:]
         while true {
             let (settlements, stopped, draining) = state.withLock { state in
                 defer { state.settlements.removeAll() }
@@ -196,9 +217,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             }
             if let open = session {
                 do {
-                    for s in settlements where s.incoming.generation == open.generation {
-                        try apply(s, on: open)
-                    }
+                    try apply(settlements.filter { $0.incoming.generation == open.generation }, on: open)
                 } catch {
                     lost(&session, error)
                     continue
@@ -231,27 +250,50 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             }
             let paused = stopped || draining || inFlight.load(ordering: .relaxed) >= maxInFlight
             if !open.connection.hasBufferedInput {
-                // Paused: still watch the socket when confirms are due, so acks go out.
-                let watch = !paused || !open.awaitingConfirm.isEmpty
-                wakeup.wait(socket: watch ? open.connection.socketFD : nil, timeout: stopped ? 0.05 : 1)
+                // Sleep only when no settlement came in meanwhile (settle wakes a sleeper).
+                let mayWait = state.withLock { state -> Bool in
+                    guard state.settlements.isEmpty else { return false }
+                    state.sleeping = true
+                    return true
+                }
+                if mayWait {
+                    // Paused: still watch the socket when confirms are due, so acks go out.
+                    let watch = !paused || !open.awaitingConfirm.isEmpty
+                    wakeup.wait(socket: watch ? open.connection.socketFD : nil, timeout: stopped ? 0.05 : 1)
+                    state.withLock { $0.sleeping = false }
+                }
             }
             do {
                 // Reads also let rabbitmq-c send and check heartbeats, even on a time-out.
+                var batch: [Incoming] = []
+                defer { if !batch.isEmpty { output.yield(batch) } }
+                readBuffered: while true {
                 switch try open.connection.read(timeout: 0) {
                 case .delivery(let delivery):
-                    if paused && spec.mode == .durable {
+                    let full = inFlight.load(ordering: .relaxed) >= maxInFlight
+                    if (paused || full) && spec.mode == .durable {
                         // Not ours to handle now: give it back at once.
                         try open.connection.nack(delivery.deliveryTag, requeue: true)
-                        continue
+                        break readBuffered
                     }
                     inFlight.add(1, ordering: .relaxed)
-                    Counter(label: "events_consumed_total",
-                            dimensions: [("routing_key", delivery.message.originalRoutingKey)]).increment()
-                    output.yield(Incoming(delivery: delivery, generation: open.generation))
+                    let key = delivery.message.originalRoutingKey
+                    if let counter = consumedCounters[key] {
+                        counter.increment()
+                    } else {
+                        let counter = Counter(label: "events_consumed_total", dimensions: [("routing_key", key)])
+                        consumedCounters[key] = counter
+                        counter.increment()
+                    }
+                    batch.append(Incoming(delivery: delivery, generation: open.generation))
+                    // More in rabbitmq-c's buffer: take it into this batch (no syscall).
+                    if !open.connection.hasBufferedInput || batch.count >= 256 { break readBuffered }
                 case .frame(let frame):
                     try handle(frame, on: open)
+                    break readBuffered
                 case .nothing:
-                    break
+                    break readBuffered
+                }
                 }
             } catch {
                 lost(&session, error)
@@ -259,6 +301,26 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
         session?.connection.close()
         connectedFlag.store(false, ordering: .relaxed)
+    }
+
+    /// Applies settlements in the order they came. Consecutive acks go out as one
+    /// `basic.ack multiple=1` for the last of them: deliveries are handled one at a time, in
+    /// order, so every earlier tag is settled — unless an ack waits for a publish confirm
+    /// (a retry or dead letter), in which case each ack goes out on its own.
+    private func apply(_ settlements: [Settlement], on open: Session) throws {
+        var pendingAck: UInt64?
+        for s in settlements {
+            if spec.mode == .durable, case .ack = s.outcome, open.awaitingConfirm.isEmpty {
+                pendingAck = s.incoming.delivery.deliveryTag
+                continue
+            }
+            if let tag = pendingAck {
+                try open.connection.ack(tag, multiple: true)
+                pendingAck = nil
+            }
+            try apply(s, on: open)
+        }
+        if let tag = pendingAck { try open.connection.ack(tag, multiple: true) }
     }
 
     private func apply(_ s: Settlement, on open: Session) throws {

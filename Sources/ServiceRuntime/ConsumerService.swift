@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import MessageBus
 import ServiceLifecycle
+import Synchronization
 
 /// Runs a consumer and dispatches every delivery through the service's bus.
 ///
@@ -19,6 +20,8 @@ public struct ConsumerService: Service {
     let maxAttempts: Int
     /// Where `<service>.events.operation_failed` goes when an event fails for good.
     let failures: (any EventPublisher)?
+    /// `handler_duration_seconds` per routing key, made once (a registry lookup per event costs).
+    private let timers = HandlerTimers()
 
     public init(consumer: any EventConsumer, bus: MessageBus, logger: Logger, maxAttempts: Int = 1,
                 failures: (any EventPublisher)? = nil) {
@@ -42,28 +45,31 @@ public struct ConsumerService: Service {
                          metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
             return .deadLetter(reason: "not an event envelope: message_id is missing or not a UUID")
         }
-        var logger = self.logger
-        logger[metadataKey: "amqp.routing_key"] = "\(envelope.routingKey)"
-        logger[metadataKey: "bus.event_id"] = "\(envelope.eventId.uuidString.lowercased())"
-        logger[metadataKey: "bus.correlation_id"] = "\(envelope.correlationId ?? "")"
-        let start = ContinuousClock.now
-        defer {
-            Timer(label: "handler_duration_seconds", dimensions: [("routing_key", envelope.routingKey)],
-                  preferredDisplayUnit: .seconds).record(duration: ContinuousClock.now - start)
+        // The event's logger, built only when something is logged.
+        var eventLogger: Logger {
+            var logger = self.logger
+            logger[metadataKey: "amqp.routing_key"] = "\(envelope.routingKey)"
+            logger[metadataKey: "bus.event_id"] = "\(envelope.eventId.lowercaseText)"
+            logger[metadataKey: "bus.correlation_id"] = "\(envelope.correlationId ?? "")"
+            return logger
         }
+        let start = ContinuousClock.now
+        let timer = timers.timer(for: envelope.routingKey)
+        defer { timer.record(duration: ContinuousClock.now - start) }
         do {
             try await bus.dispatch(envelope)
+            guard logger.logLevel <= .info else { return .ack }
             let elapsed = ContinuousClock.now - start
-            logger.info("event handled", metadata: [
+            eventLogger.info("event handled", metadata: [
                 "handler.duration_ms": "\(String(format: "%.2f", Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000))",
             ])
             return .ack
         } catch let error as BusError where error.code == .undecodable || error.code == .noHandler {
-            logger.error("dead-lettering an event that cannot be handled", metadata: ["error": "\(error)"])
+            eventLogger.error("dead-lettering an event that cannot be handled", metadata: ["error": "\(error)"])
             await reportFailure(of: envelope, reason: "\(error)")
             return .deadLetter(reason: "\(error)")
         } catch {
-            logger.warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(delivery.attempt)"])
+            eventLogger.warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(delivery.attempt)"])
             if delivery.attempt >= maxAttempts { await reportFailure(of: envelope, reason: "\(error)") }
             return .retry(reason: "\(error)")
         }
@@ -78,11 +84,26 @@ public struct ConsumerService: Service {
             let body = try EventJSON.encode(failure)
             try await failures.publish([EventEnvelope(
                 routingKey: "\(bus.appId).events.operation_failed", correlationId: operation,
-                causationId: envelope.eventId.uuidString.lowercased(), appId: bus.appId,
+                causationId: envelope.eventId.lowercaseText, appId: bus.appId,
                 traceparent: envelope.traceparent, body: body)])
             logger.error("operation failed", metadata: ["bus.correlation_id": "\(operation)", "error": "\(reason)"])
         } catch {
             logger.error("could not record operation_failed", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// `handler_duration_seconds{routing_key}` timers, one per routing key.
+final class HandlerTimers: Sendable {
+    private let timers = Mutex<[String: Timer]>([:])
+
+    func timer(for routingKey: String) -> Timer {
+        timers.withLock { timers in
+            if let timer = timers[routingKey] { return timer }
+            let timer = Timer(label: "handler_duration_seconds", dimensions: [("routing_key", routingKey)],
+                              preferredDisplayUnit: .seconds)
+            timers[routingKey] = timer
+            return timer
         }
     }
 }

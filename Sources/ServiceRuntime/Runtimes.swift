@@ -59,6 +59,7 @@ enum RuntimeShared {
     typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws -> (Router, [(any Service, ReadinessCheck)])
 
     static func run<M: ServiceModule>(_ type: M.Type, process: String, build: Build<M>) async -> Int32 {
+        MemorySetup.limitArenas()
         let config: ServiceConfig
         do {
             config = try ServiceConfig(service: M.name, process: process)
@@ -111,5 +112,16 @@ enum RuntimeShared {
             logger.critical("failed", metadata: ["error": "\(error)"])
             return 1
         }
+    }
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core); the
+/// dispatch pool's threads then keep memory the process no longer uses. Two arenas keep the
+/// resident size of the api and worker near their working set (issue 6's RSS target), unless
+/// `MALLOC_ARENA_MAX` says otherwise.
+public enum MemorySetup {
+    public static func limitArenas(_ arenas: Int32 = 2) {
+        guard ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"] == nil else { return }
+        _ = mallopt(M_ARENA_MAX, arenas)
     }
 }
