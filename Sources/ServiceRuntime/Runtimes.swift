@@ -122,6 +122,10 @@ enum RuntimeShared {
 public enum MemorySetup {
     public static func limitArenas(_ arenas: Int32 = 2) {
         guard ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"] == nil else { return }
-        _ = mallopt(M_ARENA_MAX, arenas)
+        _ = glibcMallopt(-8 /* M_ARENA_MAX, <malloc.h> */, arenas)
     }
 }
+
+// `mallopt(3)`: <malloc.h> is not part of Swift's Glibc module.
+@_silgen_name("mallopt")
+private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
