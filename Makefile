@@ -19,7 +19,19 @@ release: deps    ## release build of the executables
 test: build      ## throw-away RabbitMQ + swift test + end-to-end tests
 	@scripts/test.sh
 
+BASELINE_DIR := .build-bench
+BASELINES := $(BASELINE_DIR)/publisher $(BASELINE_DIR)/consumer $(BASELINE_DIR)/fill
+
+$(BASELINE_DIR)/publisher: bench/baseline/publisher.c
+	@mkdir -p $(BASELINE_DIR)
+	cc -O2 -Wall -o $@ $< -lmicrohttpd -lrabbitmq -lpthread
+$(BASELINE_DIR)/%: bench/baseline/%.c
+	@mkdir -p $(BASELINE_DIR)
+	cc -O2 -Wall -o $@ $< -lrabbitmq
+
 bench: release   ## figures beside their baselines (bench/run.py), table in bench/results/latest.md
+	@scripts/deps.sh --bench
+	@$(MAKE) --no-print-directory $(BASELINES)
 	@python3 bench/run.py
 
 run: release     ## local broker (unless STEGA_AMQP_URL is set) + every service in the background

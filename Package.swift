@@ -115,7 +115,12 @@ let package = Package(
         .executableTarget(name: "correlations-worker", dependencies: ["Correlations", "ServiceRuntime"]),
         .executableTarget(
             name: "stega-bench",
-            dependencies: ["Correlations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "Correlations", "ServiceRuntime", "MessageBus", "EventCatalog", "HTTPServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .executableTarget(name: "returns-worker", dependencies: ["Returns", "ServiceRuntime"]),
 

@@ -2,6 +2,8 @@
 """make bench: the project's figures beside their baselines, measured in the same run.
 
 Scenarios (release build; load only on 127.0.0.1, bounded in count and time):
+  - http, latency, consume: bench/messaging.py (POST /prices vs C and the seed design, the
+    end-to-end latency, the worker's consume rate vs raw C and the seed's pika consumer);
   - correlation matrix 500 x 252 and 2000 x 252: stega-bench vs numpy.corrcoef on the same
     data (median of 15), and the two results compared to 1e-9;
   - ingest 500 symbols x 10 years of daily prices through returns-api, until every return
@@ -247,7 +249,20 @@ def fanout(subscribers=1000, rounds=5):
 def main():
     print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
-    which = sys.argv[1:] or ["matrix", "ingest", "fanout"]
+    which = sys.argv[1:] or ["http", "latency", "consume", "matrix", "ingest", "fanout"]
+    if {"http", "latency", "consume"} & set(which):
+        import messaging
+        broker = messaging.Broker()
+        try:
+            max_rps = None
+            if "http" in which:
+                max_rps = messaging.http(record, broker)["durable"]["rps"]
+            if "latency" in which:
+                messaging.latency(record, broker, max_rps or 2000)
+            if "consume" in which:
+                messaging.consume(record, broker)
+        finally:
+            broker.stop()
     if "matrix" in which:
         matrix(500)
         matrix(2000)

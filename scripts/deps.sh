@@ -23,4 +23,15 @@ if [ "${1:-}" != "--no-python" ]; then
     python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
   fi
 fi
+# make bench: wrk (the HTTP load) and Flask (the seed design's baseline).
+if [ "${1:-}" = "--bench" ]; then
+  if ! command -v wrk >/dev/null; then
+    echo "deps: installing wrk"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends wrk
+  fi
+  python3 -c "import flask" 2>/dev/null || python3 -m pip install -q -r "$(dirname "$0")/../bench/requirements.txt"
+fi
 command -v swift >/dev/null || [ -x /opt/swift/usr/bin/swift ] || { echo "deps: Swift 6 is needed (expected in /opt/swift)" >&2; exit 1; }
