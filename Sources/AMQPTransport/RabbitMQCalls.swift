@@ -296,6 +296,11 @@ final class RabbitMQConnection {
     /// Calls `amqp_simple_wait_frame_noblock`; returns `nil` on time-out, throws when the
     /// broker closed the channel or connection.
     func nextFrame(timeout: TimeInterval) throws -> ServerFrame? {
+        // Frames are decoded into the connection's pools; what earlier calls returned are
+        // Swift copies, so the pools can go (only when no frame is queued: rabbitmq-c checks).
+        // Without this the publisher, which reads only with this call, kept every ack and
+        // returned message it ever read.
+        amqp_maybe_release_buffers(state)
         var frame = amqp_frame_t()
         var tv = Self.timeval(timeout)
         let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
