@@ -120,3 +120,48 @@ struct OperationFailedTests {
         #expect(payload.operationId == "op-7" && payload.service == "correlations" && payload.reason.contains("Boom"))
     }
 }
+
+@Suite("Group commit")
+struct GroupCommitTests {
+    struct Noted: Event {
+        static let routingKey = "test.events.noted"
+        var n: Int
+    }
+
+    @Test("concurrent writes share transactions; one that throws is rolled back alone, with its events")
+    func oneFailsTheOthersCommit() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await database.pool.write { db in try db.execute(sql: "CREATE TABLE t (x INTEGER)") }
+        struct Boom: Error {}
+        let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
+            for n in 0..<200 {
+                group.addTask {
+                    let context = HandlerContext(metadata: .newOperation(), appId: "test")
+                    do {
+                        try await database.write(context) { db in
+                            try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [n])
+                            try context.raise(Noted(n: n))
+                            if n % 7 == 3 { throw Boom() }
+                        }
+                        return (n, true)
+                    } catch {
+                        return (n, false)
+                    }
+                }
+            }
+            var outcomes: [Int: Bool] = [:]
+            for await (n, ok) in group { outcomes[n] = ok }
+            return outcomes
+        }
+        let expected = Set((0..<200).filter { $0 % 7 != 3 })
+        #expect(Set(outcomes.filter(\.value).keys) == expected)
+        #expect(Set(outcomes.filter { !$0.value }.keys) == Set((0..<200).filter { $0 % 7 == 3 }))
+        let (stored, queued) = try await database.pool.read { db in
+            (Set(try Int.fetchAll(db, sql: "SELECT x FROM t")),
+             try Data.fetchAll(db, sql: "SELECT body FROM outbox").map { try JSONDecoder().decode(Noted.self, from: $0).n })
+        }
+        #expect(stored == expected)
+        #expect(Set(queued) == expected && queued.count == expected.count)
+    }
+}
