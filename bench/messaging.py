@@ -13,7 +13,7 @@
             is connected is stopped (SIGSTOP) while the queue is filled, and timed from SIGCONT.
 
 Each scenario runs rounds alternating project and baseline and reports medians."""
-import http.client
+import http.client as httplib
 import json
 import os
 import pathlib
@@ -198,7 +198,7 @@ def http(record, broker, rounds=3):
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                http_client = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                http_client = httplib.HTTPConnection("127.0.0.1", port, timeout=1)
                 http_client.request("GET", "/")
                 http_client.getresponse()
                 break
@@ -250,7 +250,7 @@ def latency(record, broker, max_rps, seconds=10):
         threads = 4
 
         def poster(k):
-            client = http.client.HTTPConnection("127.0.0.1", api_port)
+            client = httplib.HTTPConnection("127.0.0.1", api_port)
             start = time.perf_counter()
             for n in range(k, total, threads):
                 delay = start + n / rate - time.perf_counter()
