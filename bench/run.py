@@ -259,6 +259,7 @@ def main():
                 max_rps = messaging.http(record, broker)["durable"]["rps"]
             if "latency" in which:
                 messaging.latency(record, broker, max_rps or 2000)
+                messaging.latency(record, broker, max_rps or 2000, rate=200, target=False)
             if "consume" in which:
                 messaging.consume(record, broker)
         finally:

@@ -28,7 +28,13 @@ public final class ServiceDatabase: Sendable {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var configuration = Configuration()
-        configuration.busyMode = .timeout(10)
+        // The api and the worker write the same file. SQLite's own busy timeout sleeps 1, 2,
+        // 5, 10… ms between tries, so a writer that waits for the other's short transaction
+        // loses milliseconds each time; this polls every 50–500 µs instead, for at least 10 s.
+        configuration.busyMode = .callback { tries in
+            usleep(tries < 20 ? 50 : 500)
+            return tries < 20_000
+        }
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }

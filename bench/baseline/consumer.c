@@ -38,6 +38,10 @@ int main(int argc, char **argv) {
     else { fprintf(stderr, "usage: consumer --amqp-port Q (--queue NAME | --bind KEY) --count N [--no-ack] [--arrivals]\n"); return 2; }
   }
   if ((!queue && !bind) || count <= 0) { fprintf(stderr, "--queue or --bind, and --count are needed\n"); return 2; }
+  /* Arrival lines stay in memory until the end (setvbuf before any output): a reader that
+   * drains the pipe only at the end must not hold the consumer back, and so delay the very
+   * timestamps it measures. */
+  if (arrivals) setvbuf(stdout, malloc(64 << 20), _IOFBF, 64 << 20); /* glibc ignores the size without a buffer */
   amqp_connection_state_t conn = amqp_new_connection();
   amqp_socket_t *sock = amqp_tcp_socket_new(conn);
   if (amqp_socket_open(sock, "127.0.0.1", port)) { fprintf(stderr, "connect failed\n"); return 1; }

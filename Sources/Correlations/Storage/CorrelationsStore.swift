@@ -75,16 +75,16 @@ public final class CorrelationsStore: Sendable {
             for r in event.returns {
                 try upsert.execute(arguments: [symbol, r.date.daysSinceEpoch, r.value])
             }
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 INSERT INTO symbols (symbol, version) VALUES (?, 1)
                 ON CONFLICT (symbol) DO UPDATE SET version = version + \(event.returns.isEmpty ? 0 : 1)
-                """, arguments: [symbol])
+                """).execute(arguments: [symbol])
             let all = try series(in: db)
             let mine = all[symbol] ?? ReturnSeries()
             var windows: [Int] = []
             var pairs = 0
             if !event.returns.isEmpty {
-                windows = try Int.fetchAll(db, sql: "SELECT window FROM windows ORDER BY window")
+                windows = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
                 for window in windows {
                     for (other, series) in all where other != symbol {
                         try write(window, symbol, other, CorrelationMath.pair(mine, series, window: window), db)
@@ -135,7 +135,7 @@ public final class CorrelationsStore: Sendable {
 
     /// Every symbol's series, reloading from `db` only those whose version changed.
     private func series(in db: Database) throws -> [String: ReturnSeries] {
-        let versions = try Row.fetchAll(db, sql: "SELECT symbol, version FROM symbols")
+        let versions = try Row.fetchAll(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"))
         var current = cache.withLock { $0 }
         var out: [String: ReturnSeries] = [:]
         for row in versions {
@@ -146,8 +146,9 @@ public final class CorrelationsStore: Sendable {
                 continue
             }
             var series = ReturnSeries()
-            for r in try Row.fetchAll(db, sql: "SELECT date, value FROM returns WHERE symbol = ? ORDER BY date",
-                                      arguments: [symbol]) {
+            for r in try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT date, value FROM returns WHERE symbol = ? ORDER BY date"),
+                arguments: [symbol]) {
                 series.days.append(Int32(r["date"] as Int))
                 series.values.append(r["value"])
             }

@@ -57,20 +57,21 @@ public struct ReturnsStore: Sendable {
     public func recalculate(after event: PricesRecorded, context: HandlerContext) async throws -> Bool {
         try await database.write(context) { db in
             let first = event.firstDate.description
-            let previous = try String.fetchOne(db, sql: """
+            let previous = try String.fetchOne(db.cachedStatement(sql: """
                 SELECT date FROM prices WHERE symbol = ? AND date < ? ORDER BY date DESC LIMIT 1
-                """, arguments: [event.symbol, first])
-            let rows = try Row.fetchAll(db, sql: """
+                """), arguments: [event.symbol, first])
+            let rows = try Row.fetchAll(db.cachedStatement(sql: """
                 SELECT date, close FROM prices WHERE symbol = ? AND date >= ? ORDER BY date
-                """, arguments: [event.symbol, previous ?? first])
+                """), arguments: [event.symbol, previous ?? first])
             let prices = rows.compactMap { row -> PricePoint? in
                 guard let date = CalendarDate(row["date"] as String) else { return nil }
                 return PricePoint(date: date, close: row["close"])
             }
             let computed = ReturnsMath.dailyReturns(prices).filter { $0.date >= event.firstDate }
             var existing: [String: Double] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT date, simple FROM returns WHERE symbol = ? AND date >= ?",
-                                        arguments: [event.symbol, first]) {
+            for row in try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT date, simple FROM returns WHERE symbol = ? AND date >= ?"),
+                arguments: [event.symbol, first]) {
                 existing[row["date"]] = row["simple"]
             }
             let upsert = try db.cachedStatement(sql: """
