@@ -367,6 +367,7 @@ def consume(record, broker, count=200_000, rounds=3):
                 resumed = time.perf_counter()
                 worker.proc.send_signal(signal.SIGCONT)
                 project.append(drain(f"http://127.0.0.1:{port}", since=resumed))
+                time.sleep(1.5)  # "after the load": the worker gives memory back once a burst is over
                 rss.append(rss_mb(worker.pid))
             finally:
                 worker.proc.send_signal(signal.SIGCONT)

@@ -10,8 +10,8 @@ import Synchronization
 ///
 /// A handler that returns acks. An undecodable message, or one no handler knows, is
 /// dead-lettered at once; a failing handler's message is retried by the transport with
-/// back-off, then dead-lettered. On graceful shutdown the consumer stops taking deliveries, finishes and
-/// settles the one in hand, and closes.
+/// back-off, then dead-lettered. On graceful shutdown the consumer stops taking deliveries,
+/// finishes the one in hand, settles what it handled (the rest is delivered again) and closes.
 public struct ConsumerService: Service {
     let consumer: any EventConsumer
     let bus: MessageBus
@@ -22,6 +22,10 @@ public struct ConsumerService: Service {
     let failures: (any EventPublisher)?
     /// `handler_duration_seconds` per routing key, made once (a registry lookup per event costs).
     private let timers = HandlerTimers()
+    private let handled = ActivityCount()
+
+    /// Deliveries handled since start (whatever their outcome): an activity signal.
+    public var handledCount: Int { handled.value }
 
     public init(consumer: any EventConsumer, bus: MessageBus, logger: Logger, maxAttempts: Int = 1,
                 failures: (any EventPublisher)? = nil) {
@@ -40,6 +44,7 @@ public struct ConsumerService: Service {
 
     /// Dispatches one delivery and decides its fate.
     public func handle(_ delivery: Delivery) async -> DeliveryOutcome {
+        handled.increment()
         guard let envelope = delivery.envelope else {
             logger.error("dead-lettering a message that is not an event envelope (no UUID message_id)",
                          metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
@@ -106,4 +111,38 @@ final class HandlerTimers: Sendable {
             return timer
         }
     }
+}
+
+/// Gives memory back to the system once a burst of work is over: every half second it looks
+/// at an activity count, and when the count stopped moving after it moved, calls
+/// ``MemorySetup/trimAfterBurst()``.
+struct MemoryTrimmer: Service {
+    let activity: @Sendable () -> Int
+
+    func run() async throws {
+        // Ends quietly on shutdown (a thrown cancellation would count as a failure).
+        await cancelWhenGracefulShutdown {
+            var last = activity()
+            var busy = false
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                if Task.isCancelled { return }
+                let now = activity()
+                if now != last {
+                    busy = true
+                } else if busy {
+                    busy = false
+                    MemorySetup.trimAfterBurst()
+                }
+                last = now
+            }
+        }
+    }
+}
+
+/// A counter shared by copies of a struct.
+final class ActivityCount: Sendable {
+    private let count = Atomic<Int>(0)
+    func increment() { count.add(1, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

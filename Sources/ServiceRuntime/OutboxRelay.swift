@@ -45,6 +45,7 @@ public final class OutboxRelay: Service, Sendable {
         var failures = 0
         var flushDeadline: ContinuousClock.Instant?
         var depthMeasured = ContinuousClock.now - .seconds(1)
+        var busy = false
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -69,9 +70,14 @@ public final class OutboxRelay: Service, Sendable {
             }
             if batch.isEmpty {
                 if flushDeadline != nil { break }
+                if busy {
+                    busy = false
+                    MemorySetup.trimAfterBurst()
+                }
                 await database.outboxBell.wait(timeout: .seconds(1))
                 continue
             }
+            busy = true
             let envelopes = batch.map(\.1)
             do {
                 try await publisher.publish(envelopes)

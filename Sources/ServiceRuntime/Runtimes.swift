@@ -4,6 +4,7 @@ import HTTPServer
 import Logging
 import MessageBus
 import ServiceLifecycle
+import Synchronization
 
 /// Runs `<service>-api`: REST over libmicrohttpd, command handlers on the bus, events
 /// through the outbox and its relay to RabbitMQ.
@@ -42,7 +43,8 @@ public enum WorkerRuntime {
                 maxAttempts: parts.config.queueMode == .durable ? parts.config.retryAttempts : 1,
                 failures: OutboxPublisher(database: parts.database))
             let check = ReadinessCheck("consumer") { consumer.isConnected }
-            return (Router(logger: parts.logger), [(service, check)])
+            let trimmer = MemoryTrimmer { service.handledCount }
+            return (Router(logger: parts.logger), [(service, check), (trimmer, nil)])
         }
     }
 }
@@ -56,7 +58,7 @@ struct RuntimeParts<M: ServiceModule> {
 }
 
 enum RuntimeShared {
-    typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws -> (Router, [(any Service, ReadinessCheck)])
+    typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws -> (Router, [(any Service, ReadinessCheck?)])
 
     static func run<M: ServiceModule>(_ type: M.Type, process: String, build: Build<M>) async -> Int32 {
         MemorySetup.limitArenas()
@@ -85,7 +87,7 @@ enum RuntimeShared {
                 ReadinessCheck("broker") { publisher.isConnected },
                 ReadinessCheck("store") { await database.isReadable() },
             ]
-            checks.append(contentsOf: extra.map(\.1))
+            checks.append(contentsOf: extra.compactMap(\.1))
             HealthRoutes.add(to: &router, process: process, checks: checks)
             MetricsSetup.addRoute(to: &router)
             router.writeToken = config.apiToken
@@ -126,6 +128,24 @@ public enum MemorySetup {
     }
 }
 
-// `mallopt(3)`: <malloc.h> is not part of Swift's Glibc module.
+extension MemorySetup {
+    private static let lastTrim = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// Hands memory freed after a burst back to the system (`malloc_trim`), at most every
+    /// 5 seconds; called when the outbox relay goes idle.
+    public static func trimAfterBurst() {
+        let due = lastTrim.withLock { last -> Bool in
+            if let last, ContinuousClock.now - last < .seconds(5) { return false }
+            last = .now
+            return true
+        }
+        if due { _ = glibcMallocTrim(0) }
+    }
+}
+
+// `mallopt(3)` and `malloc_trim(3)`: <malloc.h> is not part of Swift's Glibc module.
 @_silgen_name("mallopt")
 private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+
+@_silgen_name("malloc_trim")
+private func glibcMallocTrim(_ pad: Int) -> Int32
