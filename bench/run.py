@@ -17,7 +17,6 @@ import pathlib
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 
 import numpy as np
 import requests
+
+from messaging import free_port, rss_mb
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(os.environ.get("STEGA_BIN_DIR", ROOT / ".build/release"))
@@ -81,19 +82,6 @@ def matrix(n, k=252, rounds=7):
 def free_port_pair():
     out = subprocess.run([sys.executable, str(ROOT / "scripts/free-port.py"), "--pair"], capture_output=True, text=True)
     return int(out.stdout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def ingest(symbols=500, years=10):
