@@ -18,9 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-}" != "--no-python" ]; then
-  if ! { python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator, yaml" 2>/dev/null && command -v hadolint >/dev/null; }; then
+  scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
+  if ! { python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator, yaml" 2>/dev/null && { [ -x "$scripts/hadolint" ] || command -v hadolint >/dev/null; }; }; then
     echo "deps: installing Python test clients"
     python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
+    # Under pyenv a new console script (hadolint) has no shim until a rehash.
+    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
   fi
 fi
 # make bench: wrk (the HTTP load) and Flask (the seed design's baseline).
