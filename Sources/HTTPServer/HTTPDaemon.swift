@@ -22,6 +22,7 @@ public final class HTTPDaemon: Sendable {
     private let threads: Int
     private let handle = Mutex<MHDHandle?>(nil)
     private let active = Atomic<Int>(0)
+    private let requestsStarted = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
     /// Suspended connections by context, so a stop can answer them; `nil` once stopped.
     private let suspendedConnections = Mutex<[ObjectIdentifier: (RequestContext, UInt)]?>([:])
@@ -59,6 +60,9 @@ public final class HTTPDaemon: Sendable {
 
     /// Requests being read or answered now.
     public var activeRequests: Int { active.load(ordering: .relaxed) }
+
+    /// Requests started since the daemon was made: an activity signal.
+    public var requestCount: Int { requestsStarted.load(ordering: .relaxed) }
 
     /// Stops accepting connections and new requests (503 on kept-alive connections), lets
     /// requests in flight finish for up to `drainFor` seconds, answers any still running
@@ -103,7 +107,10 @@ public final class HTTPDaemon: Sendable {
     }
 
     var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
-    func requestStarted() { active.add(1, ordering: .sequentiallyConsistent) }
+    func requestStarted() {
+        active.add(1, ordering: .sequentiallyConsistent)
+        requestsStarted.add(1, ordering: .relaxed)
+    }
     func requestFinished() { active.subtract(1, ordering: .sequentiallyConsistent) }
 
     /// Registers a stream queued on `connection`; its writes resume the connection while

@@ -94,7 +94,9 @@ enum RuntimeShared {
             let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                     threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
             // Shutdown runs in reverse: consumer first, then HTTP, then the relay flushes.
-            let services: [any Service] = [relay, HTTPService(daemon: daemon)] + extra.map(\.0)
+            // Memory back to the system once a burst of requests is over (large reads, too).
+            let httpTrimmer = MemoryTrimmer { daemon.requestCount }
+            let services: [any Service] = [relay, HTTPService(daemon: daemon), httpTrimmer] + extra.map(\.0)
             logger.info("starting", metadata: [
                 "amqp.url": "\(config.amqp.url)", "amqp.exchange": "\(config.amqp.exchange)",
                 "amqp.exchange_type": "\(config.amqp.exchangeType)", "amqp.queue_mode": "\(config.queueMode.rawValue)",
