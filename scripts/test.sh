@@ -16,6 +16,7 @@ trap cleanup EXIT INT TERM
 # A TLS listener too, with a certificate authority made for this run (the TLS test).
 scripts/test-ca.sh "$broker_dir/tls"
 tls_port=$(python3 scripts/free-port.py)
+while [ "$tls_port" = "$((port + 20000))" ]; do tls_port=$(python3 scripts/free-port.py); done  # not the node's dist port
 STEGA_BROKER_TLS_PORT=$tls_port scripts/broker.sh start "$broker_dir" "$port" || exit 1
 export STEGA_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
 export STEGA_TEST_AMQPS_URL="amqps://guest:guest@localhost:$tls_port"
