@@ -112,37 +112,3 @@ final class HandlerTimers: Sendable {
         }
     }
 }
-
-/// Gives memory back to the system once a burst of work is over: every half second it looks
-/// at an activity count, and when the count stopped moving after it moved, calls
-/// ``MemorySetup/trimAfterBurst()``.
-struct MemoryTrimmer: Service {
-    let activity: @Sendable () -> Int
-
-    func run() async throws {
-        // Ends quietly on shutdown (a thrown cancellation would count as a failure).
-        await cancelWhenGracefulShutdown {
-            var last = activity()
-            var busy = false
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(500))
-                if Task.isCancelled { return }
-                let now = activity()
-                if now != last {
-                    busy = true
-                } else if busy {
-                    busy = false
-                    MemorySetup.trimAfterBurst()
-                }
-                last = now
-            }
-        }
-    }
-}
-
-/// A counter shared by copies of a struct.
-final class ActivityCount: Sendable {
-    private let count = Atomic<Int>(0)
-    func increment() { count.add(1, ordering: .relaxed) }
-    var value: Int { count.load(ordering: .relaxed) }
-}

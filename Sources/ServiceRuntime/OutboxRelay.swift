@@ -22,6 +22,10 @@ public final class OutboxRelay: Service, Sendable {
     private let relayId = "relay-" + UUID().lowercaseText
     private let stopping = Atomic<Bool>(false)
     private let depthGauge = Gauge(label: "outbox_depth")
+    private let batches = ActivityCount()
+
+    /// Batches taken from the outbox since start: an activity signal.
+    public var batchCount: Int { batches.value }
 
     public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
                 flushTimeout: Duration = .seconds(5), logger: Logger = Logger(label: "stega.outbox")) {
@@ -45,7 +49,6 @@ public final class OutboxRelay: Service, Sendable {
         var failures = 0
         var flushDeadline: ContinuousClock.Instant?
         var depthMeasured = ContinuousClock.now - .seconds(1)
-        var busy = false
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -70,14 +73,10 @@ public final class OutboxRelay: Service, Sendable {
             }
             if batch.isEmpty {
                 if flushDeadline != nil { break }
-                if busy {
-                    busy = false
-                    MemorySetup.trimAfterBurst()
-                }
                 await database.outboxBell.wait(timeout: .seconds(1))
                 continue
             }
-            busy = true
+            batches.increment()
             let envelopes = batch.map(\.1)
             do {
                 try await publisher.publish(envelopes)

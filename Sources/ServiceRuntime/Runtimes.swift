@@ -4,7 +4,6 @@ import HTTPServer
 import Logging
 import MessageBus
 import ServiceLifecycle
-import Synchronization
 
 /// Runs `<service>-api`: REST over libmicrohttpd, command handlers on the bus, events
 /// through the outbox and its relay to RabbitMQ.
@@ -19,7 +18,7 @@ public enum APIRuntime {
             var router = Router(logger: parts.logger)
             parts.module.addRoutes(to: &router, bus: bus)
             OpenAPIRoute.add(to: &router, document: M.openAPIDocument)
-            return (router, [])
+            return (router, [], { 0 })
         }
     }
 }
@@ -43,8 +42,7 @@ public enum WorkerRuntime {
                 maxAttempts: parts.config.queueMode == .durable ? parts.config.retryAttempts : 1,
                 failures: OutboxPublisher(database: parts.database))
             let check = ReadinessCheck("consumer") { consumer.isConnected }
-            let trimmer = MemoryTrimmer { service.handledCount }
-            return (Router(logger: parts.logger), [(service, check), (trimmer, nil)])
+            return (Router(logger: parts.logger), [(service, check)], { service.handledCount })
         }
     }
 }
@@ -58,7 +56,10 @@ struct RuntimeParts<M: ServiceModule> {
 }
 
 enum RuntimeShared {
-    typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws -> (Router, [(any Service, ReadinessCheck?)])
+    /// The process's router, its extra services with their readiness checks, and a count that
+    /// moves with their work (for ``MemoryTrimmer``).
+    typealias Build<M: ServiceModule> = (RuntimeParts<M>) throws
+        -> (Router, [(any Service, ReadinessCheck)], @Sendable () -> Int)
 
     static func run<M: ServiceModule>(_ type: M.Type, process: String, build: Build<M>) async -> Int32 {
         MemorySetup.limitArenas()
@@ -77,7 +78,9 @@ enum RuntimeShared {
             let database = try ServiceDatabase(path: config.databasePath, migrations: M.migrate)
             let parts = RuntimeParts(config: config, logger: logger, database: database,
                                      module: M(database: database, logger: logger))
-            var (router, extra) = try build(parts)
+            let built = try build(parts)
+            var (router, extra) = (built.0, built.1)
+            let activity = built.2
 
             let durable = config.queueMode == .durable
             let publisher = AMQPPublisher(settings: config.amqp, confirms: durable, persistent: durable,
@@ -87,16 +90,16 @@ enum RuntimeShared {
                 ReadinessCheck("broker") { publisher.isConnected },
                 ReadinessCheck("store") { await database.isReadable() },
             ]
-            checks.append(contentsOf: extra.compactMap(\.1))
+            checks.append(contentsOf: extra.map(\.1))
             HealthRoutes.add(to: &router, process: process, checks: checks)
             MetricsSetup.addRoute(to: &router)
             router.writeToken = config.apiToken
             let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
                                     threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
             // Shutdown runs in reverse: consumer first, then HTTP, then the relay flushes.
-            // Memory back to the system once a burst of requests is over (large reads, too).
-            let httpTrimmer = MemoryTrimmer { daemon.requestCount }
-            let services: [any Service] = [relay, HTTPService(daemon: daemon), httpTrimmer] + extra.map(\.0)
+            // Memory back to the system once a burst of work (requests, publishing, events) is over.
+            let trimmer = MemoryTrimmer { daemon.requestCount + relay.batchCount + activity() }
+            let services: [any Service] = [relay, HTTPService(daemon: daemon), trimmer] + extra.map(\.0)
             logger.info("starting", metadata: [
                 "amqp.url": "\(config.amqp.url)", "amqp.exchange": "\(config.amqp.exchange)",
                 "amqp.exchange_type": "\(config.amqp.exchangeType)", "amqp.queue_mode": "\(config.queueMode.rawValue)",
@@ -118,36 +121,3 @@ enum RuntimeShared {
         }
     }
 }
-
-/// glibc gives each thread that allocates an arena of its own (up to 8 per core); the
-/// dispatch pool's threads then keep memory the process no longer uses. Two arenas keep the
-/// resident size of the api and worker near their working set (issue 6's RSS target), unless
-/// `MALLOC_ARENA_MAX` says otherwise.
-public enum MemorySetup {
-    public static func limitArenas(_ arenas: Int32 = 2) {
-        guard ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"] == nil else { return }
-        _ = glibcMallopt(-8 /* M_ARENA_MAX, <malloc.h> */, arenas)
-    }
-}
-
-extension MemorySetup {
-    private static let lastTrim = Mutex<ContinuousClock.Instant?>(nil)
-
-    /// Hands memory freed after a burst back to the system (`malloc_trim`), at most every
-    /// 5 seconds; called when the outbox relay goes idle.
-    public static func trimAfterBurst() {
-        let due = lastTrim.withLock { last -> Bool in
-            if let last, ContinuousClock.now - last < .seconds(5) { return false }
-            last = .now
-            return true
-        }
-        if due { _ = glibcMallocTrim(0) }
-    }
-}
-
-// `mallopt(3)` and `malloc_trim(3)`: <malloc.h> is not part of Swift's Glibc module.
-@_silgen_name("mallopt")
-private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
-
-@_silgen_name("malloc_trim")
-private func glibcMallocTrim(_ pad: Int) -> Int32
