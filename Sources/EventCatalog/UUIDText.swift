@@ -6,35 +6,35 @@ extension UUID {
     /// Parses the 36-character form (`8-4-4-4-12` hex digits, either case); `nil` otherwise.
     public init?(text: String) {
         var text = text
-        let parsed: uuid_t? = text.withUTF8 { bytes -> uuid_t? in
-            guard bytes.count == 36 else { return nil }
-            var out = [UInt8](repeating: 0, count: 16)
-            var index = 0
-            var position = 0
-            while position < 36 {
-                if position == 8 || position == 13 || position == 18 || position == 23 {
-                    guard bytes[position] == UInt8(ascii: "-") else { return nil }
-                    position += 1
-                    continue
+        var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let parsed = text.withUTF8 { utf8 -> Bool in
+            guard utf8.count == 36 else { return false }
+            return withUnsafeMutableBytes(of: &bytes) { out -> Bool in
+                var index = 0
+                var position = 0
+                while position < 36 {
+                    if position == 8 || position == 13 || position == 18 || position == 23 {
+                        guard utf8[position] == UInt8(ascii: "-") else { return false }
+                        position += 1
+                        continue
+                    }
+                    guard let high = Self.nibble(utf8[position]), let low = Self.nibble(utf8[position + 1]) else {
+                        return false
+                    }
+                    out[index] = high << 4 | low
+                    index += 1
+                    position += 2
                 }
-                guard let high = Self.nibble(bytes[position]), let low = Self.nibble(bytes[position + 1]) else {
-                    return nil
-                }
-                out[index] = high << 4 | low
-                index += 1
-                position += 2
+                return true
             }
-            return (out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
-                    out[8], out[9], out[10], out[11], out[12], out[13], out[14], out[15])
         }
-        guard let parsed else { return nil }
-        self.init(uuid: parsed)
+        guard parsed else { return nil }
+        self.init(uuid: bytes)
     }
 
     /// The lowercase 36-character form (what the wire carries).
     public var lowercaseText: String {
-        let digits = Array("0123456789abcdef".utf8)
-        return withUnsafeBytes(of: uuid) { raw in
+        withUnsafeBytes(of: uuid) { raw in
             String(unsafeUninitializedCapacity: 36) { out in
                 var position = 0
                 for (index, byte) in raw.enumerated() {
@@ -42,13 +42,17 @@ extension UUID {
                         out[position] = UInt8(ascii: "-")
                         position += 1
                     }
-                    out[position] = digits[Int(byte >> 4)]
-                    out[position + 1] = digits[Int(byte & 0x0f)]
+                    out[position] = Self.hexDigit(byte >> 4)
+                    out[position + 1] = Self.hexDigit(byte & 0x0f)
                     position += 2
                 }
                 return 36
             }
         }
+    }
+
+    private static func hexDigit(_ value: UInt8) -> UInt8 {
+        value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
     }
 
     private static func nibble(_ c: UInt8) -> UInt8? {
