@@ -17,13 +17,11 @@ import http.client as httplib
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np

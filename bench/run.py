@@ -25,7 +25,7 @@ import time
 import numpy as np
 import requests
 
-from messaging import free_port, rss_mb
+from messaging import Broker, free_port, rss_mb
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(os.environ.get("STEGA_BIN_DIR", ROOT / ".build/release"))
@@ -79,18 +79,11 @@ def matrix(n, k=252, rounds=7):
     print(f"    max |stega - numpy| = {diff:.2e}")
 
 
-def free_port_pair():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/free-port.py"), "--pair"], capture_output=True, text=True)
-    return int(out.stdout)
-
-
 def ingest(symbols=500, years=10):
     days = 252 * years
-    broker_dir = tempfile.mkdtemp(prefix="stega-bench-broker.")
-    port = free_port_pair()
-    subprocess.run([str(ROOT / "scripts/broker.sh"), "start", broker_dir, str(port)], check=True, capture_output=True)
+    broker = Broker()
     data = tempfile.mkdtemp(prefix="stega-bench-data.")
-    env = dict(os.environ, STEGA_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}", STEGA_DATA_DIR=data,
+    env = dict(os.environ, STEGA_AMQP_URL=broker.url, STEGA_DATA_DIR=data,
                STEGA_LOG_LEVEL="warning")
     procs = {}
     try:
@@ -157,8 +150,7 @@ def ingest(symbols=500, years=10):
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        subprocess.run([str(ROOT / "scripts/broker.sh"), "stop", broker_dir], capture_output=True)
-        shutil.rmtree(broker_dir, ignore_errors=True)
+        broker.stop()
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -172,11 +164,9 @@ def fanout(subscribers=1000, rounds=5):
     import pika
     import websockets
 
-    broker_dir = tempfile.mkdtemp(prefix="stega-bench-broker.")
-    port = free_port_pair()
-    subprocess.run([str(ROOT / "scripts/broker.sh"), "start", broker_dir, str(port)], check=True, capture_output=True)
+    broker = Broker()
     http_port = free_port()
-    env = dict(os.environ, STEGA_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{port}", STEGA_HTTP_PORT=str(http_port),
+    env = dict(os.environ, STEGA_AMQP_URL=broker.url, STEGA_HTTP_PORT=str(http_port),
                STEGA_LOG_LEVEL="warning", STEGA_EXCHANGE="events")
     boundary = subprocess.Popen([str(BIN / "boundary")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -231,8 +221,7 @@ def fanout(subscribers=1000, rounds=5):
             boundary.wait(15)
         except subprocess.TimeoutExpired:
             boundary.kill()
-        subprocess.run([str(ROOT / "scripts/broker.sh"), "stop", broker_dir], capture_output=True)
-        shutil.rmtree(broker_dir, ignore_errors=True)
+        broker.stop()
 
 
 def main():

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from conftest import BIN, wait_until
+from conftest import BIN
 
 
 def stega(stack, *args, timeout=60):

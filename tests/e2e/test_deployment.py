@@ -3,7 +3,6 @@ compose-spec schema and against the code (commands are products of Package.swift
 variables are ones the runtime reads), the Dockerfile with hadolint, and `make secrets`.
 `make compose-smoke` runs the containers for real where podman can be installed."""
 import json
-import os
 import pathlib
 import re
 import shutil

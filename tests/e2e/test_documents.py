@@ -1,7 +1,6 @@
 """Documents generated from the code: the AsyncAPI 3.0 document of the event catalog,
 validated against the published schema (../shared/schemas/asyncapi-3.0.0.json)."""
 import json
-import pathlib
 import subprocess
 
 import jsonschema

@@ -3,7 +3,6 @@ a worker SIGKILLed mid-stream, poison messages, competing workers, SIGTERM under
 Every accepted write (202) must reach the read views exactly once."""
 import concurrent.futures as futures
 import datetime as dt
-import json
 import os
 import pathlib
 import signal

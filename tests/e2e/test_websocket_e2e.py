@@ -6,12 +6,10 @@ import json
 import os
 import socket
 import struct
-import uuid
 
 import requests
 import websockets
 
-from conftest import wait_until
 
 
 async def receive_until(ws, predicate, timeout=20):
