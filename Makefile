@@ -20,11 +20,14 @@ test: build      ## throw-away RabbitMQ + swift test + end-to-end tests
 	@scripts/test.sh
 
 BASELINE_DIR := .build-bench
-BASELINES := $(BASELINE_DIR)/publisher $(BASELINE_DIR)/consumer $(BASELINE_DIR)/fill
+BASELINES := $(BASELINE_DIR)/publisher $(BASELINE_DIR)/consumer $(BASELINE_DIR)/fill $(BASELINE_DIR)/pace
 
 $(BASELINE_DIR)/publisher: bench/baseline/publisher.c
 	@mkdir -p $(BASELINE_DIR)
 	cc -O2 -Wall -o $@ $< -lmicrohttpd -lrabbitmq -lpthread
+$(BASELINE_DIR)/pace: bench/tools/pace.c
+	@mkdir -p $(BASELINE_DIR)
+	cc -O2 -Wall -o $@ $< -lpthread
 $(BASELINE_DIR)/%: bench/baseline/%.c
 	@mkdir -p $(BASELINE_DIR)
 	cc -O2 -Wall -o $@ $< -lrabbitmq

@@ -232,7 +232,8 @@ def main():
         import messaging
         broker = messaging.Broker()
         try:
-            max_rps = None
+            # STEGA_BENCH_MAX_RPS: the rate the latency scenario halves, when http is not run.
+            max_rps = float(os.environ.get("STEGA_BENCH_MAX_RPS", 0)) or None
             if "http" in which:
                 max_rps = messaging.http(record, broker)["durable"]["rps"]
             if "latency" in which:
