@@ -116,7 +116,7 @@ public final class OperationTracker: Sendable {
     /// snapshot, and with its outcome; returns the snapshot (`nil` if the operation was never
     /// seen) and a token for ``unsubscribe(_:token:)``.
     public func subscribe(_ id: String, _ subscriber: @escaping Subscriber) -> (Operation?, UUID) {
-        let token = UUID()
+        let token = UUID.random()
         let key = id.lowercased()
         let snapshot = state.withLock { state -> Operation? in
             state.subscribers[key, default: [:]][token] = subscriber

@@ -31,7 +31,7 @@ public struct EventEnvelope: Sendable, Equatable {
     /// The event's JSON.
     public var body: Data
 
-    public init(eventId: UUID = UUID(), routingKey: String, type: String? = nil,
+    public init(eventId: UUID = UUID.random(), routingKey: String, type: String? = nil,
                 correlationId: String? = nil, causationId: String? = nil, appId: String,
                 timestamp: Date = Date(), schemaVersion: Int = 1, traceparent: String? = nil,
                 contentType: String = "application/json", body: Data) {
@@ -49,7 +49,7 @@ public struct EventEnvelope: Sendable, Equatable {
     }
 
     /// Wraps `event`, encoding it as JSON.
-    public init<E: Event>(_ event: E, eventId: UUID = UUID(), appId: String? = nil,
+    public init<E: Event>(_ event: E, eventId: UUID = UUID.random(), appId: String? = nil,
                           correlationId: String? = nil, causationId: String? = nil,
                           traceparent: String? = nil, timestamp: Date = Date()) throws {
         self.init(eventId: eventId, routingKey: E.routingKey, type: E.eventName,
@@ -82,7 +82,7 @@ public enum EventJSON {
 
     // One decoder for every event: it is not configured after this, and decoding is safe from
     // any thread.
-    nonisolated(unsafe) private static let decoder = JSONDecoder()
+    private static let decoder = JSONDecoder()
 }
 
 /// Errors of the event catalog.

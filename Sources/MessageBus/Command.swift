@@ -28,7 +28,7 @@ public struct MessageMetadata: Sendable, Equatable {
 
     /// Metadata for a new operation: a fresh operation id, which is also the causation id.
     public static func newOperation(traceparent: String? = nil) -> MessageMetadata {
-        let id = UUID().lowercaseText
+        let id = UUID.random().lowercaseText
         return MessageMetadata(correlationId: id, causationId: id, traceparent: traceparent)
     }
 

@@ -25,4 +25,28 @@ struct UUIDTextTests {
         #expect(UUID(uuidString: text) == nil)
         #expect(UUID(text: text) == nil)
     }
+
+    @Test("random UUIDs are version 4, RFC 4122 variant, and do not repeat")
+    func random() {
+        var seen = Set<UUID>()
+        var ones = [Int](repeating: 0, count: 128)
+        for _ in 0..<4000 {
+            let id = UUID.random()
+            let text = id.lowercaseText
+            let chars = Array(text)
+            #expect(chars[14] == "4")
+            #expect("89ab".contains(chars[19]))
+            #expect(UUID(uuidString: text) == id)
+            seen.insert(id)
+            withUnsafeBytes(of: id.uuid) { raw in
+                for bit in 0..<128 where raw[bit / 8] & (0x80 >> (bit % 8)) != 0 { ones[bit] += 1 }
+            }
+        }
+        #expect(seen.count == 4000)
+        // Every bit that is not fixed by the version and variant is set about half the time.
+        let fixed: Set<Int> = [48, 49, 50, 51, 64, 65]
+        for bit in 0..<128 where !fixed.contains(bit) {
+            #expect((1700...2300).contains(ones[bit]), "bit \(bit) was set \(ones[bit]) times in 4000")
+        }
+    }
 }
