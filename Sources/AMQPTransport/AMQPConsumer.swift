@@ -28,6 +28,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         public var mode: QueueMode
         /// Unacked deliveries the broker may push ahead (durable mode).
         public var prefetch: UInt16
+        /// Deliveries handled at once, from what the consumer has already received (1: one
+        /// after the other). Their outcomes are settled in delivery order.
+        public var concurrency: Int
         /// Handler attempts before a message is dead-lettered.
         public var retryAttempts: Int
         /// Delay before the second attempt; doubled for each later one.
@@ -36,8 +39,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         public var retryMaxDelayMs: Int
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, retryAttempts: Int = 5,
-                    retryBaseDelayMs: Int = 1000, retryMaxDelayMs: Int = 60_000) {
+                    retryBaseDelayMs: Int = 1000, retryMaxDelayMs: Int = 60_000, concurrency: Int = 1) {
             self.service = service
+            self.concurrency = max(1, concurrency)
             self.mode = mode
             self.prefetch = prefetch
             self.retryAttempts = max(1, retryAttempts)
@@ -139,23 +143,21 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
         await withTaskCancellationHandler {
             batches: for await batch in stream {
-                var settled: [Settlement] = []
-                settled.reserveCapacity(batch.count)
-                for incoming in batch {
-                    let message = incoming.delivery.message
-                    let delivery = Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey,
-                                            body: message.body, redelivered: incoming.delivery.redelivered,
-                                            attempt: message.attempt)
-                    let outcome = await handler(delivery)
-                    settled.append(Settlement(incoming: incoming, outcome: outcome))
+                // Up to `concurrency` deliveries of a batch are handled at once (their writes
+                // then share a transaction); outcomes are settled in delivery order.
+                var start = 0
+                while start < batch.count {
+                    let chunk = batch[start..<min(batch.count, start + max(1, spec.concurrency))]
+                    start = chunk.endIndex
+                    let settled = await handle(chunk, with: handler)
                     // Stopping: what is handled is settled, the rest of the batch is not
                     // (unacked, the broker delivers it again).
                     if Task.isCancelled {
-                        settle(settled, unhandled: batch.count - settled.count)
+                        settle(settled, unhandled: batch.count - start)
                         break batches
                     }
+                    settle(settled, unhandled: 0)
                 }
-                settle(settled, unhandled: 0)
             }
         } onCancel: {
             // Stop taking deliveries; the one being handled finishes and is settled first.
@@ -172,6 +174,27 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             }
             if resumeNow { c.resume() }
         }
+    }
+
+    /// Handles `chunk`: one delivery in this task, several in child tasks; outcomes in order.
+    private func handle(_ chunk: ArraySlice<Incoming>, with handler: @escaping DeliveryHandler) async -> [Settlement] {
+        func delivery(_ incoming: Incoming) -> Delivery {
+            let message = incoming.delivery.message
+            return Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey, body: message.body,
+                            redelivered: incoming.delivery.redelivered, attempt: message.attempt)
+        }
+        if chunk.count == 1, let incoming = chunk.first {
+            return [Settlement(incoming: incoming, outcome: await handler(delivery(incoming)))]
+        }
+        var outcomes = [DeliveryOutcome?](repeating: nil, count: chunk.count)
+        await withTaskGroup(of: (Int, DeliveryOutcome).self) { group in
+            for (index, incoming) in chunk.enumerated() {
+                let d = delivery(incoming)
+                group.addTask { (index, await handler(d)) }
+            }
+            for await (index, outcome) in group { outcomes[index] = outcome }
+        }
+        return zip(chunk, outcomes).map { Settlement(incoming: $0, outcome: $1!) }
     }
 
     /// Hands a settlement to the consumer thread; wakes it only when it sleeps (an eventfd

@@ -22,6 +22,11 @@ public struct ReturnsService: ServiceModule {
         handlers = ReturnsHandlers(store: store, logger: logger)
     }
 
+    /// A handler recomputes a symbol's returns from the prices stored when its transaction
+    /// runs, so whichever order handlers run in, the stored returns are the same, and the
+    /// outbox holds the events in commit order (a later event never carries older values).
+    public static let eventHandlersRunConcurrently = true
+
     public static var openAPIDocument: [UInt8] {
         OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
     }

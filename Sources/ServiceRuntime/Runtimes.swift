@@ -33,9 +33,11 @@ public enum WorkerRuntime {
             try parts.module.registerEventHandlers(&registry)
             let bus = MessageBus(appId: M.name, registry: registry,
                                  publisher: OutboxPublisher(database: parts.database), logger: parts.logger)
+            var queue = parts.config.queueSpec
+            if M.eventHandlersRunConcurrently { queue.concurrency = Int(queue.prefetch) }
             let consumer = AMQPConsumer(
                 settings: parts.config.amqp,
-                queue: parts.config.queueSpec,
+                queue: queue,
                 bindings: bus.routingKeys, logger: parts.logger)
             let service = ConsumerService(
                 consumer: consumer, bus: bus, logger: parts.logger,
