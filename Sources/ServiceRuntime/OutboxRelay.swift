@@ -7,32 +7,42 @@ import MessageBus
 import ServiceLifecycle
 import Synchronization
 
-/// Publishes the outbox: claims pending rows, publishes them as one batch (with confirms,
-/// when the publisher uses them) and deletes them once the broker took them. A failed
-/// batch stays in the outbox and is tried again with back-off.
+/// Publishes the outbox.
+///
+/// The rows this process's writes add are claimed by its relay in the same transaction and
+/// handed over in memory once committed, so the relay publishes them without reading them
+/// back (with confirms, when the publisher uses them); the rows the broker took are deleted
+/// in the next shared transaction. The table is swept for rows nobody claimed and rows whose
+/// claim is older than `staleAfter` (their process died): at start, when idle and at least
+/// every 5 s. After a failed publish (with back-off), or when more rows wait than it keeps in
+/// memory, the relay sweeps its own rows too, in order: a failed batch stays in the outbox.
 ///
 /// On graceful shutdown it keeps flushing for at most `flushTimeout`; what is left stays in
 /// the outbox for the next start.
 public final class OutboxRelay: Service, Sendable {
+    private enum Sweep { case none, others, all }
+
     private let database: ServiceDatabase
     private let publisher: any EventPublisher
     private let logger: Logger
     private let batchSize: Int
     private let flushTimeout: Duration
-    private let relayId = "relay-" + UUID().lowercaseText
+    private let staleAfter: Double
     private let stopping = Atomic<Bool>(false)
     private let depthGauge = Gauge(label: "outbox_depth")
     private let batches = ActivityCount()
 
-    /// Batches taken from the outbox since start: an activity signal.
+    /// Batches published since start: an activity signal.
     public var batchCount: Int { batches.value }
 
     public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
-                flushTimeout: Duration = .seconds(5), logger: Logger = Logger(label: "stega.outbox")) {
+                flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
+                logger: Logger = Logger(label: "stega.outbox")) {
         self.database = database
         self.publisher = publisher
         self.batchSize = batchSize
         self.flushTimeout = flushTimeout
+        self.staleAfter = staleAfter
         self.logger = logger
     }
 
@@ -49,6 +59,12 @@ public final class OutboxRelay: Service, Sendable {
         var failures = 0
         var flushDeadline: ContinuousClock.Instant?
         var depthMeasured = ContinuousClock.now - .seconds(1)
+        // Committed rows not yet published, in commit order.
+        var committed: [(Int64, EventEnvelope)] = []
+        var sweep = Sweep.others
+        var swept = ContinuousClock.now
+        // The highest row a sweep of every row published: committed rows up to it are out.
+        var sweptUpTo: Int64 = 0
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -61,26 +77,58 @@ public final class OutboxRelay: Service, Sendable {
             }
             if let deadline = flushDeadline, ContinuousClock.now >= deadline { break }
             if Task.isCancelled { break }
-            let batch: [(Int64, EventEnvelope)]
-            do {
-                batch = try await database.pool.write { [relayId, batchSize] db in
-                    try Outbox.claim(limit: batchSize, relay: relayId, staleAfter: 5, in: db)
-                }
-            } catch {
-                logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                await database.outboxBell.wait(timeout: .seconds(1))
-                continue
+            let taken = database.takeCommittedOutboxRows()
+            committed.append(contentsOf: taken.rows)
+            if taken.overflowed || committed.count > OutboxFeed.limit {
+                // Too many wait: they are in the table, claimed by this relay.
+                committed.removeAll()
+                sweep = .all
             }
-            if batch.isEmpty {
+            if sweep == .none, ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
+            let batch: [(Int64, EventEnvelope)]
+            if sweep != .none {
+                do {
+                    // What this relay published is deleted first, or a sweep could take it again.
+                    try await database.commitOutboxRemovals()
+                    batch = try await database.pool.write { [relayId = database.relayId, batchSize, staleAfter, sweep] db in
+                        try Outbox.claim(limit: batchSize, relay: relayId, includeOwn: sweep == .all,
+                                         staleAfter: staleAfter, in: db)
+                    }
+                } catch {
+                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                    await database.outboxBell.wait(timeout: .seconds(1))
+                    continue
+                }
+                if batch.isEmpty {
+                    if sweep == .all {
+                        // Every row committed before this claim was fed already: those up to
+                        // `sweptUpTo` went out with the sweep.
+                        committed.append(contentsOf: database.takeCommittedOutboxRows().rows)
+                        committed.removeAll { $0.0 <= sweptUpTo }
+                    }
+                    sweep = .none
+                    swept = .now
+                    continue
+                }
+                if sweep == .all { sweptUpTo = max(sweptUpTo, batch.last!.0) }
+            } else if !committed.isEmpty {
+                batch = Array(committed.prefix(batchSize))
+                committed.removeFirst(batch.count)
+            } else {
                 if flushDeadline != nil { break }
                 await database.outboxBell.wait(timeout: .seconds(1))
+                let more = database.takeCommittedOutboxRows()
+                committed.append(contentsOf: more.rows)
+                // Idle: a sweep for rows other processes left.
+                if more.rows.isEmpty, !more.overflowed { sweep = .others }
+                if more.overflowed { committed.removeAll(); sweep = .all }
                 continue
             }
             batches.increment()
             let envelopes = batch.map(\.1)
             do {
                 try await publisher.publish(envelopes)
-                try await database.pool.write { db in try Outbox.remove(batch.map(\.0), in: db) }
+                database.removeFromOutbox(batch.map(\.0))
                 // One counter update per routing key and batch, not per event.
                 for (key, count) in Dictionary(envelopes.map { ($0.routingKey, 1) }, uniquingKeysWith: +) {
                     Counter(label: "events_published_total", dimensions: [("routing_key", key)]).increment(by: count)
@@ -96,6 +144,10 @@ public final class OutboxRelay: Service, Sendable {
                 }
             } catch {
                 failures += 1
+                // The batch and every committed row are in the table, claimed by this relay:
+                // the sweep publishes them, in order.
+                committed.removeAll()
+                sweep = .all
                 let delay = min(2.0, 0.1 * pow(2.0, Double(min(failures, 8))))
                 if failures == 1 || failures % 20 == 0 {
                     logger.warning("outbox publish failed; will retry", metadata: [
@@ -105,6 +157,7 @@ public final class OutboxRelay: Service, Sendable {
                 await database.outboxBell.wait(timeout: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
             }
         }
+        try? await database.commitOutboxRemovals()
         let left = await measureDepth() ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
     }

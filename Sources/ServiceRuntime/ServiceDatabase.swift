@@ -21,6 +21,8 @@ public final class ServiceDatabase: Sendable {
     public let pool: DatabasePool
     /// Rung after each commit that added outbox rows.
     public let outboxBell = Doorbell()
+    /// The claim this process's relay puts on the outbox rows its writes add.
+    public let relayId = "relay-" + UUID().lowercaseText
     /// Concurrent `write(_:_:)`s share transactions (group commit).
     private let combiner: WriteCombiner
 
@@ -37,6 +39,8 @@ public final class ServiceDatabase: Sendable {
         }
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // Savepoint (statement) journals in memory: group commit opens one per write.
+            try db.execute(sql: "PRAGMA temp_store = MEMORY")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         combiner = WriteCombiner(pool: pool)
@@ -76,20 +80,48 @@ public final class ServiceDatabase: Sendable {
     /// result is `false`; otherwise the event id is recorded in the same transaction.
     @discardableResult
     public func write(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
-        let handled = try await combiner.submit { db -> Bool in
+        let written = try await combiner.submit { [relayId] db -> WriteCombiner.Written in
             if let id = context.handledEventId?.lowercaseText {
                 let seen = try Bool.fetchOne(
                     db.cachedStatement(sql: "SELECT 1 FROM inbox WHERE event_id = ?"), arguments: [id]) ?? false
-                if seen { return false }
+                if seen { return .init(handled: false, rows: []) }
                 try db.cachedStatement(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?)")
                     .execute(arguments: [id, Date().timeIntervalSince1970])
             }
             try body(db)
-            try Outbox.append(context.takeRaised(), in: db)
-            return true
+            return .init(handled: true, rows: try Outbox.append(context.takeRaised(), claimedBy: relayId, in: db))
+        }
+        if !written.rows.isEmpty { outboxBell.ring() }
+        return written.handled
+    }
+
+    /// Stores `envelopes` in the outbox (a transaction of their own, shared with concurrent writes).
+    public func enqueue(_ envelopes: [EventEnvelope]) async throws {
+        guard !envelopes.isEmpty else { return }
+        _ = try await combiner.submit { [relayId] db in
+            .init(handled: true, rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
         }
         outboxBell.ring()
-        return handled
+    }
+
+    /// The outbox rows this process committed since the last call, in commit order, and
+    /// whether some were left out (more than ``OutboxFeed/limit`` waited): those are only in
+    /// the table, claimed by ``relayId``.
+    func takeCommittedOutboxRows() -> (rows: [(Int64, EventEnvelope)], overflowed: Bool) {
+        combiner.feed.withLock { feed in
+            defer { feed = OutboxFeed() }
+            return (feed.rows, feed.overflowed)
+        }
+    }
+
+    /// Deletes published outbox rows in the next shared transaction (at once when idle).
+    func removeFromOutbox(_ seqs: [Int64]) {
+        combiner.delete(seqs)
+    }
+
+    /// Returns once every deletion asked for so far is committed.
+    func commitOutboxRemovals() async throws {
+        _ = try await combiner.submit { _ in .init(handled: false, rows: []) }
     }
 
     /// Whether the database answers a query.
@@ -100,35 +132,50 @@ public final class ServiceDatabase: Sendable {
 
 /// The outbox table: events waiting to be published.
 public enum Outbox {
-    /// Appends `envelopes` (in order) in `db`'s transaction.
-    public static func append(_ envelopes: [EventEnvelope], in db: Database) throws {
-        guard !envelopes.isEmpty else { return }
+    /// Appends `envelopes` (in order) in `db`'s transaction, claimed by `relay` when given,
+    /// and returns them with their sequence numbers.
+    @discardableResult
+    public static func append(_ envelopes: [EventEnvelope], claimedBy relay: String? = nil,
+                              in db: Database) throws -> [(Int64, EventEnvelope)] {
+        guard !envelopes.isEmpty else { return [] }
         let insert = try db.cachedStatement(sql: """
             INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
-                                timestamp, schema_version, traceparent, content_type, body)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
+        let claimedAt = relay.map { _ in Date().timeIntervalSince1970 }
+        var rows: [(Int64, EventEnvelope)] = []
+        rows.reserveCapacity(envelopes.count)
         for e in envelopes {
             try insert.execute(arguments: [
                     e.eventId.lowercaseText, e.routingKey, e.type, e.correlationId, e.causationId,
                     e.appId, e.timestamp.timeIntervalSince1970, e.schemaVersion, e.traceparent,
-                    e.contentType, e.body,
+                    e.contentType, e.body, relay, claimedAt,
                 ])
+            rows.append((db.lastInsertedRowID, e))
         }
+        return rows
     }
 
-    /// Claims up to `limit` unclaimed rows (or rows whose claim is older than `staleAfter`
-    /// seconds) for `relay`, oldest first, and returns them.
-    static func claim(limit: Int, relay: String, staleAfter: Double, in db: Database) throws -> [(Int64, EventEnvelope)] {
+    /// Claims for a sweep of `relay` up to `limit` rows, oldest first, and returns them: rows
+    /// nobody claimed, rows whose claim is older than `staleAfter` seconds, and — with
+    /// `includeOwn` — every row `relay` claimed (when it wrote them, or in an earlier sweep).
+    /// Swept rows are marked `<relay>.sweep`, apart from the rows the relay has in memory.
+    static func claim(limit: Int, relay: String, includeOwn: Bool, staleAfter: Double,
+                      in db: Database) throws -> [(Int64, EventEnvelope)] {
         let now = Date().timeIntervalSince1970
+        let sweep = relay + ".sweep"
         try db.cachedStatement(sql: """
             UPDATE outbox SET claimed_by = ?, claimed_at = ?
-            WHERE seq IN (SELECT seq FROM outbox WHERE claimed_by IS NULL OR claimed_by = ? OR claimed_at < ?
+            WHERE seq IN (SELECT seq FROM outbox
+                          WHERE claimed_by IS NULL
+                             OR (claimed_by IN (?, ?) AND ?)
+                             OR (claimed_by NOT IN (?, ?) AND claimed_at < ?)
                           ORDER BY seq LIMIT ?)
-            """).execute(arguments: [relay, now, relay, now - staleAfter, limit])
+            """).execute(arguments: [sweep, now, relay, sweep, includeOwn, relay, sweep, now - staleAfter, limit])
         let rows = try Row.fetchAll(
             db.cachedStatement(sql: "SELECT * FROM outbox WHERE claimed_by = ? ORDER BY seq LIMIT ?"),
-            arguments: [relay, limit])
+            arguments: [sweep, limit])
         return rows.compactMap { row in
             guard let id = UUID(text: row["event_id"]) else { return nil }
             let envelope = EventEnvelope(
@@ -163,29 +210,59 @@ public struct OutboxPublisher: EventPublisher {
     public init(database: ServiceDatabase) { self.database = database }
 
     public func publish(_ envelopes: [EventEnvelope]) async throws {
-        try await database.pool.write { db in try Outbox.append(envelopes, in: db) }
-        database.outboxBell.ring()
+        try await database.enqueue(envelopes)
+    }
+}
+
+/// Outbox rows committed by this process and not yet taken by its relay.
+struct OutboxFeed: Sendable {
+    /// Beyond this many (the broker is slow or down, say), rows are left in the table only
+    /// and the relay reads them back from there: memory stays bounded.
+    static let limit = 2_000
+    var rows: [(Int64, EventEnvelope)] = []
+    var overflowed = false
+
+    mutating func add(_ more: [(Int64, EventEnvelope)]) {
+        guard !more.isEmpty else { return }
+        if rows.count + more.count > Self.limit {
+            rows.removeAll()
+            overflowed = true
+        } else if !overflowed {
+            rows.append(contentsOf: more)
+        }
     }
 }
 
 /// Group commit: writes that arrive while another is committing share the next transaction,
 /// each in a savepoint of its own, so one that throws is rolled back alone and the others
 /// commit. Each caller resumes once its transaction has committed (a 202 still means stored).
-/// One batch per turn on the writer queue, so the relay's writes interleave under load.
+/// The same transaction deletes the outbox rows the relay has published since the last one;
+/// after it commits, the outbox rows it added go to the relay's feed, in commit order.
+/// One batch per turn on the writer queue, so other writes interleave under load.
 final class WriteCombiner: Sendable {
-    typealias Work = @Sendable (Database) throws -> Bool
+    struct Written: Sendable {
+        /// `false`: the event was already handled (inbox), nothing ran.
+        var handled: Bool
+        /// Outbox rows added, with their sequence numbers.
+        var rows: [(Int64, EventEnvelope)]
+    }
+
+    typealias Work = @Sendable (Database) throws -> Written
 
     private struct Pending: Sendable {
         let work: Work
-        let continuation: CheckedContinuation<Bool, any Error>
+        let continuation: CheckedContinuation<Written, any Error>
     }
 
     private struct State {
         var pending: [Pending] = []
+        var deletions: [Int64] = []
         var scheduled = false
     }
 
     private let pool: DatabasePool
+    /// Outbox rows committed, in commit order, for the relay.
+    let feed = Mutex(OutboxFeed())
     private let state = Mutex(State())
     private let maxBatch: Int
 
@@ -194,7 +271,7 @@ final class WriteCombiner: Sendable {
         self.maxBatch = maxBatch
     }
 
-    func submit(_ work: @escaping Work) async throws -> Bool {
+    func submit(_ work: @escaping Work) async throws -> Written {
         try await withCheckedThrowingContinuation { continuation in
             let schedule = state.withLock { state -> Bool in
                 state.pending.append(Pending(work: work, continuation: continuation))
@@ -205,20 +282,34 @@ final class WriteCombiner: Sendable {
         }
     }
 
+    /// Deletes outbox rows in the next transaction (one of their own when nothing else waits).
+    func delete(_ seqs: [Int64]) {
+        guard !seqs.isEmpty else { return }
+        let schedule = state.withLock { state -> Bool in
+            state.deletions.append(contentsOf: seqs)
+            defer { state.scheduled = true }
+            return !state.scheduled
+        }
+        if schedule { scheduleBatch() }
+    }
+
     private func scheduleBatch() {
         pool.asyncWriteWithoutTransaction { [self] db in
-            let batch = state.withLock { state -> [Pending] in
+            let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
                 let batch = Array(state.pending.prefix(maxBatch))
                 state.pending.removeFirst(batch.count)
-                return batch
+                defer { state.deletions.removeAll() }
+                return (batch, state.deletions)
             }
-            var results = [Result<Bool, any Error>]()
+            var results = [Result<Written, any Error>]()
+            var failed = false
             do {
                 try db.inTransaction(.immediate) {
+                    try Outbox.remove(deletions, in: db)
                     results = batch.count == 1
                         ? [.success(try batch[0].work(db))]  // alone: its error rolls back the transaction
                         : batch.map { pending in
-                            var result: Result<Bool, any Error> = .success(false)
+                            var result: Result<Written, any Error> = .success(.init(handled: false, rows: []))
                             do {
                                 try db.inSavepoint {
                                     result = .success(try pending.work(db))
@@ -231,13 +322,21 @@ final class WriteCombiner: Sendable {
                         }
                     return .commit
                 }
+                feed.withLock { feed in
+                    for case .success(let written) in results { feed.add(written.rows) }
+                }
             } catch {
                 results = batch.map { _ in .failure(error) }
+                failed = true
+                // Not deleted: kept for the next transaction (a row left behind would only be
+                // published again), which the next write or deletion starts.
+                if !deletions.isEmpty { state.withLock { $0.deletions.insert(contentsOf: deletions, at: 0) } }
             }
             for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
             let more = state.withLock { state -> Bool in
-                if state.pending.isEmpty { state.scheduled = false }
-                return !state.pending.isEmpty
+                let more = !state.pending.isEmpty || (!failed && !state.deletions.isEmpty)
+                if !more { state.scheduled = false }
+                return more
             }
             if more { scheduleBatch() }
         }

@@ -2,7 +2,7 @@ import EventCatalog
 import Foundation
 import GRDB
 import MessageBus
-import ServiceRuntime
+@testable import ServiceRuntime
 import Synchronization
 import Testing
 
@@ -89,6 +89,58 @@ struct OutboxTests {
         let published = await publisher.transport.published
         #expect(published.map(\.eventId) == sent.map(\.eventId))
         #expect(published == sent)
+    }
+}
+
+extension OutboxTests {
+    @Test("more events than the relay's memory holds, stored while the broker is down, are published once each, in order")
+    func overflowGoesThroughTheTable() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let publisher = FlakyPublisher()
+        let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 300)
+        let task = Task { try await relay.run() }
+        defer { task.cancel() }
+        let count = OutboxFeed.limit + 700
+        let sent = try (0..<count).map { try EventEnvelope(WindowAdded(window: $0)) }
+        for chunk in stride(from: 0, to: count, by: 100) {
+            try await OutboxPublisher(database: database).publish(Array(sent[chunk..<min(count, chunk + 100)]))
+        }
+        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == count)
+        publisher.down.store(false, ordering: .relaxed)
+        let deadline = Date().addingTimeInterval(20)
+        while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let published = await publisher.transport.published
+        #expect(published.count == count)
+        #expect(published.map(\.eventId) == sent.map(\.eventId))
+    }
+
+    @Test("rows another process stored and never published go out: unclaimed ones at once, those it claimed once the claim is stale")
+    func rowsOfAnotherProcess() async throws {
+        let (other, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let claimed = try (0..<5).map { try EventEnvelope(WindowAdded(window: $0)) }
+        let unclaimed = try (5..<8).map { try EventEnvelope(WindowAdded(window: $0)) }
+        try await other.enqueue(claimed)  // claimed by `other`'s relay, which never runs
+        try await other.pool.write { db in try Outbox.append(unclaimed, in: db) }
+        let database = try ServiceDatabase(path: dir.appendingPathComponent("t.sqlite").path)
+        let transport = InMemoryTransport()
+        let relay = OutboxRelay(database: database, publisher: transport, staleAfter: 0.5)
+        let task = Task { try await relay.run() }
+        defer { task.cancel() }
+        let start = Date()
+        while await transport.published.count < 3, Date().timeIntervalSince(start) < 5 {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(await transport.published.map(\.eventId) == unclaimed.map(\.eventId))
+        while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date().timeIntervalSince(start) < 10 {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let published = await transport.published
+        #expect(published.map(\.eventId) == unclaimed.map(\.eventId) + claimed.map(\.eventId))
+        #expect(Date().timeIntervalSince(start) >= 0.5, "a fresh claim of another relay was taken")
     }
 }
 
