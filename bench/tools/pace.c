@@ -70,7 +70,9 @@ static int read_response(int fd, char *id) {
     char *op = strstr(end, "\"operation_id\"");
     if (op && (op = strchr(op + 14, '"'))) { memcpy(id, op + 1, 36); id[36] = 0; }
     else id[0] = 0;
-    return strncmp(buf + 9, "202", 3) != 0;
+    if (strncmp(buf + 9, "202", 3) == 0) return 0;
+    fprintf(stderr, "answer: %s\n", buf);
+    return 1;
   }
 }
 
