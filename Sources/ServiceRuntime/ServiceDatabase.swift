@@ -278,9 +278,7 @@ final class WriteCombiner: Sendable {
                 defer { state.scheduled = true }
                 return !state.scheduled
             }
-            // The first writer commits on its own thread (no hop to the writer queue and back
-            // when the database is free); writes arriving meanwhile go in the next batch.
-            if schedule { runInline() }
+            if schedule { scheduleBatch() }
         }
     }
 
@@ -297,61 +295,50 @@ final class WriteCombiner: Sendable {
 
     private func scheduleBatch() {
         pool.asyncWriteWithoutTransaction { [self] db in
-            if commitBatch(db) { scheduleBatch() }
-        }
-    }
-
-    /// Commits a batch on the calling thread (GRDB runs a synchronous write there once the
-    /// writer is free); the rest is chained on the writer queue.
-    private func runInline() {
-        if pool.writeWithoutTransaction({ db in commitBatch(db) }) { scheduleBatch() }
-    }
-
-    /// Commits the next batch and the pending deletions; resumes the batch's writers. Returns
-    /// whether another batch should follow (otherwise the combiner is idle again).
-    private func commitBatch(_ db: Database) -> Bool {
-        let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
-            let batch = Array(state.pending.prefix(maxBatch))
-            state.pending.removeFirst(batch.count)
-            defer { state.deletions.removeAll() }
-            return (batch, state.deletions)
-        }
-        var results = [Result<Written, any Error>]()
-        var failed = false
-        do {
-            try db.inTransaction(.immediate) {
-                try Outbox.remove(deletions, in: db)
-                results = batch.count == 1
-                    ? [.success(try batch[0].work(db))]  // alone: its error rolls back the transaction
-                    : batch.map { pending in
-                        var result: Result<Written, any Error> = .success(.init(handled: false, rows: []))
-                        do {
-                            try db.inSavepoint {
-                                result = .success(try pending.work(db))
-                                return .commit
+            let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
+                let batch = Array(state.pending.prefix(maxBatch))
+                state.pending.removeFirst(batch.count)
+                defer { state.deletions.removeAll() }
+                return (batch, state.deletions)
+            }
+            var results = [Result<Written, any Error>]()
+            var failed = false
+            do {
+                try db.inTransaction(.immediate) {
+                    try Outbox.remove(deletions, in: db)
+                    results = batch.count == 1
+                        ? [.success(try batch[0].work(db))]  // alone: its error rolls back the transaction
+                        : batch.map { pending in
+                            var result: Result<Written, any Error> = .success(.init(handled: false, rows: []))
+                            do {
+                                try db.inSavepoint {
+                                    result = .success(try pending.work(db))
+                                    return .commit
+                                }
+                            } catch {
+                                result = .failure(error)
                             }
-                        } catch {
-                            result = .failure(error)
+                            return result
                         }
-                        return result
-                    }
-                return .commit
+                    return .commit
+                }
+                feed.withLock { feed in
+                    for case .success(let written) in results { feed.add(written.rows) }
+                }
+            } catch {
+                results = batch.map { _ in .failure(error) }
+                failed = true
+                // Not deleted: kept for the next transaction (a row left behind would only be
+                // published again), which the next write or deletion starts.
+                if !deletions.isEmpty { state.withLock { $0.deletions.insert(contentsOf: deletions, at: 0) } }
             }
-            feed.withLock { feed in
-                for case .success(let written) in results { feed.add(written.rows) }
+            for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
+            let more = state.withLock { state -> Bool in
+                let more = !state.pending.isEmpty || (!failed && !state.deletions.isEmpty)
+                if !more { state.scheduled = false }
+                return more
             }
-        } catch {
-            results = batch.map { _ in .failure(error) }
-            failed = true
-            // Not deleted: kept for the next transaction (a row left behind would only be
-            // published again), which the next write or deletion starts.
-            if !deletions.isEmpty { state.withLock { $0.deletions.insert(contentsOf: deletions, at: 0) } }
-        }
-        for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
-        return state.withLock { state -> Bool in
-            let more = !state.pending.isEmpty || (!failed && !state.deletions.isEmpty)
-            if !more { state.scheduled = false }
-            return more
+            if more { scheduleBatch() }
         }
     }
 }
