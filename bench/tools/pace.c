@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int port, threads = 8, symbols = 200;
+static int port, threads = 32, symbols = 200;
 static long count;
 static double rate;
 static long long start_ns;
