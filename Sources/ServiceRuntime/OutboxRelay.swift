@@ -65,6 +65,8 @@ public final class OutboxRelay: Service, Sendable {
         var swept = ContinuousClock.now
         // The highest row a sweep of every row published: committed rows up to it are out.
         var sweptUpTo: Int64 = 0
+        // Rows the last claim returned (a short one: the sweep is near its end).
+        var lastClaim = 0
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -82,11 +84,18 @@ public final class OutboxRelay: Service, Sendable {
             if taken.overflowed || committed.count > OutboxFeed.limit {
                 // Too many wait: they are in the table, claimed by this relay.
                 committed.removeAll()
-                sweep = .all
+                enterSweepOfAll(&sweep, &lastClaim)
             }
             if sweep == .none, ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
             let batch: [(Int64, EventEnvelope)]
             if sweep != .none {
+                // While the relay sweeps its own rows, new ones stay in the table; the feed
+                // opens again for the last claims, so none committed meanwhile is missed.
+                var feedWasOpen = true
+                if sweep == .all {
+                    feedWasOpen = database.outboxFeedOpen
+                    if !feedWasOpen, lastClaim < batchSize { database.outboxFeedOpen = true }
+                }
                 do {
                     // What this relay published is deleted first, or a sweep could take it again.
                     try await database.commitOutboxRemovals()
@@ -95,16 +104,26 @@ public final class OutboxRelay: Service, Sendable {
                                          staleAfter: staleAfter, in: db)
                     }
                 } catch {
+                    if Task.isCancelled { break }
                     logger.error("outbox read failed", metadata: ["error": "\(error)"])
                     await database.outboxBell.wait(timeout: .seconds(1))
                     continue
                 }
+                lastClaim = batch.count
                 if batch.isEmpty {
+                    // Rows committed while the feed was closed are only in the table: claim again.
+                    if !feedWasOpen { continue }
                     if sweep == .all {
                         // Every row committed before this claim was fed already: those up to
                         // `sweptUpTo` went out with the sweep.
-                        committed.append(contentsOf: database.takeCommittedOutboxRows().rows)
+                        let taken = database.takeCommittedOutboxRows()
+                        committed.append(contentsOf: taken.rows)
                         committed.removeAll { $0.0 <= sweptUpTo }
+                        if taken.overflowed || committed.count > OutboxFeed.limit {
+                            committed.removeAll()
+                            enterSweepOfAll(&sweep, &lastClaim)
+                            continue
+                        }
                     }
                     sweep = .none
                     swept = .now
@@ -121,7 +140,10 @@ public final class OutboxRelay: Service, Sendable {
                 committed.append(contentsOf: more.rows)
                 // Idle: a sweep for rows other processes left.
                 if more.rows.isEmpty, !more.overflowed { sweep = .others }
-                if more.overflowed { committed.removeAll(); sweep = .all }
+                if more.overflowed {
+                    committed.removeAll()
+                    enterSweepOfAll(&sweep, &lastClaim)
+                }
                 continue
             }
             batches.increment()
@@ -147,7 +169,7 @@ public final class OutboxRelay: Service, Sendable {
                 // The batch and every committed row are in the table, claimed by this relay:
                 // the sweep publishes them, in order.
                 committed.removeAll()
-                sweep = .all
+                enterSweepOfAll(&sweep, &lastClaim)
                 let delay = min(2.0, 0.1 * pow(2.0, Double(min(failures, 8))))
                 if failures == 1 || failures % 20 == 0 {
                     logger.warning("outbox publish failed; will retry", metadata: [
@@ -160,6 +182,13 @@ public final class OutboxRelay: Service, Sendable {
         try? await database.commitOutboxRemovals()
         let left = await measureDepth() ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
+    }
+
+    /// Sweeps every row this relay claimed, in order; the feed stays closed meanwhile.
+    private func enterSweepOfAll(_ sweep: inout Sweep, _ lastClaim: inout Int) {
+        database.outboxFeedOpen = false
+        sweep = .all
+        lastClaim = batchSize
     }
 
     /// Sets the `outbox_depth` gauge (rows waiting to be published) and returns it.

@@ -105,13 +105,23 @@ public final class ServiceDatabase: Sendable {
     }
 
     /// The outbox rows this process committed since the last call, in commit order, and
-    /// whether some were left out (more than ``OutboxFeed/limit`` waited): those are only in
-    /// the table, claimed by ``relayId``.
+    /// whether some were left out (more than ``OutboxFeed/limit`` waited, and the feed closed
+    /// itself): those are only in the table, claimed by ``relayId``.
     func takeCommittedOutboxRows() -> (rows: [(Int64, EventEnvelope)], overflowed: Bool) {
         combiner.feed.withLock { feed in
-            defer { feed = OutboxFeed() }
+            defer {
+                feed.rows = []
+                feed.overflowed = false
+            }
             return (feed.rows, feed.overflowed)
         }
+    }
+
+    /// Whether committed outbox rows are handed to the relay in memory (otherwise they are
+    /// only in the table, claimed by ``relayId``, and the relay sweeps them from there).
+    var outboxFeedOpen: Bool {
+        get { combiner.feed.withLock { !$0.closed } }
+        set { combiner.feed.withLock { $0.closed = !newValue } }
     }
 
     /// Deletes published outbox rows in the next shared transaction (at once when idle).
@@ -216,18 +226,21 @@ public struct OutboxPublisher: EventPublisher {
 
 /// Outbox rows committed by this process and not yet taken by its relay.
 struct OutboxFeed: Sendable {
-    /// Beyond this many (the broker is slow or down, say), rows are left in the table only
-    /// and the relay reads them back from there: memory stays bounded.
+    /// Beyond this many (the broker is slow or down, say), the feed closes: rows are left in
+    /// the table only and the relay reads them back from there, so memory stays bounded.
     static let limit = 2_000
     var rows: [(Int64, EventEnvelope)] = []
     var overflowed = false
+    /// Closed by an overflow or by the relay while it sweeps its own rows; opened by the relay.
+    var closed = false
 
     mutating func add(_ more: [(Int64, EventEnvelope)]) {
-        guard !more.isEmpty else { return }
+        guard !more.isEmpty, !closed else { return }
         if rows.count + more.count > Self.limit {
-            rows.removeAll()
+            rows = []
             overflowed = true
-        } else if !overflowed {
+            closed = true
+        } else {
             rows.append(contentsOf: more)
         }
     }
