@@ -144,20 +144,29 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         await withTaskCancellationHandler {
             batches: for await batch in stream {
                 // Up to `concurrency` deliveries of a batch are handled at once (their writes
-                // then share a transaction); outcomes are settled in delivery order.
+                // then share a transaction); outcomes are settled in delivery order, once per
+                // batch (a settlement can wake the consumer thread).
+                var settled: [Settlement] = []
+                settled.reserveCapacity(batch.count)
                 var start = 0
                 while start < batch.count {
-                    let chunk = batch[start..<min(batch.count, start + max(1, spec.concurrency))]
-                    start = chunk.endIndex
-                    let settled = await handle(chunk, with: handler)
+                    if spec.concurrency <= 1 {
+                        let incoming = batch[start]
+                        start += 1
+                        settled.append(Settlement(incoming: incoming, outcome: await handler(delivery(incoming))))
+                    } else {
+                        let chunk = batch[start..<min(batch.count, start + spec.concurrency)]
+                        start = chunk.endIndex
+                        settled.append(contentsOf: await handle(chunk, with: handler))
+                    }
                     // Stopping: what is handled is settled, the rest of the batch is not
                     // (unacked, the broker delivers it again).
                     if Task.isCancelled {
                         settle(settled, unhandled: batch.count - start)
                         break batches
                     }
-                    settle(settled, unhandled: 0)
                 }
+                settle(settled, unhandled: 0)
             }
         } onCancel: {
             // Stop taking deliveries; the one being handled finishes and is settled first.
@@ -176,16 +185,14 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
     }
 
-    /// Handles `chunk`: one delivery in this task, several in child tasks; outcomes in order.
+    private func delivery(_ incoming: Incoming) -> Delivery {
+        let message = incoming.delivery.message
+        return Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey, body: message.body,
+                        redelivered: incoming.delivery.redelivered, attempt: message.attempt)
+    }
+
+    /// Handles `chunk` in child tasks, all at once; outcomes in delivery order.
     private func handle(_ chunk: ArraySlice<Incoming>, with handler: @escaping DeliveryHandler) async -> [Settlement] {
-        func delivery(_ incoming: Incoming) -> Delivery {
-            let message = incoming.delivery.message
-            return Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey, body: message.body,
-                            redelivered: incoming.delivery.redelivered, attempt: message.attempt)
-        }
-        if chunk.count == 1, let incoming = chunk.first {
-            return [Settlement(incoming: incoming, outcome: await handler(delivery(incoming)))]
-        }
         var outcomes = [DeliveryOutcome?](repeating: nil, count: chunk.count)
         await withTaskGroup(of: (Int, DeliveryOutcome).self) { group in
             for (index, incoming) in chunk.enumerated() {
