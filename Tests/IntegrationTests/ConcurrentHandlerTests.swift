@@ -12,10 +12,20 @@ struct ConcurrentHandlerTests {
     func concurrentSettledOnce() async throws {
         let settings = try Broker.settings()
         let service = "conc\(UUID().uuidString.prefix(6).lowercased())"
-        let consumer = AMQPConsumer(settings: settings,
-                                    queue: .init(service: service, mode: .durable, prefetch: 20, retryAttempts: 1,
-                                                 concurrency: 8),
-                                    bindings: [WindowAdded.routingKey])
+        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, prefetch: 20, retryAttempts: 1,
+                                          concurrency: 8)
+        // The queue is declared and bound by a first consumer, which stops before anything is
+        // published: the events are then queued, and the broker pushes a prefetch's worth at
+        // once, so the consumer receives several at a time (what it may handle together).
+        let declaring = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
+        let first = Task { try await declaring.run { _ in .ack } }
+        try await TransportConformance.waitUntil("declared") { declaring.isReady }
+        first.cancel()
+        _ = try? await first.value
+        let envelopes = try (0..<60).map { try EventEnvelope(WindowAdded(window: $0)) }
+        try await AMQPPublisher(settings: settings).publish(envelopes)
+
+        let consumer = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
         let running = Atomic<Int>(0)
         let most = Atomic<Int>(0)
         let seen = Received()
@@ -31,9 +41,6 @@ struct ConcurrentHandlerTests {
             }
         }
         defer { task.cancel() }
-        try await TransportConformance.waitUntil("ready") { consumer.isReady }
-        let envelopes = try (0..<60).map { try EventEnvelope(WindowAdded(window: $0)) }
-        try await AMQPPublisher(settings: settings).publish(envelopes)
         try await TransportConformance.waitUntil("60 handled") { await seen.count >= 60 }
         try await TransportConformance.waitUntil("dead-lettered") { consumer.deadLetteredCount == 1 }
         // Nothing comes back: every delivery was settled (a missing ack would be redelivered
