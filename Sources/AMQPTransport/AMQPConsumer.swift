@@ -334,8 +334,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     }
 
     /// Applies settlements in the order they came. Consecutive acks go out as one
-    /// `basic.ack multiple=1` for the last of them: deliveries are handled one at a time, in
-    /// order, so every earlier tag is settled — unless an ack waits for a publish confirm
+    /// `basic.ack multiple=1` for the last of them: deliveries are settled in delivery order
+    /// (also when handled together), so every earlier tag is settled — unless an ack waits for a publish confirm
     /// (a retry or dead letter), in which case each ack goes out on its own.
     private func apply(_ settlements: [Settlement], on open: Session) throws {
         var pendingAck: UInt64?

@@ -67,6 +67,22 @@ public final class OutboxRelay: Service, Sendable {
         var sweptUpTo: Int64 = 0
         // Rows the last claim returned (a short one: the sweep is near its end).
         var lastClaim = 0
+        // The last turn waited for the bell: if nothing came, the relay is idle.
+        var waited = false
+        /// Takes the rows committed since the last call (minus those a sweep already
+        /// published); too many waiting, and the relay sweeps its own rows instead. Says
+        /// whether any came, and whether too many did.
+        func takeCommitted(droppingUpTo published: Int64 = 0) -> (came: Bool, overflowed: Bool) {
+            let taken = database.takeCommittedOutboxRows()
+            committed.append(contentsOf: published > 0 ? taken.rows.filter { $0.0 > published } : taken.rows)
+            let overflowed = taken.overflowed || committed.count > OutboxFeed.limit
+            if overflowed {
+                // They are in the table, claimed by this relay.
+                committed.removeAll()
+                enterSweepOfAll(&sweep, &lastClaim)
+            }
+            return (!taken.rows.isEmpty || taken.overflowed, overflowed)
+        }
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -79,14 +95,10 @@ public final class OutboxRelay: Service, Sendable {
             }
             if let deadline = flushDeadline, ContinuousClock.now >= deadline { break }
             if Task.isCancelled { break }
-            let taken = database.takeCommittedOutboxRows()
-            committed.append(contentsOf: taken.rows)
-            if taken.overflowed || committed.count > OutboxFeed.limit {
-                // Too many wait: they are in the table, claimed by this relay.
-                committed.removeAll()
-                enterSweepOfAll(&sweep, &lastClaim)
-            }
-            if sweep == .none, ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
+            let came = takeCommitted().came
+            // Idle, or 5 s since the last sweep: a sweep for rows other processes left.
+            if sweep == .none, (waited && !came) || ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
+            waited = false
             let batch: [(Int64, EventEnvelope)]
             if sweep != .none {
                 // While the relay sweeps its own rows, new ones stay in the table; the feed
@@ -97,12 +109,8 @@ public final class OutboxRelay: Service, Sendable {
                     if !feedWasOpen, lastClaim < batchSize { database.outboxFeedOpen = true }
                 }
                 do {
-                    // What this relay published is deleted first, or a sweep could take it again.
-                    try await database.commitOutboxRemovals()
-                    batch = try await database.pool.write { [relayId = database.relayId, batchSize, staleAfter, sweep] db in
-                        try Outbox.claim(limit: batchSize, relay: relayId, includeOwn: sweep == .all,
-                                         staleAfter: staleAfter, in: db)
-                    }
+                    batch = try await database.claimOutboxRows(limit: batchSize, includeOwn: sweep == .all,
+                                                               staleAfter: staleAfter)
                 } catch {
                     if Task.isCancelled { break }
                     logger.error("outbox read failed", metadata: ["error": "\(error)"])
@@ -116,14 +124,8 @@ public final class OutboxRelay: Service, Sendable {
                     if sweep == .all {
                         // Every row committed before this claim was fed already: those up to
                         // `sweptUpTo` went out with the sweep.
-                        let taken = database.takeCommittedOutboxRows()
-                        committed.append(contentsOf: taken.rows)
                         committed.removeAll { $0.0 <= sweptUpTo }
-                        if taken.overflowed || committed.count > OutboxFeed.limit {
-                            committed.removeAll()
-                            enterSweepOfAll(&sweep, &lastClaim)
-                            continue
-                        }
+                        if takeCommitted(droppingUpTo: sweptUpTo).overflowed { continue }
                     }
                     sweep = .none
                     swept = .now
@@ -136,14 +138,7 @@ public final class OutboxRelay: Service, Sendable {
             } else {
                 if flushDeadline != nil { break }
                 await database.outboxBell.wait(timeout: .seconds(1))
-                let more = database.takeCommittedOutboxRows()
-                committed.append(contentsOf: more.rows)
-                // Idle: a sweep for rows other processes left.
-                if more.rows.isEmpty, !more.overflowed { sweep = .others }
-                if more.overflowed {
-                    committed.removeAll()
-                    enterSweepOfAll(&sweep, &lastClaim)
-                }
+                waited = true
                 continue
             }
             batches.increment()

@@ -129,6 +129,16 @@ public final class ServiceDatabase: Sendable {
         combiner.delete(seqs)
     }
 
+    /// Claims rows for a sweep of the relay (see ``Outbox/claim``) in the next shared
+    /// transaction, after the deletions asked for so far: a sweep never takes again what the
+    /// relay has published.
+    func claimOutboxRows(limit: Int, includeOwn: Bool, staleAfter: Double) async throws -> [(Int64, EventEnvelope)] {
+        try await combiner.submit { [relayId] db in
+            .init(handled: false, rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
+                                                                       staleAfter: staleAfter, in: db))
+        }.claimed
+    }
+
     /// Returns once every deletion asked for so far is committed.
     func commitOutboxRemovals() async throws {
         _ = try await combiner.submit { _ in .init(handled: false, rows: []) }
@@ -256,8 +266,10 @@ final class WriteCombiner: Sendable {
     struct Written: Sendable {
         /// `false`: the event was already handled (inbox), nothing ran.
         var handled: Bool
-        /// Outbox rows added, with their sequence numbers.
+        /// Outbox rows added, with their sequence numbers (the relay's feed).
         var rows: [(Int64, EventEnvelope)]
+        /// Outbox rows claimed for a sweep of the relay.
+        var claimed: [(Int64, EventEnvelope)] = []
     }
 
     typealias Work = @Sendable (Database) throws -> Written
