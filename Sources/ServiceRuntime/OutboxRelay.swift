@@ -171,7 +171,9 @@ public final class OutboxRelay: Service, Sendable {
                         "error": "\(error)", "outbox.batch": "\(batch.count)", "attempt": "\(failures)",
                     ])
                 }
-                await database.outboxBell.wait(timeout: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
+                // A sleep, not the bell: every write accepted during an outage rings it, and
+                // would cut the back-off short.
+                try? await Task.sleep(for: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
             }
         }
         try? await database.commitOutboxRemovals()
