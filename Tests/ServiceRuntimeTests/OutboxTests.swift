@@ -69,52 +69,50 @@ struct OutboxTests {
 
     @Test("while the broker is down the outbox keeps the events; the relay publishes them, in order, when it returns")
     func relayRetries() async throws {
-        let (database, dir) = try temporaryDatabase()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let publisher = FlakyPublisher()
-        let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 7)
-        let task = Task { try await relay.run() }
-        defer { task.cancel() }
-        let sent = try (0..<50).map { try EventEnvelope(WindowAdded(window: $0)) }
-        for chunk in stride(from: 0, to: 50, by: 10) {
-            try await OutboxPublisher(database: database).publish(Array(sent[chunk..<chunk + 10]))
-        }
-        let deadline = Date().addingTimeInterval(10)
-        while publisher.failures.load(ordering: .relaxed) < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == 50)
-        publisher.down.store(false, ordering: .relaxed)
-        while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date() < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let published = await publisher.transport.published
-        #expect(published.map(\.eventId) == sent.map(\.eventId))
-        #expect(published == sent)
+        let run = try await outageThenRecovery(count: 50, chunk: 10, batchSize: 7)
+        #expect(run.depthWhileDown == 50)
+        #expect(run.published.map(\.eventId) == run.sent.map(\.eventId))
+        #expect(run.published == run.sent)
     }
 }
 
 extension OutboxTests {
     @Test("more events than the relay's memory holds, stored while the broker is down, are published once each, in order")
     func overflowGoesThroughTheTable() async throws {
+        let count = OutboxFeed.limit + 700
+        let run = try await outageThenRecovery(count: count, chunk: 100, batchSize: 300)
+        #expect(run.depthWhileDown == count)
+        #expect(run.published.count == count)
+        #expect(run.published.map(\.eventId) == run.sent.map(\.eventId))
+    }
+
+    /// Stores `count` events (`chunk` per write) while the publisher is down, lets the relay
+    /// (batches of `batchSize`) fail twice, brings the publisher back and waits for the outbox
+    /// to empty.
+    func outageThenRecovery(count: Int, chunk: Int, batchSize: Int) async throws
+        -> (sent: [EventEnvelope], depthWhileDown: Int, published: [EventEnvelope]) {
         let (database, dir) = try temporaryDatabase()
         defer { try? FileManager.default.removeItem(at: dir) }
         let publisher = FlakyPublisher()
-        let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 300)
+        let relay = OutboxRelay(database: database, publisher: publisher, batchSize: batchSize)
         let task = Task { try await relay.run() }
         defer { task.cancel() }
-        let count = OutboxFeed.limit + 700
         let sent = try (0..<count).map { try EventEnvelope(WindowAdded(window: $0)) }
-        for chunk in stride(from: 0, to: count, by: 100) {
-            try await OutboxPublisher(database: database).publish(Array(sent[chunk..<min(count, chunk + 100)]))
+        for start in stride(from: 0, to: count, by: chunk) {
+            try await OutboxPublisher(database: database).publish(Array(sent[start..<min(count, start + chunk)]))
         }
-        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == count)
-        publisher.down.store(false, ordering: .relaxed)
         let deadline = Date().addingTimeInterval(20)
+        while publisher.failures.load(ordering: .relaxed) < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let depthWhileDown = try await database.pool.read { db in try Outbox.depth(in: db) }
+        publisher.down.store(false, ordering: .relaxed)
+        try await waitUntilEmpty(database, before: deadline)
+        return (sent, depthWhileDown, await publisher.transport.published)
+    }
+
+    func waitUntilEmpty(_ database: ServiceDatabase, before deadline: Date) async throws {
         while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date() < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        let published = await publisher.transport.published
-        #expect(published.count == count)
-        #expect(published.map(\.eventId) == sent.map(\.eventId))
     }
 
     @Test("rows another process stored and never published go out: unclaimed ones at once, claimed ones once the claim is stale")
@@ -142,9 +140,7 @@ extension OutboxTests {
         #expect(await transport.published.count == 3)
         // …and take it once it is stale (that relay's process died).
         try await database.pool.write { db in try db.execute(sql: "UPDATE outbox SET claimed_at = 0") }
-        while try await database.pool.read({ db in try Outbox.depth(in: db) }) > 0, Date() < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await waitUntilEmpty(database, before: deadline)
         #expect(await transport.published.map(\.eventId) == unclaimed.map(\.eventId) + claimed.map(\.eventId))
     }
 }
