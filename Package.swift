@@ -41,6 +41,7 @@ let package = Package(
         ),
 
         .target(name: "EventCatalog"),
+        .target(name: "Handoff"),
         .target(
             name: "MessageBus",
             dependencies: [
@@ -52,7 +53,7 @@ let package = Package(
         .target(
             name: "AMQPTransport",
             dependencies: [
-                "CRabbitMQ", "EventCatalog", "MessageBus",
+                "CRabbitMQ", "EventCatalog", "MessageBus", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -60,7 +61,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "CMicroHTTPD",
+                "CMicroHTTPD", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -69,7 +70,7 @@ let package = Package(
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer",
+                "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -125,6 +126,7 @@ let package = Package(
         .executableTarget(name: "returns-worker", dependencies: ["Returns", "ServiceRuntime"]),
 
         .testTarget(name: "EventCatalogTests", dependencies: ["EventCatalog"]),
+        .testTarget(name: "HandoffTests", dependencies: ["Handoff"]),
         .testTarget(name: "MessageBusTests", dependencies: ["MessageBus", "MessageBusTesting", "EventCatalog"]),
         .testTarget(
             name: "ReturnsTests",

@@ -1,4 +1,5 @@
 import Foundation
+import Handoff
 import Logging
 import Synchronization
 
@@ -144,18 +145,43 @@ public final class HTTPDaemon: Sendable {
     /// Open WebSocket connections.
     public var webSocketCount: Int { webSockets.withLock { $0.count } }
 
-    /// Registers a connection the access handler suspended.
-    func suspended(_ context: RequestContext, connection: UInt) {
-        suspendedConnections.withLock { $0?[ObjectIdentifier(context)] = (context, connection) }
+    /// Starts the router on the request (see `InlineExecutor`): it runs on the calling
+    /// MHD thread up to its first suspension. Returns the response when it is there already;
+    /// otherwise the connection is suspended and registered, and ``resume(_:with:)`` resumes it.
+    func handOff(_ context: RequestContext, connection: UInt) -> HTTPResponse? {
+        let request = context.request
+        InlineExecutor.inline {
+            Task(executorPreference: InlineExecutor.shared) {
+                let response = await self.router.respond(to: request)
+                self.resume(context, with: response)
+            }
+        }
+        return suspendedConnections.withLock { registry -> HTTPResponse? in
+            if let response = context.response.withLock({ $0 }) { return response }
+            guard registry != nil else {
+                return .error(HTTPError(503, "shutting_down", "the server is shutting down"))
+            }
+            // Under the registry's lock, as `resume` and `stop` take it: neither can resume
+            // the connection before it is suspended.
+            MHDHandle.suspend(connection: connection)
+            registry?[ObjectIdentifier(context)] = (context, connection)
+            return nil
+        }
     }
 
     /// Stores the handler's response and resumes the connection, unless a stop answered it.
+    /// Not suspended yet (the handler finished while ``handOff(_:connection:)`` ran), the
+    /// response is only stored: the access handler sends it.
     func resume(_ context: RequestContext, with response: HTTPResponse) {
         suspendedConnections.withLock { registry in
             // Under the registry's lock, so a stop cannot run between the check and the resume;
             // after a stop the registry is nil and the connection is not touched again.
-            guard let entry = registry?.removeValue(forKey: ObjectIdentifier(context)) else { return }
-            if context.settle(response) { MHDHandle.resume(connection: entry.1) }
+            guard registry != nil else { return }
+            if let entry = registry?.removeValue(forKey: ObjectIdentifier(context)) {
+                if context.settle(response) { MHDHandle.resume(connection: entry.1) }
+            } else {
+                _ = context.settle(response)
+            }
         }
     }
 }

@@ -206,15 +206,11 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         // Not suspended any more once stopping: answer at once.
         return queue(.error(HTTPError(503, "shutting_down", "the server is shutting down")), on: connection)
     }
-    MHD_suspend_connection(connection)
-    let request = context.request
-    let connectionBits = UInt(bitPattern: connection)
-    daemon.suspended(context, connection: connectionBits)
-    // The bridge from MHD's thread to Swift concurrency; the connection stays suspended
-    // until the handler has stored its response (or the daemon, stopping, answered it).
-    Task {
-        let response = await daemon.router.respond(to: request)
-        daemon.resume(context, with: response)
+    // The handler runs on this thread up to its first suspension; answered by then (a
+    // rejected body, say), the response goes out at once, or else the connection waits
+    // suspended until the handler stores its response (or the daemon, stopping, answers).
+    if let response = daemon.handOff(context, connection: UInt(bitPattern: connection)) {
+        return queue(response, on: connection, daemon: daemon)
     }
     return .YES
 }
@@ -275,6 +271,11 @@ final class MHDHandle: @unchecked Sendable {
     /// The port actually bound (`MHD_get_daemon_info` with `MHD_DAEMON_INFO_BIND_PORT`).
     var boundPort: Int {
         Int(stega_mhd_bound_port(pointer))
+    }
+
+    /// Calls `MHD_suspend_connection`.
+    static func suspend(connection: UInt) {
+        MHD_suspend_connection(OpaquePointer(bitPattern: connection))
     }
 
     /// Calls `MHD_resume_connection` on a connection suspended by the access handler.

@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import GRDB
+import Handoff
 import MessageBus
 import Synchronization
 
@@ -357,7 +358,12 @@ final class WriteCombiner: Sendable {
                 // published again), which the next write or deletion starts.
                 if !deletions.isEmpty { state.withLock { $0.deletions.insert(contentsOf: deletions, at: 0) } }
             }
-            for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
+            // A request waiting for this commit goes on here, up to its next suspension:
+            // its response is built and its connection resumed without another thread hop
+            // (see `InlineExecutor`; no lock is held, and nothing there calls GRDB synchronously).
+            InlineExecutor.inline {
+                for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
+            }
             let more = state.withLock { state -> Bool in
                 let more = !state.pending.isEmpty || (!failed && !state.deletions.isEmpty)
                 if !more { state.scheduled = false }

@@ -148,6 +148,68 @@ struct DaemonTests {
     }
 }
 
+extension DaemonTests {
+    /// Sends `request` on `socket` and reads one response (headers and a Content-Length body).
+    func exchange(_ socket: Int32, _ request: String) throws -> String {
+        let bytes = Array(request.utf8)
+        #expect(bytes.withUnsafeBytes { write(socket, $0.baseAddress, $0.count) } == bytes.count)
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let text = String(decoding: received, as: UTF8.self)
+            if let end = text.range(of: "\r\n\r\n") {
+                let head = text[..<end.lowerBound].lowercased()
+                let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                    .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+                if received.count >= text.utf8.distance(from: text.utf8.startIndex, to: end.upperBound) + length {
+                    return text
+                }
+            }
+            let n = read(socket, &buffer, buffer.count)
+            if n <= 0 { throw HTTPServerError("connection closed after \(received.count) bytes") }
+            received.append(contentsOf: buffer[0..<n])
+        }
+    }
+
+    @Test("keep-alive holds whether a handler answers before its first suspension (at once) or after it (suspended connection)")
+    func keepAlive() async throws {
+        var router = makeRouter()
+        router.get("/later") { _ in
+            try await Task.sleep(for: .milliseconds(20))
+            return try .json(["later": "yes"])
+        }
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1)
+        let port = try daemon.start()
+        defer { daemon.stop(drainFor: 1) }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        let host = "Host: 127.0.0.1\r\n"
+        let body = "{\"a\":1}"
+        let requests = [
+            "GET /items/7 HTTP/1.1\r\n\(host)\r\n",
+            "POST /items HTTP/1.1\r\n\(host)Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)",
+            "GET /later HTTP/1.1\r\n\(host)\r\n",
+            "GET /teapot HTTP/1.1\r\n\(host)\r\n",
+            "GET /items/8 HTTP/1.1\r\n\(host)\r\n",
+        ]
+        var statuses: [String] = []
+        for request in requests {
+            let response = try exchange(fd, request)
+            statuses.append(String(response.prefix(12)))
+            #expect(!response.lowercased().contains("connection: close"), "\(response)")
+        }
+        #expect(statuses == ["HTTP/1.1 200", "HTTP/1.1 202", "HTTP/1.1 200", "HTTP/1.1 418", "HTTP/1.1 200"])
+    }
+}
+
 /// A thread-safe counter for callbacks.
 final class Counter: Sendable {
     private let count = Mutex(0)
