@@ -1,5 +1,6 @@
 import EventCatalog
 import Foundation
+import Handoff
 import Logging
 import Metrics
 import MessageBus
@@ -142,6 +143,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         thread.start()
 
         await withTaskCancellationHandler {
+            // Handlers run where they are woken: on this consumer's thread when deliveries
+            // arrive, on the writer when their transaction commits (see `InlineExecutor`).
+            await withTaskExecutorPreference(InlineExecutor.shared) {
             batches: for await batch in stream {
                 // Up to `concurrency` deliveries of a batch are handled at once (their writes
                 // then share a transaction); outcomes are settled in delivery order, once per
@@ -167,6 +171,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     }
                 }
                 settle(settled, unhandled: 0)
+            }
             }
         } onCancel: {
             // Stop taking deliveries; the one being handled finishes and is settled first.
@@ -296,7 +301,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             do {
                 // Reads also let rabbitmq-c send and check heartbeats, even on a time-out.
                 var batch: [Incoming] = []
-                defer { if !batch.isEmpty { output.yield(batch) } }
+                // The handlers start here, up to their first suspension (see `InlineExecutor`).
+                defer { if !batch.isEmpty { InlineExecutor.inline { _ = output.yield(batch) } } }
                 readBuffered: while true {
                 switch try open.connection.read(timeout: 0) {
                 case .delivery(let delivery):

@@ -1,5 +1,6 @@
 import EventCatalog
 import Foundation
+import Handoff
 import Logging
 import Metrics
 import MessageBus
@@ -153,7 +154,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                 let messages = jobs.flatMap(\.envelopes).map { AMQPMessage($0, persistent: persistent) }
                 let returned = try publish(messages, exchange: settings.exchange, mandatory: true, on: open)
                 try park(returned, on: open)
-                jobs.forEach { $0.continuation.resume() }
+                // The relay goes on here (its next batch is queued before this thread looks again).
+                InlineExecutor.inline { jobs.forEach { $0.continuation.resume() } }
             } catch {
                 logger.warning("publish failed", metadata: ["error": "\(error)"])
                 session?.connection.abandon()

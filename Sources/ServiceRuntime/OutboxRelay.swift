@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import GRDB
+import Handoff
 import Logging
 import Metrics
 import MessageBus
@@ -48,7 +49,9 @@ public final class OutboxRelay: Service, Sendable {
 
     public func run() async throws {
         await withGracefulShutdownHandler {
-            await loop()
+            // The loop runs where it is woken — the writer after a commit, the publisher
+            // thread after the broker's confirm — not on a pool thread woken for it.
+            await withTaskExecutorPreference(InlineExecutor.shared) { await loop() }
         } onGracefulShutdown: {
             self.stopping.store(true, ordering: .relaxed)
             self.database.outboxBell.ring()
