@@ -125,7 +125,8 @@ public final class ServiceDatabase: Sendable {
         set { combiner.feed.withLock { $0.closed = !newValue } }
     }
 
-    /// Deletes published outbox rows in the next shared transaction (at once when idle).
+    /// Deletes published outbox rows in the next shared transaction (or, with no write
+    /// coming, in one of their own within 20 ms).
     func removeFromOutbox(_ seqs: [Int64]) {
         combiner.delete(seqs)
     }
@@ -284,6 +285,15 @@ final class WriteCombiner: Sendable {
         var pending: [Pending] = []
         var deletions: [Int64] = []
         var scheduled = false
+        /// A timer will commit the deletions if no write has by then.
+        var deletionFlushArmed = false
+
+        /// Whether deletions wait with no transaction and no timer coming: arm one.
+        mutating func armDeletionFlush() -> Bool {
+            guard !scheduled, !deletionFlushArmed, !deletions.isEmpty else { return false }
+            deletionFlushArmed = true
+            return true
+        }
     }
 
     private let pool: DatabasePool
@@ -292,9 +302,12 @@ final class WriteCombiner: Sendable {
     private let state = Mutex(State())
     private let maxBatch: Int
 
-    init(pool: DatabasePool, maxBatch: Int = 128) {
+    private let deletionDelay: DispatchTimeInterval
+
+    init(pool: DatabasePool, maxBatch: Int = 128, deletionDelay: DispatchTimeInterval = .milliseconds(20)) {
         self.pool = pool
         self.maxBatch = maxBatch
+        self.deletionDelay = deletionDelay
     }
 
     func submit(_ work: @escaping Work) async throws -> Written {
@@ -308,15 +321,28 @@ final class WriteCombiner: Sendable {
         }
     }
 
-    /// Deletes outbox rows in the next transaction (one of their own when nothing else waits).
+    /// Deletes outbox rows in the next transaction; with no write within `deletionDelay`,
+    /// in one of their own (a deletion alone is not worth a commit: under a steady trickle of
+    /// writes, each one would otherwise cost a second transaction).
     func delete(_ seqs: [Int64]) {
         guard !seqs.isEmpty else { return }
-        let schedule = state.withLock { state -> Bool in
+        let arm = state.withLock { state -> Bool in
             state.deletions.append(contentsOf: seqs)
-            defer { state.scheduled = true }
-            return !state.scheduled
+            return state.armDeletionFlush()
         }
-        if schedule { scheduleBatch() }
+        if arm { flushDeletionsLater() }
+    }
+
+    private func flushDeletionsLater() {
+        DispatchQueue.global().asyncAfter(deadline: .now() + deletionDelay) { [self] in
+            let schedule = state.withLock { state -> Bool in
+                state.deletionFlushArmed = false
+                guard !state.scheduled, !state.deletions.isEmpty else { return false }
+                state.scheduled = true
+                return true
+            }
+            if schedule { scheduleBatch() }
+        }
     }
 
     private func scheduleBatch() {
@@ -364,12 +390,14 @@ final class WriteCombiner: Sendable {
             InlineExecutor.inline {
                 for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
             }
-            let more = state.withLock { state -> Bool in
-                let more = !state.pending.isEmpty || (!failed && !state.deletions.isEmpty)
-                if !more { state.scheduled = false }
-                return more
+            // Deletions asked for meanwhile wait for the next write, or the timer.
+            let (more, arm) = state.withLock { state -> (Bool, Bool) in
+                guard state.pending.isEmpty else { return (true, false) }
+                state.scheduled = false
+                return (false, !failed && state.armDeletionFlush())
             }
             if more { scheduleBatch() }
+            if arm { flushDeletionsLater() }
         }
     }
 }
