@@ -1,0 +1,44 @@
+import Foundation
+import ServiceRuntime
+import Synchronization
+import Testing
+
+@Suite("Doorbell")
+struct DoorbellTests {
+    @Test("a ring with nobody waiting is kept for the next wait, once")
+    func ringKept() async {
+        let bell = Doorbell()
+        bell.ring()
+        bell.ring()
+        let start = ContinuousClock.now
+        await bell.wait(timeout: .seconds(30))
+        #expect(ContinuousClock.now - start < .seconds(10))
+        // The two rings were one: the next wait waits (here until its time-out).
+        let again = ContinuousClock.now
+        await bell.wait(timeout: .milliseconds(300))
+        #expect(ContinuousClock.now - again >= .milliseconds(100))
+    }
+
+    @Test("a ring wakes a waiting task long before its time-out")
+    func ringWakes() async {
+        let bell = Doorbell()
+        // Rung from another thread while (most likely) the task waits; a ring before the
+        // wait would be kept, so either way the wait ends at once, not after 30 s.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.1) { bell.ring() }
+        let start = ContinuousClock.now
+        await bell.wait(timeout: .seconds(30))
+        #expect(ContinuousClock.now - start < .seconds(10))
+    }
+
+    @Test("with no ring, a wait ends by its time-out, and waits after it get time-outs of their own")
+    func timeouts() async {
+        let bell = Doorbell()
+        for _ in 0..<3 {
+            let start = ContinuousClock.now
+            await bell.wait(timeout: .milliseconds(200))
+            let waited = ContinuousClock.now - start
+            // At most the time-out (and the scheduler's slack); never forever.
+            #expect(waited < .seconds(5))
+        }
+    }
+}
