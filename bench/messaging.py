@@ -216,8 +216,9 @@ def http(record, broker, rounds=3):
 
 
 def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=None):
-    """POST /prices -> returns-worker -> returns_calculated at a consumer, paced at half the max
-    rate (or at `rate`, a reference without target). Due times come from bench/tools/pace.c,
+    """POST /prices -> returns-worker -> returns_calculated at a consumer, paced at `rate` (half
+    of `max_rps` if not given); with `target`, judged against p50 <= 3 ms, p99 <= 20 ms, else a
+    reference. Due times come from bench/tools/pace.c,
     arrival times from the C consumer (bench/baseline/consumer.c --arrivals), both on
     CLOCK_MONOTONIC. Returns the rate at which returns_calculated arrived (per second, first
     to last): what the pipeline sustained."""
@@ -269,7 +270,7 @@ def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=Non
         p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
         stamps = sorted(int(v) for v in arrived.values())
         sustained = len(stamps) / max(1e-9, (stamps[-1] - stamps[0]) / 1e9) if len(stamps) > 1 else 0.0
-        paced = f"half of {max_rps:.0f}" if target else why
+        paced = why or f"half of {max_rps:.0f}"
         record(f"POST -> returns-worker -> returns_calculated at a consumer, {rate:.0f} req/s asked ({paced}), "
                f"{len(sent)} sent ({late} > 1 ms late), {len(lat)}/{len(sent)} seen, arriving at "
                f"{sustained:.0f}/s (ms)",
