@@ -151,7 +151,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             do {
                 if session == nil { session = Session(try connect()) }
                 guard let open = session else { continue }
-                let messages = jobs.flatMap(\.envelopes).map { AMQPMessage($0, persistent: persistent) }
+                // Each message is built as it is sent, not all of a batch at once (memory).
+                let messages = jobs.flatMap(\.envelopes).lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) }
                 let returned = try publish(messages, exchange: settings.exchange, mandatory: true, on: open)
                 try park(returned, on: open)
                 // The relay goes on here (its next batch is queued before this thread looks again).
@@ -172,8 +173,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
 
     /// Publishes `messages` and, with confirms, waits for the broker's acks of all of them;
     /// returns the messages the broker returned as unroutable.
-    private func publish(_ messages: [AMQPMessage], exchange: String, routingKey: String? = nil,
-                         mandatory: Bool, on open: Session) throws -> [AMQPMessage] {
+    private func publish<Messages: Collection<AMQPMessage>>(_ messages: Messages, exchange: String, routingKey: String? = nil,
+                                                            mandatory: Bool, on open: Session) throws -> [AMQPMessage] {
         guard !messages.isEmpty else { return [] }
         for message in messages {
             try open.connection.publish(message, exchange: exchange, routingKey: routingKey, mandatory: mandatory)

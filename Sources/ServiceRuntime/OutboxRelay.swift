@@ -36,7 +36,7 @@ public final class OutboxRelay: Service, Sendable {
     /// Batches published since start: an activity signal.
     public var batchCount: Int { batches.value }
 
-    public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
+    public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 1_000,
                 flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
                 logger: Logger = Logger(label: "stega.outbox")) {
         self.database = database
