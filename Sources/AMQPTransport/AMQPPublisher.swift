@@ -8,10 +8,13 @@ import Synchronization
 
 /// Publishes events on one long-lived connection, owned by a dedicated thread.
 ///
-/// Every call of ``publish(_:)`` queues its envelopes; the thread publishes all that are
-/// queued, then (with confirms) waits for the broker's acks of the whole batch at once,
-/// so confirms cost one round trip per batch, not per message. A failed batch fails its
-/// callers and the connection is opened again on the next batch.
+/// Every call of ``publish(_:)`` queues its envelopes; the thread publishes them at once and
+/// (with confirms) returns to the caller when the broker has acked all of its messages. Calls
+/// are pipelined: a call's messages go out while earlier ones still wait for their acks (the
+/// broker syncs persistent messages to disk before it acks them, a few milliseconds), and
+/// acks with `multiple` settle many calls at once; callers are resumed in publish order. A
+/// failure (connection lost, a nack, no ack within 30 s) fails every call not yet confirmed
+/// and every call queued, and the connection is opened again on the next call.
 ///
 /// ```swift
 /// let publisher = AMQPPublisher(settings: settings, confirms: true, logger: logger)
@@ -101,7 +104,17 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     private final class Session {
         let connection: RabbitMQConnection
         var nextTag: UInt64 = 1
+        /// Every delivery tag up to this one is acked; single acks beyond it wait in `singles`.
+        var confirmed: UInt64 = 0
+        var singles = Set<UInt64>()
+        /// Jobs published and not yet confirmed, oldest first, with the last tag each waits for.
+        var inFlight: [(job: Job, lastTag: UInt64, since: Date)] = []
         init(_ connection: RabbitMQConnection) { self.connection = connection }
+
+        func acked(_ tag: UInt64, multiple: Bool) {
+            if multiple { confirmed = max(confirmed, tag) } else if tag > confirmed { singles.insert(tag) }
+            while singles.remove(confirmed + 1) != nil { confirmed += 1 }
+        }
     }
 
     private func loop() {
@@ -113,7 +126,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                 defer { state.jobs.removeAll() }
                 return (state.jobs, state.stopped)
             }
-            if jobs.isEmpty {
+            if jobs.isEmpty, session?.inFlight.isEmpty ?? true {
                 if stopped { break }
                 guard let open = session else {
                     // Connect ahead of the first publish, so readiness reflects the broker.
@@ -148,21 +161,44 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                 }
                 continue
             }
+            // Jobs of this turn not yet published, and published ones not yet resumed.
+            var waiting = jobs[...]
+            var sent: [Job] = []
             do {
-                if session == nil { session = Session(try connect()) }
-                guard let open = session else { continue }
-                // Each message is built as it is sent, not all of a batch at once (memory).
-                let messages = jobs.flatMap(\.envelopes).lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) }
-                let returned = try publish(messages, exchange: settings.exchange, mandatory: true, on: open)
-                try park(returned, on: open)
-                // The relay goes on here (its next batch is queued before this thread looks again).
-                InlineExecutor.inline { jobs.forEach { $0.continuation.resume() } }
+                if !waiting.isEmpty {
+                    if session == nil { session = Session(try connect()) }
+                    guard let open = session else { continue }
+                    // Published at once, even while earlier jobs wait for their confirms: a
+                    // job does not wait for the broker's sync of the one before it.
+                    while let job = waiting.first {
+                        // Each message is built as it is sent, not all of a job at once (memory).
+                        try publish(job.envelopes.lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) },
+                                    exchange: settings.exchange, mandatory: true, on: open)
+                        waiting.removeFirst()
+                        if confirms {
+                            open.inFlight.append((job, open.nextTag - 1, Date()))
+                        } else {
+                            sent.append(job)
+                        }
+                    }
+                    // The relay goes on here (its next batch is queued before this thread looks again).
+                    let done = sent
+                    sent = []
+                    if !done.isEmpty { InlineExecutor.inline { done.forEach { $0.continuation.resume() } } }
+                }
+                if let open = session, !open.inFlight.isEmpty {
+                    try settleConfirms(on: open)
+                }
             } catch {
                 logger.warning("publish failed", metadata: ["error": "\(error)"])
+                let unconfirmed = session?.inFlight.map(\.job) ?? []
                 session?.connection.abandon()
                 session = nil
                 connectedFlag.store(false, ordering: .relaxed)
-                jobs.forEach { $0.continuation.resume(throwing: error) }
+                // Everything not confirmed fails, and so does what was queued meanwhile, so
+                // nothing published later overtakes what failed (the relay sends it again).
+                let queued = state.withLock { state in defer { state.jobs.removeAll() }; return state.jobs }
+                (unconfirmed + sent + Array(waiting) + queued).forEach { $0.continuation.resume(throwing: error) }
             }
         }
         session?.connection.close()
@@ -171,23 +207,58 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         finished.store(true, ordering: .releasing)
     }
 
-    /// Publishes `messages` and, with confirms, waits for the broker's acks of all of them;
-    /// returns the messages the broker returned as unroutable.
-    private func publish<Messages: Collection<AMQPMessage>>(_ messages: Messages, exchange: String, routingKey: String? = nil,
-                                                            mandatory: Bool, on open: Session) throws -> [AMQPMessage] {
-        guard !messages.isEmpty else { return [] }
-        for message in messages {
-            try open.connection.publish(message, exchange: exchange, routingKey: routingKey, mandatory: mandatory)
+    /// Reads what the broker sent (without waiting when new jobs are queued), parks returned
+    /// messages, and resumes the jobs whose messages are all confirmed, oldest first.
+    private func settleConfirms(on open: Session) throws {
+        let queued = state.withLock { !$0.jobs.isEmpty }
+        if !queued, !open.connection.hasBufferedInput {
+            // New jobs wake this too (eventfd): they are published before the confirms come.
+            wakeup.wait(socket: open.connection.socketFD, timeout: 1)
         }
         var returned: [AMQPMessage] = []
-        if confirms {
-            let first = open.nextTag
-            let last = first + UInt64(messages.count) - 1
-            try awaitConfirms(open.connection, from: first, upTo: last, returned: &returned)
-            open.nextTag = last + 1
-            Counter(label: "events_confirmed_total").increment(by: messages.count)
+        while let frame = try open.connection.nextFrame(timeout: 0) {
+            switch frame {
+            case .ack(let tag, let multiple):
+                open.acked(tag, multiple: multiple)
+            case .nack(let tag, _):
+                throw AMQPError(.publishNacked, "broker nacked delivery tag \(tag)")
+            default:
+                note(frame, &returned)
+            }
         }
-        return returned
+        if !returned.isEmpty {
+            // A message comes back before its ack: the job it belongs to is still in flight,
+            // and now completes only once the parked copies are confirmed too.
+            let parkedUpTo = open.nextTag
+            try park(returned, on: open)
+            if open.nextTag > parkedUpTo {
+                for i in open.inFlight.indices { open.inFlight[i].lastTag = max(open.inFlight[i].lastTag, open.nextTag - 1) }
+            }
+        }
+        var done: [Job] = []
+        var count = 0
+        while let first = open.inFlight.first, first.lastTag <= open.confirmed {
+            open.inFlight.removeFirst()
+            done.append(first.job)
+            count += first.job.envelopes.count
+        }
+        if !done.isEmpty {
+            Counter(label: "events_confirmed_total").increment(by: count)
+            // The relay goes on here (its next batch is queued before this thread looks again).
+            InlineExecutor.inline { done.forEach { $0.continuation.resume() } }
+        }
+        if let oldest = open.inFlight.first, Date().timeIntervalSince(oldest.since) > 30 {
+            throw AMQPError(.confirmTimeout, "no confirm for delivery tag \(open.confirmed + 1)")
+        }
+    }
+
+    /// Publishes `messages` (their delivery tags are the session's next ones).
+    private func publish<Messages: Collection<AMQPMessage>>(_ messages: Messages, exchange: String, routingKey: String? = nil,
+                                                            mandatory: Bool, on open: Session) throws {
+        for message in messages {
+            try open.connection.publish(message, exchange: exchange, routingKey: routingKey, mandatory: mandatory)
+            if confirms { open.nextTag += 1 }
+        }
     }
 
     /// Keeps events that no queue took in `events.unroutable` (durable mode), so they are not
@@ -214,7 +285,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             copy.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
             return copy
         }
-        _ = try publish(parked, exchange: "", routingKey: Self.unroutableQueue, mandatory: false, on: open)
+        // Confirmed with the job the returned messages belong to (see `settleConfirms`).
+        try publish(parked, exchange: "", routingKey: Self.unroutableQueue, mandatory: false, on: open)
     }
 
     private func connect() throws -> RabbitMQConnection {
@@ -232,30 +304,6 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("publisher connected", metadata: ["amqp.url": "\(settings.url)"])
         return connection
-    }
-
-    /// Reads frames until every delivery tag in `first...last` is acked; throws on a nack.
-    private func awaitConfirms(_ connection: RabbitMQConnection, from first: UInt64, upTo last: UInt64,
-                               returned: inout [AMQPMessage]) throws {
-        // Every tag up to `confirmed` is acked; single acks beyond it wait in `pendingSingles`.
-        var confirmed = first - 1
-        var pendingSingles = Set<UInt64>()
-        let deadline = Date().addingTimeInterval(30)
-        while confirmed < last {
-            guard Date() < deadline else {
-                throw AMQPError(.confirmTimeout, "no confirm for delivery tag \(confirmed + 1)")
-            }
-            guard let frame = try connection.nextFrame(timeout: 1) else { continue }
-            switch frame {
-            case .ack(let tag, let multiple):
-                if multiple { confirmed = max(confirmed, tag) } else { pendingSingles.insert(tag) }
-                while pendingSingles.remove(confirmed + 1) != nil { confirmed += 1 }
-            case .nack(let tag, _):
-                throw AMQPError(.publishNacked, "broker nacked delivery tag \(tag)")
-            default:
-                note(frame, &returned)
-            }
-        }
     }
 
     private func note(_ frame: ServerFrame, _ returned: inout [AMQPMessage]) {

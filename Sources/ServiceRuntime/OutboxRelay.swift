@@ -18,6 +18,12 @@ import Synchronization
 /// every 5 s. After a failed publish (with back-off), or when more rows wait than it keeps in
 /// memory, the relay sweeps its own rows too, in order: a failed batch stays in the outbox.
 ///
+/// Batches of committed rows do not wait for the confirms of the ones before (up to
+/// `maxInFlight` at once): with a publish per batch awaited in turn, an event committed while
+/// a batch waited for the broker's disk sync waited too. A sweep runs only with nothing in
+/// flight; after a failure the relay lets the batches in flight end, then sweeps (a batch
+/// confirmed after an earlier one failed has gone out before that one is published again).
+///
 /// On graceful shutdown it keeps flushing for at most `flushTimeout`; what is left stays in
 /// the outbox for the next start.
 public final class OutboxRelay: Service, Sendable {
@@ -27,6 +33,10 @@ public final class OutboxRelay: Service, Sendable {
     private let publisher: any EventPublisher
     private let logger: Logger
     private let batchSize: Int
+    private let maxInFlight: Int
+    /// A sweep's claim: it is published alone (the next claim must follow its deletion), so
+    /// it takes as many rows as the batches in flight would hold.
+    private var sweepSize: Int { batchSize * maxInFlight }
     private let flushTimeout: Duration
     private let staleAfter: Double
     private let stopping = Atomic<Bool>(false)
@@ -36,12 +46,13 @@ public final class OutboxRelay: Service, Sendable {
     /// Batches published since start: an activity signal.
     public var batchCount: Int { batches.value }
 
-    public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 1_000,
-                flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
+    public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
+                maxInFlight: Int = 4, flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
                 logger: Logger = Logger(label: "stega.outbox")) {
         self.database = database
         self.publisher = publisher
         self.batchSize = batchSize
+        self.maxInFlight = max(1, maxInFlight)
         self.flushTimeout = flushTimeout
         self.staleAfter = staleAfter
         self.logger = logger
@@ -58,7 +69,26 @@ public final class OutboxRelay: Service, Sendable {
         }
     }
 
+    /// A published batch's outcome, from the task that awaited its confirms.
+    private struct Outcome: Sendable {
+        let batch: [(Int64, EventEnvelope)]
+        let error: (any Error)?
+    }
+
+    /// Where the tasks of batches in flight leave their outcomes.
+    private final class Mailbox: Sendable {
+        private let outcomes = Mutex<[Outcome]>([])
+        func put(_ outcome: Outcome) { outcomes.withLock { $0.append(outcome) } }
+        func take() -> [Outcome] { outcomes.withLock { o in defer { o = [] }; return o } }
+    }
+
     private func loop() async {
+        await withDiscardingTaskGroup { group in
+            await loop(group: &group)
+        }
+    }
+
+    private func loop(group: inout DiscardingTaskGroup) async {
         var failures = 0
         var flushDeadline: ContinuousClock.Instant?
         var depthMeasured = ContinuousClock.now - .seconds(1)
@@ -72,6 +102,11 @@ public final class OutboxRelay: Service, Sendable {
         var lastClaim = 0
         // The last turn waited for the bell: if nothing came, the relay is idle.
         var waited = false
+        // Batches of committed rows published and not yet confirmed (their tasks ring the
+        // bell when they are), and the first failure among them.
+        let mailbox = Mailbox()
+        var inFlight = 0
+        var failure: (any Error)?
         /// Takes the rows committed since the last call (minus those a sweep already
         /// published); too many waiting, and the relay sweeps its own rows instead. Says
         /// whether any came, and whether too many did.
@@ -86,6 +121,33 @@ public final class OutboxRelay: Service, Sendable {
             }
             return (!taken.rows.isEmpty || taken.overflowed, overflowed)
         }
+        /// Takes the outcomes of batches in flight: the confirmed ones are deleted.
+        func settle() {
+            for outcome in mailbox.take() {
+                inFlight -= 1
+                if let error = outcome.error {
+                    if failure == nil { failure = error }
+                } else {
+                    published(outcome.batch, afterFailures: &failures)
+                }
+            }
+        }
+        /// After a failed publish: every row not confirmed is in the table, claimed by this
+        /// relay, and the sweep publishes them in order, after a back-off.
+        func failed(_ error: any Error, rows: Int) async {
+            failures += 1
+            committed.removeAll()
+            enterSweepOfAll(&sweep, &lastClaim)
+            let delay = min(2.0, 0.1 * pow(2.0, Double(min(failures, 8))))
+            if failures == 1 || failures % 20 == 0 {
+                logger.warning("outbox publish failed; will retry", metadata: [
+                    "error": "\(error)", "outbox.batch": "\(rows)", "attempt": "\(failures)",
+                ])
+            }
+            // A sleep, not the bell: every write accepted during an outage rings it, and
+            // would cut the back-off short.
+            try? await Task.sleep(for: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
+        }
         while true {
             // The gauge at most once a second, off the per-batch path, and also while the
             // broker is down (when it matters most).
@@ -98,21 +160,37 @@ public final class OutboxRelay: Service, Sendable {
             }
             if let deadline = flushDeadline, ContinuousClock.now >= deadline { break }
             if Task.isCancelled { break }
+            settle()
+            if let error = failure {
+                // The batches still in flight end first (they fail too, or are confirmed).
+                if inFlight > 0 {
+                    await database.outboxBell.wait(timeout: .seconds(1))
+                    continue
+                }
+                failure = nil
+                await failed(error, rows: committed.count)
+                continue
+            }
             let came = takeCommitted().came
             // Idle, or 5 s since the last sweep: a sweep for rows other processes left.
             if sweep == .none, (waited && !came) || ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
             waited = false
-            let batch: [(Int64, EventEnvelope)]
             if sweep != .none {
+                // A sweep claims from the table: none of this relay's batches may be in flight.
+                if inFlight > 0 {
+                    await database.outboxBell.wait(timeout: .seconds(1))
+                    continue
+                }
                 // While the relay sweeps its own rows, new ones stay in the table; the feed
                 // opens again for the last claims, so none committed meanwhile is missed.
                 var feedWasOpen = true
                 if sweep == .all {
                     feedWasOpen = database.outboxFeedOpen
-                    if !feedWasOpen, lastClaim < batchSize { database.outboxFeedOpen = true }
+                    if !feedWasOpen, lastClaim < sweepSize { database.outboxFeedOpen = true }
                 }
+                let batch: [(Int64, EventEnvelope)]
                 do {
-                    batch = try await database.claimOutboxRows(limit: batchSize, includeOwn: sweep == .all,
+                    batch = try await database.claimOutboxRows(limit: sweepSize, includeOwn: sweep == .all,
                                                                staleAfter: staleAfter)
                 } catch {
                     if Task.isCancelled { break }
@@ -135,60 +213,70 @@ public final class OutboxRelay: Service, Sendable {
                     continue
                 }
                 if sweep == .all { sweptUpTo = max(sweptUpTo, batch.last!.0) }
+                // A sweep's batch is published alone: the next claim follows its deletion.
+                batches.increment()
+                do {
+                    try await publisher.publish(batch.map(\.1))
+                    published(batch, afterFailures: &failures)
+                } catch {
+                    await failed(error, rows: batch.count)
+                }
             } else if !committed.isEmpty {
-                batch = Array(committed.prefix(batchSize))
+                // Batches of committed rows do not wait for the confirms of the ones before.
+                if inFlight >= maxInFlight {
+                    await database.outboxBell.wait(timeout: .seconds(1))
+                    continue
+                }
+                let batch = Array(committed.prefix(batchSize))
                 committed.removeFirst(batch.count)
+                batches.increment()
+                inFlight += 1
+                group.addTask { [publisher, database] in
+                    var error: (any Error)?
+                    do { try await publisher.publish(batch.map(\.1)) } catch let e { error = e }
+                    mailbox.put(Outcome(batch: batch, error: error))
+                    database.outboxBell.ring()
+                }
             } else {
-                if flushDeadline != nil { break }
+                if flushDeadline != nil, inFlight == 0 { break }
                 await database.outboxBell.wait(timeout: .seconds(1))
-                waited = true
-                continue
+                waited = inFlight == 0
             }
-            batches.increment()
-            let envelopes = batch.map(\.1)
-            do {
-                try await publisher.publish(envelopes)
-                database.removeFromOutbox(batch.map(\.0))
-                // One counter update per routing key and batch, not per event.
-                for (key, count) in Dictionary(envelopes.map { ($0.routingKey, 1) }, uniquingKeysWith: +) {
-                    Counter(label: "events_published_total", dimensions: [("routing_key", key)]).increment(by: count)
-                }
-                if failures > 0 { logger.info("outbox publishing again", metadata: ["outbox.batch": "\(batch.count)"]) }
-                failures = 0
-                for envelope in envelopes {
-                    logger.trace("published", metadata: [
-                        "amqp.routing_key": "\(envelope.routingKey)",
-                        "bus.event_id": "\(envelope.eventId.lowercaseText)",
-                        "bus.correlation_id": "\(envelope.correlationId ?? "")",
-                    ])
-                }
-            } catch {
-                failures += 1
-                // The batch and every committed row are in the table, claimed by this relay:
-                // the sweep publishes them, in order.
-                committed.removeAll()
-                enterSweepOfAll(&sweep, &lastClaim)
-                let delay = min(2.0, 0.1 * pow(2.0, Double(min(failures, 8))))
-                if failures == 1 || failures % 20 == 0 {
-                    logger.warning("outbox publish failed; will retry", metadata: [
-                        "error": "\(error)", "outbox.batch": "\(batch.count)", "attempt": "\(failures)",
-                    ])
-                }
-                // A sleep, not the bell: every write accepted during an outage rings it, and
-                // would cut the back-off short.
-                try? await Task.sleep(for: .milliseconds(Int64(delay * Double.random(in: 500...1000))))
-            }
+        }
+        // Stopping: what is still in flight is confirmed (and deleted) or stays for next time.
+        let deadline = ContinuousClock.now + .seconds(2)
+        while inFlight > 0, ContinuousClock.now < deadline {
+            await database.outboxBell.wait(timeout: .milliseconds(100))
+            settle()
         }
         try? await database.commitOutboxRemovals()
         let left = await measureDepth() ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
     }
 
+    /// A batch the broker took: deleted from the outbox (in the next shared transaction).
+    private func published(_ batch: [(Int64, EventEnvelope)], afterFailures failures: inout Int) {
+        database.removeFromOutbox(batch.map(\.0))
+        // One counter update per routing key and batch, not per event.
+        for (key, count) in Dictionary(batch.map { ($0.1.routingKey, 1) }, uniquingKeysWith: +) {
+            Counter(label: "events_published_total", dimensions: [("routing_key", key)]).increment(by: count)
+        }
+        if failures > 0 { logger.info("outbox publishing again", metadata: ["outbox.batch": "\(batch.count)"]) }
+        failures = 0
+        for (_, envelope) in batch {
+            logger.trace("published", metadata: [
+                "amqp.routing_key": "\(envelope.routingKey)",
+                "bus.event_id": "\(envelope.eventId.lowercaseText)",
+                "bus.correlation_id": "\(envelope.correlationId ?? "")",
+            ])
+        }
+    }
+
     /// Sweeps every row this relay claimed, in order; the feed stays closed meanwhile.
     private func enterSweepOfAll(_ sweep: inout Sweep, _ lastClaim: inout Int) {
         database.outboxFeedOpen = false
         sweep = .all
-        lastClaim = batchSize
+        lastClaim = sweepSize
     }
 
     /// Sets the `outbox_depth` gauge (rows waiting to be published) and returns it.
