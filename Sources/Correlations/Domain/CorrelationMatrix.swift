@@ -45,18 +45,32 @@ public enum CorrelationMatrix {
             gram(z, n: n, k: k, into: m)
             // Clip, set the diagonal, and mirror into the lower triangle block by block (the
             // mirror reads columns; blocks keep both sides in cache).
+            // Block rows alternate between two threads (each block writes only its own cells).
             let block = 64
-            for bi in Swift.stride(from: 0, to: n, by: block) {
-                for bj in Swift.stride(from: bi, to: n, by: block) {
-                    for i in bi..<min(bi + block, n) {
-                        let row = m + i * n
-                        for j in max(i + 1, bj)..<max(max(i + 1, bj), min(bj + block, n)) {
-                            let v = Swift.max(-1, Swift.min(1, row[j]))
-                            row[j] = v
-                            m[j * n + i] = v
+            let mBits = UInt(bitPattern: m)
+            @Sendable func mirror(_ part: Int) {
+                let m = UnsafeMutablePointer<Double>(bitPattern: mBits)!
+                for bi in Swift.stride(from: part * block, to: n, by: 2 * block) {
+                    for bj in Swift.stride(from: bi, to: n, by: block) {
+                        for i in bi..<min(bi + block, n) {
+                            let row = m + i * n
+                            for j in max(i + 1, bj)..<max(max(i + 1, bj), min(bj + block, n)) {
+                                let v = Swift.max(-1, Swift.min(1, row[j]))
+                                row[j] = v
+                                m[j * n + i] = v
+                            }
                         }
                     }
                 }
+            }
+            if n >= 4 * block {
+                let group = DispatchGroup()
+                DispatchQueue.global(qos: .userInitiated).async(group: group) { mirror(1) }
+                mirror(0)
+                group.wait()
+            } else {
+                mirror(0)
+                mirror(1)
             }
             for i in 0..<n { m[i * n + i] = 1 }
             if !allValid {
