@@ -98,7 +98,8 @@ struct CorrelationMatrixTests {
     @Test("equals pairwise Pearson on every cell; a constant row gives nan; ±1 and the diagonal exact")
     func matchesPairwise() {
         var generator = SystemRandomNumberGenerator()
-        for (n, k) in [(1, 5), (3, 7), (9, 33), (17, 252)] {
+        // 300 rows: the Gram matrix and the mirror pass each split over two threads.
+        for (n, k) in [(1, 5), (3, 7), (9, 33), (17, 252), (300, 40)] {
             var rows = (0..<n).map { _ in (0..<k).map { _ in Double.random(in: -0.05...0.05, using: &generator) } }
             if n > 2 { rows[1] = [Double](repeating: 0.25, count: k) }
             if n > 3 { rows[3] = rows[0].map { -3 * $0 + 1 } }
