@@ -4,8 +4,10 @@ import Logging
 import Synchronization
 
 /// An HTTP server over libmicrohttpd: a pool of MHD threads reads requests, and each
-/// request is answered by the `Router` in a Swift task while its connection is suspended,
-/// so slow handlers never block MHD's threads.
+/// request is answered by the `Router` in a Swift task. The task starts on the MHD thread
+/// and runs there up to its first suspension (see `InlineExecutor`); a request answered by
+/// then goes out at once, any other waits with its connection suspended, so a handler that
+/// awaits never blocks MHD's threads (one that computes long before its first `await` would).
 ///
 /// ```swift
 /// let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 8081)
