@@ -151,9 +151,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                 }
                 do {
                     // Also lets rabbitmq-c send and check heartbeats while idle.
-                    var returned: [AMQPMessage] = []
-                    while let frame = try open.connection.nextFrame(timeout: 0) { note(frame, &returned) }
-                    try park(returned, on: open)
+                    try park(try readFrames(on: open), on: open)
                 } catch {
                     logger.warning("publisher connection lost", metadata: ["error": "\(error)"])
                     session = nil
@@ -215,17 +213,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             // New jobs wake this too (eventfd): they are published before the confirms come.
             wakeup.wait(socket: open.connection.socketFD, timeout: 1)
         }
-        var returned: [AMQPMessage] = []
-        while let frame = try open.connection.nextFrame(timeout: 0) {
-            switch frame {
-            case .ack(let tag, let multiple):
-                open.acked(tag, multiple: multiple)
-            case .nack(let tag, _):
-                throw AMQPError(.publishNacked, "broker nacked delivery tag \(tag)")
-            default:
-                note(frame, &returned)
-            }
-        }
+        let returned = try readFrames(on: open)
         if !returned.isEmpty {
             // A message comes back before its ack: the job it belongs to is still in flight,
             // and now completes only once the parked copies are confirmed too.
@@ -306,7 +294,22 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         return connection
     }
 
-    private func note(_ frame: ServerFrame, _ returned: inout [AMQPMessage]) {
-        if case .returned(let message, _) = frame { returned.append(message) }
+    /// Reads what the broker sent without waiting: acks are noted in the session (whenever
+    /// they come, idle or not), a nack throws, returned messages are handed back.
+    private func readFrames(on open: Session) throws -> [AMQPMessage] {
+        var returned: [AMQPMessage] = []
+        while let frame = try open.connection.nextFrame(timeout: 0) {
+            switch frame {
+            case .ack(let tag, let multiple):
+                open.acked(tag, multiple: multiple)
+            case .nack(let tag, _):
+                throw AMQPError(.publishNacked, "broker nacked delivery tag \(tag)")
+            case .returned(let message, _):
+                returned.append(message)
+            default:
+                break
+            }
+        }
+        return returned
     }
 }
