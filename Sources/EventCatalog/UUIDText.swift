@@ -1,17 +1,19 @@
 import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// UUIDs to and from their text form without Foundation's `sscanf`/`snprintf` path, which
 /// showed in the worker's profile (a parse and a format per event).
 extension UUID {
-    /// A random (version 4) UUID from one `getrandom` call. Foundation's `UUID()` on Linux
-    /// opens, reads and closes `/dev/urandom` each time: three system calls per event id.
+    /// A random (version 4) UUID. Its bytes come from ``RandomBytes``, which reads
+    /// the kernel's CSPRNG 4 KiB at a time: Foundation's `UUID()` on Linux opens, reads and closes
+    /// `/dev/urandom` each time, and `SystemRandomNumberGenerator` is a system call per 8 bytes.
     public static func random() -> UUID {
         var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         withUnsafeMutableBytes(of: &bytes) { raw in
-            var generator = SystemRandomNumberGenerator()
-            // SystemRandomNumberGenerator reads getrandom(2); two draws fill the 16 bytes.
-            raw.storeBytes(of: generator.next() as UInt64, toByteOffset: 0, as: UInt64.self)
-            raw.storeBytes(of: generator.next() as UInt64, toByteOffset: 8, as: UInt64.self)
+            RandomBytes.fill(raw)
             raw[6] = raw[6] & 0x0F | 0x40  // version 4
             raw[8] = raw[8] & 0x3F | 0x80  // variant 10
         }
@@ -76,6 +78,35 @@ extension UUID {
         case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
         case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
         default: nil
+        }
+    }
+}
+
+/// Bytes from the kernel's CSPRNG (`getrandom(2)`, through glibc's `arc4random_buf`), read 4 KiB at a time and handed out
+/// once each: one system call per 256 UUIDs instead of one or more per UUID.
+public enum RandomBytes {
+    private struct Pool: ~Copyable {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        var used = 4096
+    }
+
+    private static let pool = Mutex(Pool())
+
+    /// Fills `out` (at most 4 KiB) with random bytes no other call gets.
+    public static func fill(_ out: UnsafeMutableRawBufferPointer) {
+        precondition(out.count <= 4096)
+        pool.withLock { pool in
+            if pool.used + out.count > pool.bytes.count {
+                // glibc's arc4random_buf: getrandom(2) for the whole buffer, retried as needed.
+                pool.bytes.withUnsafeMutableBytes { buffer in arc4random_buf(buffer.baseAddress!, buffer.count) }
+                pool.used = 0
+            }
+            pool.bytes.withUnsafeBytes { buffer in
+                out.copyMemory(from: UnsafeRawBufferPointer(rebasing: buffer[pool.used..<pool.used + out.count]))
+            }
+            // Handed-out bytes are not left behind in memory.
+            for i in pool.used..<pool.used + out.count { pool.bytes[i] = 0 }
+            pool.used += out.count
         }
     }
 }

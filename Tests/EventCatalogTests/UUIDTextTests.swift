@@ -49,4 +49,14 @@ struct UUIDTextTests {
             #expect((1700...2300).contains(ones[bit]), "bit \(bit) was set \(ones[bit]) times in 4000")
         }
     }
+
+    @Test("random UUIDs drawn from many threads at once do not repeat")
+    func randomConcurrently() async {
+        let ids = await withTaskGroup(of: [UUID].self) { group in
+            for _ in 0..<8 { group.addTask { (0..<3000).map { _ in UUID.random() } } }
+            return await group.reduce(into: [UUID]()) { $0 += $1 }
+        }
+        #expect(ids.count == 24_000)
+        #expect(Set(ids).count == 24_000)
+    }
 }
