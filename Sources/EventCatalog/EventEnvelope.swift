@@ -71,6 +71,16 @@ public struct EventEnvelope: Sendable, Equatable {
 /// The one JSON coding of events: keys as declared (snake_case), sorted for stable bytes.
 public enum EventJSON {
     public static func encode<T: Encodable>(_ value: T) throws -> Data {
+        if let writable = value as? any EventJSONWritable {
+            var writer = EventJSONWriter()
+            writable.writeJSON(to: &writer)
+            if !writer.isInvalid { return Data(writer.bytes) }
+        }
+        return try encodeWithFoundation(value)
+    }
+
+    /// The same with `JSONEncoder` alone: the reference ``EventJSONWritable`` types match.
+    public static func encodeWithFoundation<T: Encodable>(_ value: T) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return try encoder.encode(value)

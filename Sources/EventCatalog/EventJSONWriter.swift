@@ -1,0 +1,161 @@
+import Foundation
+
+/// An event that writes its own JSON: exactly the bytes ``EventJSON/encode(_:)`` gives with
+/// `JSONEncoder` (sorted keys, slashes not escaped), without its containers and boxes — the
+/// encoder was the largest single cost of a write in returns-api's profile. Tests compare
+/// the two on many values.
+public protocol EventJSONWritable {
+    func writeJSON(to writer: inout EventJSONWriter)
+}
+
+/// Writes JSON as `JSONEncoder` formats it: `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f` and
+/// `\u00XX` escapes in strings, other characters as they are; a double as its shortest
+/// round-trip form without a trailing `.0`.
+public struct EventJSONWriter {
+    public private(set) var bytes: [UInt8] = []
+    /// Whether a value JSON cannot carry was given (see ``double(_:)``).
+    public private(set) var isInvalid = false
+    /// Whether the next key or value follows another one in its object or array.
+    private var needsComma = false
+
+    public init(capacity: Int = 128) { bytes.reserveCapacity(capacity) }
+
+    /// `{`, what `fields` writes, `}`. Keys are written with ``key(_:)``, in sorted order (what
+    /// `.sortedKeys` gives), each followed by its value.
+    public mutating func object(_ fields: (inout EventJSONWriter) -> Void) {
+        separate()
+        bytes.append(UInt8(ascii: "{"))
+        needsComma = false
+        fields(&self)
+        bytes.append(UInt8(ascii: "}"))
+        needsComma = true
+    }
+
+    /// `"key":` — a key that needs no escaping.
+    public mutating func key(_ key: StaticString) {
+        separate()
+        bytes.append(UInt8(ascii: "\""))
+        key.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
+    /// `[`, each element written by `element`, `]`.
+    public mutating func array<C: Collection>(_ items: C, _ element: (inout EventJSONWriter, C.Element) -> Void) {
+        separate()
+        bytes.append(UInt8(ascii: "["))
+        needsComma = false
+        for item in items { element(&self, item) }
+        bytes.append(UInt8(ascii: "]"))
+        needsComma = true
+    }
+
+    private mutating func separate() {
+        if needsComma { bytes.append(UInt8(ascii: ",")) }
+    }
+
+    public mutating func string(_ value: String) {
+        separate()
+        defer { needsComma = true }
+        bytes.append(UInt8(ascii: "\""))
+        var value = value
+        value.withUTF8 { utf8 in
+            var start = 0
+            for (i, c) in utf8.enumerated() where c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") {
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<i]))
+                start = i + 1
+                switch c {
+                case UInt8(ascii: "\""): bytes.append(contentsOf: [92, 34])
+                case UInt8(ascii: "\\"): bytes.append(contentsOf: [92, 92])
+                case 0x0A: bytes.append(contentsOf: [92, UInt8(ascii: "n")])
+                case 0x0D: bytes.append(contentsOf: [92, UInt8(ascii: "r")])
+                case 0x09: bytes.append(contentsOf: [92, UInt8(ascii: "t")])
+                case 0x08: bytes.append(contentsOf: [92, UInt8(ascii: "b")])
+                case 0x0C: bytes.append(contentsOf: [92, UInt8(ascii: "f")])
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [92, UInt8(ascii: "u"), 48, 48, hex[Int(c >> 4)], hex[Int(c & 0xF)]])
+                }
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...]))
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    public mutating func int(_ value: Int) {
+        separate()
+        defer { needsComma = true }
+        bytes.append(contentsOf: String(value).utf8)
+    }
+
+    /// A double. JSON has no NaN or infinity: one makes the whole document ``isInvalid``
+    /// (`EventJSON` then leaves it to `JSONEncoder`, which throws its own error for it).
+    public mutating func double(_ value: Double) {
+        guard value.isFinite else {
+            isInvalid = true
+            return
+        }
+        separate()
+        defer { needsComma = true }
+        var text = value.description
+        if text.hasSuffix(".0") { text.removeLast(2) }
+        bytes.append(contentsOf: text.utf8)
+    }
+
+    /// `"YYYY-MM-DD"`.
+    public mutating func date(_ value: CalendarDate) {
+        separate()
+        defer { needsComma = true }
+        bytes.append(UInt8(ascii: "\""))
+        func digits(_ v: Int, _ width: Int) {
+            var divisor = 1
+            for _ in 1..<width { divisor *= 10 }
+            var v = v
+            while divisor > 0 {
+                bytes.append(UInt8(48 + v / divisor % 10))
+                v %= divisor
+                divisor /= 10
+            }
+        }
+        digits(value.year, 4)
+        bytes.append(UInt8(ascii: "-"))
+        digits(value.month, 2)
+        bytes.append(UInt8(ascii: "-"))
+        digits(value.day, 2)
+        bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+extension PricesRecorded: EventJSONWritable {
+    public func writeJSON(to writer: inout EventJSONWriter) {
+        writer.object { w in
+            w.key("count")
+            w.int(count)
+            w.key("first_date")
+            w.date(firstDate)
+            w.key("last_date")
+            w.date(lastDate)
+            w.key("symbol")
+            w.string(symbol)
+        }
+    }
+}
+
+extension ReturnsCalculated: EventJSONWritable {
+    public func writeJSON(to writer: inout EventJSONWriter) {
+        writer.object { w in
+            w.key("returns")
+            w.array(returns) { w, point in
+                w.object { w in
+                    w.key("date")
+                    w.date(point.date)
+                    w.key("value")
+                    w.double(point.value)
+                }
+            }
+            w.key("symbol")
+            w.string(symbol)
+        }
+    }
+}
