@@ -20,7 +20,7 @@ import Synchronization
 public final class ServiceDatabase: Sendable {
     /// The GRDB pool; only the service's store uses it.
     public let pool: DatabasePool
-    /// Rung after each commit that added outbox rows.
+    /// Rung after each commit that added outbox rows (once per shared transaction).
     public let outboxBell = Doorbell()
     /// The claim this process's relay puts on the outbox rows its writes add.
     public let relayId = "relay-" + UUID().lowercaseText
@@ -48,7 +48,7 @@ public final class ServiceDatabase: Sendable {
             try db.execute(sql: "PRAGMA cache_size = \(db.configuration.readonly ? -256 : -1024)")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
-        combiner = WriteCombiner(pool: pool)
+        combiner = WriteCombiner(pool: pool, bell: outboxBell)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("outbox-inbox") { db in
             try db.execute(sql: """
@@ -96,7 +96,6 @@ public final class ServiceDatabase: Sendable {
             try body(db)
             return .init(handled: true, rows: try Outbox.append(context.takeRaised(), claimedBy: relayId, in: db))
         }
-        if !written.rows.isEmpty { outboxBell.ring() }
         return written.handled
     }
 
@@ -106,7 +105,6 @@ public final class ServiceDatabase: Sendable {
         _ = try await combiner.submit { [relayId] db in
             .init(handled: true, rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
         }
-        outboxBell.ring()
     }
 
     /// The outbox rows this process committed since the last call, in commit order, and
@@ -301,6 +299,8 @@ final class WriteCombiner: Sendable {
     }
 
     private let pool: DatabasePool
+    /// Rung after a transaction that added outbox rows committed.
+    private let bell: Doorbell
     /// Outbox rows committed, in commit order, for the relay.
     let feed = Mutex(OutboxFeed())
     private let state = Mutex(State())
@@ -308,8 +308,9 @@ final class WriteCombiner: Sendable {
 
     private let deletionDelay: DispatchTimeInterval
 
-    init(pool: DatabasePool, maxBatch: Int = 128, deletionDelay: DispatchTimeInterval = .milliseconds(20)) {
+    init(pool: DatabasePool, bell: Doorbell, maxBatch: Int = 128, deletionDelay: DispatchTimeInterval = .milliseconds(20)) {
         self.pool = pool
+        self.bell = bell
         self.maxBatch = maxBatch
         self.deletionDelay = deletionDelay
     }
@@ -378,9 +379,15 @@ final class WriteCombiner: Sendable {
                         }
                     return .commit
                 }
-                feed.withLock { feed in
-                    for case .success(let written) in results { feed.add(written.rows) }
+                let added = feed.withLock { feed -> Bool in
+                    var added = false
+                    for case .success(let written) in results where !written.rows.isEmpty {
+                        feed.add(written.rows)
+                        added = true
+                    }
+                    return added
                 }
+                if added { bell.ring() }
             } catch {
                 results = batch.map { _ in .failure(error) }
                 failed = true
