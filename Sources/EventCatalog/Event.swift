@@ -31,12 +31,15 @@ extension Event {
 public enum RoutingKey {
     /// The last dot-separated word of `key`.
     public static func eventName(of key: String) -> String {
-        key.split(separator: ".").last.map(String.init) ?? key
+        // Not `split`: this runs for every event raised, and an array of parts is not needed.
+        guard let dot = key.utf8.lastIndex(of: UInt8(ascii: ".")) else { return key }
+        return String(key[key.utf8.index(after: dot)...])
     }
 
     /// The first dot-separated word of `key`.
     public static func service(of key: String) -> String {
-        key.split(separator: ".").first.map(String.init) ?? key
+        guard let dot = key.utf8.firstIndex(of: UInt8(ascii: ".")) else { return key }
+        return String(key[..<dot])
     }
 }
 

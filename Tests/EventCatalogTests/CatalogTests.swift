@@ -20,6 +20,15 @@ struct CatalogTests {
         #expect(PricesRecorded.eventName == "prices_recorded")
         #expect(PricesRecorded.service == "returns")
         #expect(CorrelationsUpdated.service == "correlations")
+        #expect(RoutingKey.eventName(of: "returns.events.operation_failed") == "operation_failed")
+        #expect(RoutingKey.service(of: "correlations.events.window_added") == "correlations")
+        #expect(RoutingKey.eventName(of: "plain") == "plain")
+        #expect(RoutingKey.service(of: "plain") == "plain")
+        for event in Catalog.eventTypes {
+            let parts = event.routingKey.split(separator: ".")
+            #expect(RoutingKey.eventName(of: event.routingKey) == String(parts.last!))
+            #expect(RoutingKey.service(of: event.routingKey) == String(parts.first!))
+        }
     }
 
     static let samples: [any Event] = [
