@@ -213,11 +213,17 @@ public enum Outbox {
 
     /// Deletes published rows.
     static func remove(_ seqs: [Int64], in db: Database) throws {
-        for chunk in stride(from: 0, to: seqs.count, by: 500) {
-            let part = Array(seqs[chunk..<min(seqs.count, chunk + 500)])
-            let marks = part.map { _ in "?" }.joined(separator: ",")
-            try db.execute(sql: "DELETE FROM outbox WHERE seq IN (\(marks))", arguments: StatementArguments(part))
+        guard !seqs.isEmpty else { return }
+        // One prepared statement whatever the count: the sequence numbers go in as a JSON array.
+        var list = "["
+        list.reserveCapacity(seqs.count * 8 + 2)
+        for (i, seq) in seqs.enumerated() {
+            if i > 0 { list += "," }
+            list += String(seq)
         }
+        list += "]"
+        try db.cachedStatement(sql: "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .execute(arguments: [list])
     }
 
     /// Rows waiting to be published.
@@ -350,6 +356,23 @@ final class WriteCombiner: Sendable {
         }
     }
 
+    /// `work` in a savepoint of the open transaction: its error rolls back its own changes
+    /// and is its result. What GRDB's `inSavepoint` does, with the savepoint statements
+    /// prepared once (it parses them on every call: a cost per write under group commit).
+    /// Throws when the savepoint cannot be rolled back: the transaction is lost.
+    private static func inSavepoint(_ db: Database, _ work: () throws -> Written) throws -> Result<Written, any Error> {
+        try db.cachedStatement(sql: "SAVEPOINT write").execute()
+        do {
+            let written = try work()
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT write").execute()
+            return .success(written)
+        } catch {
+            try db.cachedStatement(sql: "ROLLBACK TRANSACTION TO SAVEPOINT write").execute()
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT write").execute()
+            return .failure(error)
+        }
+    }
+
     private func scheduleBatch() {
         pool.asyncWriteWithoutTransaction { [self] db in
             let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
@@ -365,18 +388,7 @@ final class WriteCombiner: Sendable {
                     try Outbox.remove(deletions, in: db)
                     results = batch.count == 1
                         ? [.success(try batch[0].work(db))]  // alone: its error rolls back the transaction
-                        : batch.map { pending in
-                            var result: Result<Written, any Error> = .success(.init(handled: false, rows: []))
-                            do {
-                                try db.inSavepoint {
-                                    result = .success(try pending.work(db))
-                                    return .commit
-                                }
-                            } catch {
-                                result = .failure(error)
-                            }
-                            return result
-                        }
+                        : try batch.map { pending in try Self.inSavepoint(db) { try pending.work(db) } }
                     return .commit
                 }
                 let added = feed.withLock { feed -> Bool in
