@@ -233,7 +233,7 @@ final class MHDHandle: @unchecked Sendable {
     /// Each connection's memory pool (headers, read and write buffers): libmicrohttpd's
     /// default. It zeroes the whole pool between two requests of a connection, so a larger
     /// one costs on every request (64 KiB was 4% of returns-api's CPU under load).
-    static let connectionMemory = 32 * 1024
+    static let connectionMemory = 16 * 1024
 
     /// Calls `MHD_start_daemon` (through the shim) bound to `host:port`.
     static func start(daemon: HTTPDaemon, host: String, port: Int, threads: Int) throws -> MHDHandle {
