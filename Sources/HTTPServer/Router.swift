@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Metrics
+import Synchronization
 
 /// A request handler.
 public typealias Responder = @Sendable (HTTPRequest) async throws -> HTTPResponse
@@ -32,6 +33,7 @@ public struct Router: Sendable {
 
     private(set) var routes: [Route] = []
     private let logger: Logger
+    private let metrics = RequestMetrics()
     /// When set, write routes need `Authorization: Bearer <token>` (401 `unauthorized` otherwise).
     public var writeToken: String?
 
@@ -118,10 +120,9 @@ public struct Router: Sendable {
     public func respond(to request: HTTPRequest) async -> HTTPResponse {
         let start = DispatchTime.now().uptimeNanoseconds
         let (response, route) = await answer(request)
-        Counter(label: "http_requests_total",
-                dimensions: [("route", route), ("method", request.method), ("status", String(response.status))]).increment()
-        Timer(label: "http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
-            .recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
+        let (counter, timer) = metrics.handles(route: route, method: request.method, status: response.status)
+        counter.increment()
+        timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
         return response
     }
 
@@ -176,5 +177,31 @@ public struct Router: Sendable {
         if contentType == "application/json" { return true }  // the common case, without allocating
         let mediaType = contentType.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased()
         return mediaType == "application/json"
+    }
+}
+
+/// The counter and timer of each (route, method, status), made once: making them through the
+/// metrics factory on every request (label checks, the registry's lock and lookups) showed
+/// in returns-api's profile.
+final class RequestMetrics: Sendable {
+    private struct Key: Hashable {
+        let route: String
+        let method: String
+        let status: Int
+    }
+
+    private let made = Mutex<[Key: (Counter, Metrics.Timer)]>([:])
+
+    func handles(route: String, method: String, status: Int) -> (Counter, Metrics.Timer) {
+        let key = Key(route: route, method: method, status: status)
+        if let found = made.withLock({ $0[key] }) { return found }
+        let handles = (
+            Counter(label: "http_requests_total", dimensions: [("route", route), ("method", method), ("status", String(status))]),
+            Metrics.Timer(label: "http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+        )
+        // Methods and routes come from requests: a client sending many made-up methods would
+        // grow this, so beyond a bound the handles are made each time, as before.
+        made.withLock { if $0.count < 1_000 { $0[key] = handles } }
+        return handles
     }
 }
