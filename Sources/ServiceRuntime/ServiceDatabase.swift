@@ -383,6 +383,7 @@ final class WriteCombiner: Sendable {
             }
             var results = [Result<Written, any Error>]()
             var failed = false
+            var added = false
             do {
                 try db.inTransaction(.immediate) {
                     try Outbox.remove(deletions, in: db)
@@ -391,7 +392,7 @@ final class WriteCombiner: Sendable {
                         : try batch.map { pending in try Self.inSavepoint(db) { try pending.work(db) } }
                     return .commit
                 }
-                let added = feed.withLock { feed -> Bool in
+                added = feed.withLock { feed -> Bool in
                     var added = false
                     for case .success(let written) in results where !written.rows.isEmpty {
                         feed.add(written.rows)
@@ -399,7 +400,6 @@ final class WriteCombiner: Sendable {
                     }
                     return added
                 }
-                if added { bell.ring() }
             } catch {
                 results = batch.map { _ in .failure(error) }
                 failed = true
@@ -410,8 +410,11 @@ final class WriteCombiner: Sendable {
             // A request waiting for this commit goes on here, up to its next suspension:
             // its response is built and its connection resumed without another thread hop
             // (see `InlineExecutor`; no lock is held, and nothing there calls GRDB synchronously).
+            // The relay too, once they are answered: it takes the rows in memory and hands
+            // them to the publisher thread (it never waits here; see `OutboxRelay`).
             InlineExecutor.inline {
                 for (pending, result) in zip(batch, results) { pending.continuation.resume(with: result) }
+                if added { bell.ring() }
             }
             // Deletions asked for meanwhile wait for the next write, or the timer.
             let (more, arm) = state.withLock { state -> (Bool, Bool) in
