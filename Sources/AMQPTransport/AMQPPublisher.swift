@@ -168,15 +168,18 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                     guard let open = session else { continue }
                     // Published at once, even while earlier jobs wait for their confirms: a
                     // job does not wait for the broker's sync of the one before it.
-                    while let job = waiting.first {
-                        // Each message is built as it is sent, not all of a job at once (memory).
-                        try publish(job.envelopes.lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) },
-                                    exchange: settings.exchange, mandatory: true, on: open)
-                        waiting.removeFirst()
-                        if confirms {
-                            open.inFlight.append((job, open.nextTag - 1, Date()))
-                        } else {
-                            sent.append(job)
+                    // Corked: the turn's messages leave in full segments once all are written.
+                    try open.connection.corked {
+                        while let job = waiting.first {
+                            // Each message is built as it is sent, not all of a job at once (memory).
+                            try publish(job.envelopes.lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) },
+                                        exchange: settings.exchange, mandatory: true, on: open)
+                            waiting.removeFirst()
+                            if confirms {
+                                open.inFlight.append((job, open.nextTag - 1, Date()))
+                            } else {
+                                sent.append(job)
+                            }
                         }
                     }
                     // The relay goes on here (its next batch is queued before this thread looks again).

@@ -149,6 +149,23 @@ final class RabbitMQConnection {
     /// The socket's file descriptor (`amqp_get_sockfd`).
     var socketFD: Int32 { amqp_get_sockfd(state) }
 
+    /// Runs `body` with the socket corked (`TCP_CORK`): the frames it sends leave in full
+    /// segments when it returns, instead of a segment per message. rabbitmq-c sends each
+    /// message's last frame with a push, so a batch of publishes was as many segments, each a
+    /// trip through loopback's receive path here and a read at the broker.
+    func corked<T>(_ body: () throws -> T) rethrows -> T {
+        let fd = socketFD
+        var on: Int32 = 1
+        let corked = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
+        defer {
+            if corked {
+                var off: Int32 = 0
+                _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size))
+            }
+        }
+        return try body()
+    }
+
     /// Whether rabbitmq-c holds data or frames not yet handed out
     /// (`amqp_data_in_buffer`, `amqp_frames_enqueued`).
     var hasBufferedInput: Bool { amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0 }
