@@ -41,6 +41,9 @@ public final class OutboxRelay: Service, Sendable {
     private let staleAfter: Double
     private let stopping = Atomic<Bool>(false)
     private let depthGauge = Gauge(label: "outbox_depth")
+    /// See ``admit(lag:)``.
+    private let admissionHigh: Int
+    private let admissionLow: Int
     private let batches = ActivityCount()
 
     /// Batches published since start: an activity signal.
@@ -48,7 +51,10 @@ public final class OutboxRelay: Service, Sendable {
 
     public init(database: ServiceDatabase, publisher: any EventPublisher, batchSize: Int = 500,
                 maxInFlight: Int = 4, flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
+                admissionHigh: Int = 1_500, admissionLow: Int = 500,
                 logger: Logger = Logger(label: "stega.outbox")) {
+        self.admissionHigh = admissionHigh
+        self.admissionLow = min(admissionLow, admissionHigh)
         self.database = database
         self.publisher = publisher
         self.batchSize = batchSize
@@ -106,7 +112,9 @@ public final class OutboxRelay: Service, Sendable {
         // bell when they are), and the first failure among them.
         let mailbox = Mailbox()
         var inFlight = 0
+        var inFlightRows = 0
         var failure: (any Error)?
+        defer { database.admission.open() }
         /// Takes the rows committed since the last call (minus those a sweep already
         /// published); too many waiting, and the relay sweeps its own rows instead. Says
         /// whether any came, and whether too many did.
@@ -125,6 +133,7 @@ public final class OutboxRelay: Service, Sendable {
         func settle() {
             for outcome in mailbox.take() {
                 inFlight -= 1
+                inFlightRows -= outcome.batch.count
                 if let error = outcome.error {
                     if failure == nil { failure = error }
                 } else {
@@ -162,6 +171,7 @@ public final class OutboxRelay: Service, Sendable {
             if Task.isCancelled { break }
             settle()
             if let error = failure {
+                admit(lag: nil)
                 // The batches still in flight end first (they fail too, or are confirmed).
                 if inFlight > 0 {
                     await database.outboxBell.wait(timeout: .seconds(1))
@@ -172,6 +182,7 @@ public final class OutboxRelay: Service, Sendable {
                 continue
             }
             let came = takeCommitted().came
+            admit(lag: sweep == .none ? committed.count + inFlightRows : nil)
             // Idle, or 5 s since the last sweep: a sweep for rows other processes left.
             if sweep == .none, (waited && !came) || ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
             waited = false
@@ -231,6 +242,7 @@ public final class OutboxRelay: Service, Sendable {
                 committed.removeFirst(batch.count)
                 batches.increment()
                 inFlight += 1
+                inFlightRows += batch.count
                 group.addTask { [publisher, database] in
                     var error: (any Error)?
                     do { try await publisher.publish(batch.map(\.1)) } catch let e { error = e }
@@ -252,6 +264,19 @@ public final class OutboxRelay: Service, Sendable {
         try? await database.commitOutboxRemovals()
         let left = await measureDepth() ?? -1
         logger.info("outbox relay stopped", metadata: ["outbox.depth": "\(left)"])
+    }
+
+    /// Commands wait (``WriteAdmission``) while more than `admissionHigh` committed rows are
+    /// waiting in memory or in flight, until `admissionLow` are: the relay stays on its
+    /// pipelined in-memory path (below ``OutboxFeed/limit``) and the outbox drains within
+    /// moments of a burst. `nil` (a sweep, or a failure being dealt with): commands go through.
+    private func admit(lag: Int?) {
+        guard let lag else { return database.admission.open() }
+        if lag >= admissionHigh {
+            database.admission.close()
+        } else if lag <= admissionLow {
+            database.admission.open()
+        }
     }
 
     /// A batch the broker took: deleted from the outbox (in the next shared transaction).

@@ -22,6 +22,8 @@ public final class ServiceDatabase: Sendable {
     public let pool: DatabasePool
     /// Rung after each commit that added outbox rows (once per shared transaction).
     public let outboxBell = Doorbell()
+    /// Where commands wait while the relay is behind a broker taking its messages.
+    public let admission = WriteAdmission()
     /// The claim this process's relay puts on the outbox rows its writes add.
     public let relayId = "relay-" + UUID().lowercaseText
     /// Concurrent `write(_:_:)`s share transactions (group commit).
@@ -85,6 +87,8 @@ public final class ServiceDatabase: Sendable {
     /// result is `false`; otherwise the event id is recorded in the same transaction.
     @discardableResult
     public func write(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
+        // A command (not an event handler) waits while the relay is behind (``WriteAdmission``).
+        if context.handledEventId == nil { await admission.admit() }
         let written = try await combiner.submit { [relayId] db -> WriteCombiner.Written in
             if let id = context.handledEventId?.lowercaseText {
                 let seen = try Bool.fetchOne(
