@@ -24,6 +24,10 @@ import Synchronization
 /// flight; after a failure the relay lets the batches in flight end, then sweeps (a batch
 /// confirmed after an earlier one failed has gone out before that one is published again).
 ///
+/// While too many committed rows wait in memory or for their confirms (the broker takes
+/// messages more slowly than the writes come), the relay holds new commands back at
+/// ``ServiceDatabase/admission`` (see ``admit(lag:)``).
+///
 /// On graceful shutdown it keeps flushing for at most `flushTimeout`; what is left stays in
 /// the outbox for the next start.
 public final class OutboxRelay: Service, Sendable {
