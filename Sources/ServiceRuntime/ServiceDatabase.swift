@@ -23,13 +23,16 @@ public final class ServiceDatabase: Sendable {
     /// Rung after each commit that added outbox rows (once per shared transaction).
     public let outboxBell = Doorbell()
     /// Where commands wait while the relay is behind a broker taking its messages.
-    public let admission = WriteAdmission()
+    public let admission: WriteAdmission
     /// The claim this process's relay puts on the outbox rows its writes add.
     public let relayId = "relay-" + UUID().lowercaseText
     /// Concurrent `write(_:_:)`s share transactions (group commit).
     private let combiner: WriteCombiner
 
-    public init(path: String, migrations: (inout DatabaseMigrator) -> Void = { _ in }) throws {
+    /// - Parameter admissionMaxWait: the longest a command waits at ``admission``.
+    public init(path: String, admissionMaxWait: DispatchTimeInterval = .seconds(1),
+                migrations: (inout DatabaseMigrator) -> Void = { _ in }) throws {
+        admission = WriteAdmission(maxWait: admissionMaxWait)
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var configuration = Configuration()

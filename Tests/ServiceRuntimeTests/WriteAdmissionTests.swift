@@ -48,8 +48,11 @@ struct WriteAdmissionTests {
 
     @Test("the relay closes the gate while too many rows wait for their confirms, and opens it as they are confirmed")
     func relayHoldsCommands() async throws {
-        let (database, dir) = try temporaryDatabase()
+        // The gate's own time limit out of the way: on a loaded machine the steps below can
+        // take longer than the 1 s default.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("admission-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
+        let database = try ServiceDatabase(path: dir.appendingPathComponent("t.sqlite").path, admissionMaxWait: .seconds(120))
         let publisher = GatedPublisher()
         let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 5, maxInFlight: 3,
                                 admissionHigh: 10, admissionLow: 5)
