@@ -17,7 +17,14 @@ public struct CalendarDate: Hashable, Comparable, Sendable, Codable, CustomStrin
 
     /// Parses exactly `YYYY-MM-DD`; `nil` for any other text or a day that does not exist.
     public init?(_ text: some StringProtocol) {
-        let u = Array(text.utf8)
+        // Read in place (no array of the bytes): this runs for every price stored and read.
+        let parsed = text.utf8.withContiguousStorageIfAvailable { Self.parse($0) }
+            ?? Array(text.utf8).withUnsafeBufferPointer { Self.parse($0) }
+        guard let (y, m, d) = parsed else { return nil }
+        self.init(year: y, month: m, day: d)
+    }
+
+    private static func parse(_ u: UnsafeBufferPointer<UInt8>) -> (Int, Int, Int)? {
         guard u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") else { return nil }
         func number(_ range: Range<Int>) -> Int? {
             var value = 0
@@ -29,7 +36,7 @@ public struct CalendarDate: Hashable, Comparable, Sendable, Codable, CustomStrin
             return value
         }
         guard let y = number(0..<4), let m = number(5..<7), let d = number(8..<10) else { return nil }
-        self.init(year: y, month: m, day: d)
+        return (y, m, d)
     }
 
     /// Days in `month` of `year`.
@@ -57,11 +64,23 @@ public struct CalendarDate: Hashable, Comparable, Sendable, Codable, CustomStrin
 
     /// The ISO 8601 form, `YYYY-MM-DD`.
     public var description: String {
-        func pad(_ v: Int, _ width: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        // Ten ASCII bytes written in place (years are 1...9999): this runs for every price
+        // stored and every return computed.
+        String(unsafeUninitializedCapacity: 10) { out in
+            func digits(_ value: Int, _ width: Int, at start: Int) {
+                var v = value
+                for i in stride(from: start + width - 1, through: start, by: -1) {
+                    out[i] = UInt8(48 + v % 10)
+                    v /= 10
+                }
+            }
+            digits(year, 4, at: 0)
+            out[4] = UInt8(ascii: "-")
+            digits(month, 2, at: 5)
+            out[7] = UInt8(ascii: "-")
+            digits(day, 2, at: 8)
+            return 10
         }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))"
     }
 
     public static func < (lhs: CalendarDate, rhs: CalendarDate) -> Bool {

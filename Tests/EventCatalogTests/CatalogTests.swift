@@ -104,6 +104,17 @@ struct DateAndPatternTests {
         if valid { #expect(CalendarDate(text)!.description == text) }
     }
 
+    @Test("every day from year 1 to 9999 prints as YYYY-MM-DD and parses back, from a String or a Substring")
+    func printsAndParses() {
+        for days in stride(from: -719_162, through: 2_932_896, by: 7) {
+            let date = CalendarDate(daysSinceEpoch: days)
+            let text = String(format: "%04d-%02d-%02d", date.year, date.month, date.day)
+            #expect(date.description == text)
+            #expect(CalendarDate(text) == date)
+            #expect(CalendarDate(("x" + text + "y").dropFirst().dropLast()) == date)
+        }
+    }
+
     @Test("days since the epoch match Foundation's calendar")
     func epochDays() {
         var calendar = Calendar(identifier: .gregorian)
