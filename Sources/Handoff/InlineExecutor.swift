@@ -47,7 +47,7 @@ public final class InlineExecutor: TaskExecutor {
 
 /// A per-thread flag (`pthread_getspecific`): whether preferring jobs run inline here.
 private enum InlineZone {
-    nonisolated(unsafe) static let key: pthread_key_t = {
+    static let key: pthread_key_t = {
         var key = pthread_key_t()
         pthread_key_create(&key, nil)
         return key

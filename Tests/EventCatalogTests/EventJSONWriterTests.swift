@@ -20,7 +20,7 @@ struct EventJSONWriterTests {
         switch Int.random(in: 0..<5, using: &generator) {
         case 0: return Double.random(in: -0.2...0.2, using: &generator)
         case 1: return (Double.random(in: -1000...1000, using: &generator) * 100).rounded() / 100
-        case 2: return [0, -0.0, 1, -1, 1e16, 1e17, 1e-5, 5e-324, .greatestFiniteMagnitude, 0.1].randomElement(using: &generator)!
+        case 2: return [0, -0.0, 1, -1, 1e16, 1e17, 1e-5, .leastNonzeroMagnitude, .greatestFiniteMagnitude, 0.1].randomElement(using: &generator)!
         default:
             // Any finite bit pattern: huge, tiny, subnormal.
             var bits = generator.next() as UInt64
