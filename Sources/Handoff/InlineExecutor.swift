@@ -37,6 +37,7 @@ public final class InlineExecutor: TaskExecutor {
 
     /// Runs `body`; jobs of tasks preferring this executor that it enqueues (a task it
     /// starts, a continuation it resumes) run at once on this thread, before `body` goes on.
+    @discardableResult
     public static func inline<T>(_ body: () throws -> T) rethrows -> T {
         let wasOpen = InlineZone.isOpen
         InlineZone.set(true)
