@@ -153,7 +153,10 @@ final class RabbitMQConnection {
     /// segments when it returns, instead of a segment per message. rabbitmq-c sends each
     /// message's last frame with a push, so a batch of publishes was as many segments, each a
     /// trip through loopback's receive path here and a read at the broker.
-    func corked<T>(_ body: () throws -> T) rethrows -> T {
+    /// With `when` false (one message: it leaves as one segment anyway), `body` just runs —
+    /// no two `setsockopt` calls for nothing.
+    func corked<T>(when cork: Bool = true, _ body: () throws -> T) rethrows -> T {
+        guard cork else { return try body() }
         let fd = socketFD
         var on: Int32 = 1
         let corked = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
