@@ -174,28 +174,27 @@ public final class OutboxRelay: Service, Sendable {
             if let deadline = flushDeadline, ContinuousClock.now >= deadline { break }
             if Task.isCancelled { break }
             settle()
-            if let error = failure {
+            if failure == nil {
+                let came = takeCommitted().came
+                admit(lag: sweep == .none ? committed.count + inFlightRows : nil)
+                // Idle, or 5 s since the last sweep: a sweep for rows other processes left.
+                if sweep == .none, (waited && !came) || ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
+                waited = false
+            } else {
                 admit(lag: nil)
-                // The batches still in flight end first (they fail too, or are confirmed).
-                if inFlight > 0 {
-                    await database.outboxBell.wait(timeout: .seconds(1))
-                    continue
-                }
+            }
+            // The batches in flight end first (confirmed, or failed too) before the relay deals
+            // with a failure or sweeps (both go by the table), or sends a batch beyond the cap.
+            if inFlight > 0, failure != nil || sweep != .none || (!committed.isEmpty && inFlight >= maxInFlight) {
+                await database.outboxBell.wait(timeout: .seconds(1))
+                continue
+            }
+            if let error = failure {
                 failure = nil
                 await failed(error, rows: committed.count)
                 continue
             }
-            let came = takeCommitted().came
-            admit(lag: sweep == .none ? committed.count + inFlightRows : nil)
-            // Idle, or 5 s since the last sweep: a sweep for rows other processes left.
-            if sweep == .none, (waited && !came) || ContinuousClock.now - swept >= .seconds(5) { sweep = .others }
-            waited = false
             if sweep != .none {
-                // A sweep claims from the table: none of this relay's batches may be in flight.
-                if inFlight > 0 {
-                    await database.outboxBell.wait(timeout: .seconds(1))
-                    continue
-                }
                 // While the relay sweeps its own rows, new ones stay in the table; the feed
                 // opens again for the last claims, so none committed meanwhile is missed.
                 var feedWasOpen = true
@@ -238,10 +237,6 @@ public final class OutboxRelay: Service, Sendable {
                 }
             } else if !committed.isEmpty {
                 // Batches of committed rows do not wait for the confirms of the ones before.
-                if inFlight >= maxInFlight {
-                    await database.outboxBell.wait(timeout: .seconds(1))
-                    continue
-                }
                 let batch = Array(committed.prefix(batchSize))
                 committed.removeFirst(batch.count)
                 batches.increment()
@@ -292,6 +287,7 @@ public final class OutboxRelay: Service, Sendable {
         }
         if failures > 0 { logger.info("outbox publishing again", metadata: ["outbox.batch": "\(batch.count)"]) }
         failures = 0
+        guard logger.logLevel <= .trace else { return }
         for (_, envelope) in batch {
             logger.trace("published", metadata: [
                 "amqp.routing_key": "\(envelope.routingKey)",
