@@ -10,13 +10,16 @@ import Synchronization
 /// bound. While the broker is unreachable or the relay sweeps the table (after an outage),
 /// the gate stays open: writes are accepted into the outbox, as DESIGN.md promises.
 ///
+/// The time limit is each command's own: the gate stays closed for the others. (Opening it
+/// for everyone after `maxWait` let a stalled relay's backlog of waiting writers in at once,
+/// past the relay's in-memory limit, and the outbox grew unbounded from there.)
+///
 /// Event handlers (the worker) are not held here: their pace is the queue's prefetch.
 public final class WriteAdmission: Sendable {
     private struct State {
         var closed = false
-        /// Counts closings, so the timer of an earlier one does not open a later one.
-        var closings = 0
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        var nextWaiter = 0
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
     }
 
     private let state = Mutex(State())
@@ -30,43 +33,36 @@ public final class WriteAdmission: Sendable {
     /// Whether commands wait now.
     public var isClosed: Bool { state.withLock { $0.closed } }
 
-    /// Returns at once while the gate is open; otherwise once it opens (at most `maxWait`).
+    /// Returns at once while the gate is open; otherwise once it opens, or after `maxWait`.
     public func admit() async {
         guard isClosed else { return }
         waits.increment()
         await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
-                guard state.closed else { return true }
-                state.waiters.append(continuation)
-                return false
+            let waiter = state.withLock { state -> Int? in
+                guard state.closed else { return nil }
+                state.nextWaiter += 1
+                state.waiters[state.nextWaiter] = continuation
+                return state.nextWaiter
             }
-            if now { continuation.resume() }
+            guard let waiter else { return continuation.resume() }
+            DispatchQueue.global().asyncAfter(deadline: .now() + maxWait) { [self] in
+                state.withLock { $0.waiters.removeValue(forKey: waiter) }?.resume()
+            }
         }
     }
 
-    /// Holds commands from now on; it opens by itself after `maxWait` if not opened before.
+    /// Holds commands from now on.
     func close() {
-        let closing = state.withLock { state -> Int? in
-            guard !state.closed else { return nil }
-            state.closed = true
-            state.closings += 1
-            return state.closings
-        }
-        guard let closing else { return }
-        DispatchQueue.global().asyncAfter(deadline: .now() + maxWait) { [self] in
-            open(ifStill: closing)
-        }
+        state.withLock { $0.closed = true }
     }
 
     /// Lets every waiting command go.
-    func open() { open(ifStill: nil) }
-
-    private func open(ifStill closing: Int?) {
+    func open() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard state.closed, closing == nil || closing == state.closings else { return [] }
+            guard state.closed else { return [] }
             state.closed = false
-            defer { state.waiters = [] }
-            return state.waiters
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
         }
         waiters.forEach { $0.resume() }
     }
