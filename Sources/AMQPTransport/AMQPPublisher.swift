@@ -168,9 +168,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
                     guard let open = session else { continue }
                     // Published at once, even while earlier jobs wait for their confirms: a
                     // job does not wait for the broker's sync of the one before it.
-                    // Corked: the turn's messages leave in full segments once all are written.
-                    let messages = waiting.reduce(0) { $0 + $1.envelopes.count }
-                    try open.connection.corked(when: messages > 1) {
+                    // Batched: the turn's messages leave together once all are written.
+                    try open.connection.batched {
                         while let job = waiting.first {
                             // Each message is built as it is sent, not all of a job at once (memory).
                             try publish(job.envelopes.lazy.map { [persistent] in AMQPMessage($0, persistent: persistent) },

@@ -67,6 +67,13 @@ enum ServerFrame {
 final class RabbitMQConnection {
     private let state: amqp_connection_state_t
     private var open = false
+    private let tls: Bool
+    /// Publish frames waiting for ``sendFrames()``.
+    private var frames = FrameBuffer()
+    /// Inside ``batched(_:)``: frames wait for its end.
+    private var batching = false
+    /// The strings and header entries of the message being published.
+    private var scratch = PublishScratch()
     static let channel: amqp_channel_t = 1
 
     /// Calls `amqp_new_connection`, `amqp_tcp_socket_new` (or `amqp_ssl_socket_new`),
@@ -77,6 +84,7 @@ final class RabbitMQConnection {
         }
         self.state = state
         let url = settings.url
+        tls = url.tls
         let socket: OpaquePointer?
         if url.tls {
             socket = amqp_ssl_socket_new(state)
@@ -149,14 +157,24 @@ final class RabbitMQConnection {
     /// The socket's file descriptor (`amqp_get_sockfd`).
     var socketFD: Int32 { amqp_get_sockfd(state) }
 
-    /// Runs `body` with the socket corked (`TCP_CORK`): the frames it sends leave in full
-    /// segments when it returns, instead of a segment per message. rabbitmq-c sends each
-    /// message's last frame with a push, so a batch of publishes was as many segments, each a
-    /// trip through loopback's receive path here and a read at the broker.
-    /// With `when` false (one message: it leaves as one segment anyway), `body` just runs —
-    /// no two `setsockopt` calls for nothing.
-    func corked<T>(when cork: Bool = true, _ body: () throws -> T) rethrows -> T {
-        guard cork else { return try body() }
+    /// Runs `body` with this connection's publishes batched: they leave together when it returns
+    /// (one `send` per 64 KiB of frames over TCP; over TLS, with the socket corked, in full
+    /// segments). Unbatched, rabbitmq-c sends each of a message's three frames with a system
+    /// call of its own, and a segment per message. Frames not sent when `body` throws are dropped.
+    func batched<T>(_ body: () throws -> T) throws -> T {
+        if tls { return try corked(body) }
+        batching = true
+        defer {
+            batching = false
+            frames.removeAll()
+        }
+        let result = try body()
+        try sendFrames()
+        return result
+    }
+
+    /// `body` with the socket corked (`TCP_CORK`), uncorked after it.
+    private func corked<T>(_ body: () throws -> T) rethrows -> T {
         let fd = socketFD
         var on: Int32 = 1
         let corked = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
@@ -228,39 +246,136 @@ final class RabbitMQConnection {
         try checkReply(amqp_get_rpc_reply(state), "amqp_confirm_select")
     }
 
-    /// Calls `amqp_basic_publish` with the message's properties, to `exchange` with the
-    /// message's routing key (or `routingKey`).
+    /// Publishes `message` to `exchange` with its routing key (or `routingKey`). Over TCP its
+    /// frames are encoded with rabbitmq-c's own encoders (`amqp_encode_method`,
+    /// `amqp_encode_properties`) and written with one `send` — at the end of ``batched(_:)``
+    /// when inside one. Over TLS, `amqp_basic_publish`.
     func publish(_ message: AMQPMessage, exchange: String, routingKey: String? = nil, mandatory: Bool) throws {
-        let strings = [exchange, routingKey ?? message.routingKey, message.contentType ?? "", message.messageId ?? "",
-                       message.type ?? "", message.appId ?? "", message.correlationId ?? ""]
-        let status = try withBytes(strings) { b in
-            try withTable(message.headers) { table in
-                var props = amqp_basic_properties_t()
-                props._flags = amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_HEADERS_FLAG)
-                props.delivery_mode = message.deliveryMode
-                props.headers = table
-                var flags = props._flags
-                if message.contentType != nil { flags |= amqp_flags_t(AMQP_BASIC_CONTENT_TYPE_FLAG); props.content_type = b[2] }
-                if message.messageId != nil { flags |= amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG); props.message_id = b[3] }
-                if message.type != nil { flags |= amqp_flags_t(AMQP_BASIC_TYPE_FLAG); props.type = b[4] }
-                if message.appId != nil { flags |= amqp_flags_t(AMQP_BASIC_APP_ID_FLAG); props.app_id = b[5] }
-                if message.correlationId != nil {
-                    flags |= amqp_flags_t(AMQP_BASIC_CORRELATION_ID_FLAG)
-                    props.correlation_id = b[6]
-                }
-                props._flags = flags
-                if let timestamp = message.timestamp {
-                    props._flags |= amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG)
-                    props.timestamp = timestamp
-                }
-                return message.body.withUnsafeBytes { raw in
-                    let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-                    return amqp_basic_publish(state, Self.channel, b[0], b[1], mandatory ? 1 : 0, 0, &props, body)
-                }
+        let key = routingKey ?? message.routingKey
+        var (props, entries) = properties(of: message, exchange: exchange, routingKey: key)
+        let exchangeBytes = scratch.strings[0], keyBytes = scratch.strings[1]
+        props.headers = amqp_table_t(num_entries: Int32(entries), entries: scratch.entries)
+        let status = message.body.withUnsafeBytes { raw -> Int32 in
+            let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
+            if tls {
+                return amqp_basic_publish(state, Self.channel, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, &props, body)
             }
+            return appendPublishFrames(exchange: exchangeBytes, routingKey: keyBytes, mandatory: mandatory,
+                                       properties: &props, body: body)
         }
-        try check(status, "amqp_basic_publish")
+        try check(status, tls ? "amqp_basic_publish" : "amqp_encode_method")
+        if !tls, !batching || frames.count >= 64 * 1024 { try sendFrames() }
     }
+
+    /// The message's properties for rabbitmq-c, every string copied into `scratch` (valid until
+    /// the next message), and the number of header entries in `scratch.entries`.
+    private func properties(of message: AMQPMessage, exchange: String, routingKey: String) -> (amqp_basic_properties_t, Int) {
+        let headers = message.headers.sorted { $0.key < $1.key }.filter { $0.value != .other }
+        var size = exchange.utf8.count + routingKey.utf8.count
+        for text in [message.contentType, message.messageId, message.type, message.appId, message.correlationId] {
+            size += text?.utf8.count ?? 0
+        }
+        for (key, value) in headers { size += key.utf8.count + (value.string?.utf8.count ?? 0) }
+        scratch.reset(bytes: size, entries: headers.count)
+        scratch.strings.append(scratch.put(exchange))
+        scratch.strings.append(scratch.put(routingKey))
+        var props = amqp_basic_properties_t()
+        var flags = amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_HEADERS_FLAG)
+        props.delivery_mode = message.deliveryMode
+        func set(_ text: String?, _ flag: Int32, _ field: WritableKeyPath<amqp_basic_properties_t, amqp_bytes_t>) {
+            guard let text else { return }
+            flags |= amqp_flags_t(flag)
+            props[keyPath: field] = scratch.put(text)
+        }
+        set(message.contentType, AMQP_BASIC_CONTENT_TYPE_FLAG, \.content_type)
+        set(message.messageId, AMQP_BASIC_MESSAGE_ID_FLAG, \.message_id)
+        set(message.type, AMQP_BASIC_TYPE_FLAG, \.type)
+        set(message.appId, AMQP_BASIC_APP_ID_FLAG, \.app_id)
+        set(message.correlationId, AMQP_BASIC_CORRELATION_ID_FLAG, \.correlation_id)
+        if let timestamp = message.timestamp {
+            flags |= amqp_flags_t(AMQP_BASIC_TIMESTAMP_FLAG)
+            props.timestamp = timestamp
+        }
+        props._flags = flags
+        for (i, (key, value)) in headers.enumerated() {
+            var entry = amqp_table_entry_t()
+            entry.key = scratch.put(key)
+            switch value {
+            case .int(let v):
+                entry.value.kind = UInt8(AMQP_FIELD_KIND_I64.rawValue)
+                entry.value.value.i64 = v
+            default:
+                entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
+                entry.value.value.bytes = scratch.put(value.string ?? "")
+            }
+            scratch.entries[i] = entry
+        }
+        return (props, headers.count)
+    }
+
+    /// Appends a `basic.publish` method frame, the content header frame and the body frames
+    /// (at most the negotiated frame size each) to `frames`; a negative rabbitmq-c status
+    /// when an encoder fails.
+    private func appendPublishFrames(exchange: amqp_bytes_t, routingKey: amqp_bytes_t, mandatory: Bool,
+                                     properties: inout amqp_basic_properties_t, body: amqp_bytes_t) -> Int32 {
+        let bodyFrame = max(1, Int(amqp_get_frame_max(state)) - 8)
+        let bodyFrames = (body.len + bodyFrame - 1) / bodyFrame
+        // Room enough for every encoder: the strings twice over covers their length prefixes.
+        frames.reserve(64 + 2 * (exchange.len + routingKey.len) + 256 + 2 * scratch.used + 16 * Int(properties.headers.num_entries)
+                       + body.len + 8 * bodyFrames)
+        var method = amqp_basic_publish_t(ticket: 0, exchange: exchange, routing_key: routingKey,
+                                          mandatory: mandatory ? 1 : 0, immediate: 0)
+        let methodFrame = frames.beginFrame(type: UInt8(AMQP_FRAME_METHOD))
+        frames.append32(Self.basicPublish)
+        let methodSize = amqp_encode_method(Self.basicPublish, &method, frames.room)
+        guard methodSize >= 0 else { return methodSize }
+        frames.count += Int(methodSize)
+        frames.endFrame(methodFrame)
+        let headerFrame = frames.beginFrame(type: UInt8(AMQP_FRAME_HEADER))
+        frames.append16(UInt16(AMQP_BASIC_CLASS))
+        frames.append16(0)  // weight
+        frames.append64(UInt64(body.len))
+        let propertiesSize = amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, frames.room)
+        guard propertiesSize >= 0 else { return propertiesSize }
+        frames.count += Int(propertiesSize)
+        frames.endFrame(headerFrame)
+        var offset = 0
+        while offset < body.len {
+            let n = min(bodyFrame, body.len - offset)
+            let frame = frames.beginFrame(type: UInt8(AMQP_FRAME_BODY))
+            frames.append(body.bytes! + offset, count: n)
+            frames.endFrame(frame)
+            offset += n
+        }
+        return 0
+    }
+
+    /// Writes `frames` to the socket (waiting while it is full, at most 30 s) and empties it.
+    private func sendFrames() throws {
+        defer { frames.removeAll() }
+        let fd = socketFD
+        var offset = 0
+        while offset < frames.count {
+            let n = Glibc.send(fd, frames.base + offset, frames.count - offset, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                offset += n
+                continue
+            }
+            let error = errno
+            if n < 0, error == EINTR { continue }
+            if n < 0, error == EAGAIN || error == EWOULDBLOCK {
+                var pollfd = Glibc.pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&pollfd, 1, 30_000) > 0 { continue }
+                abandon()
+                throw AMQPError(.connection, "the socket took nothing for 30 s", context: "send")
+            }
+            abandon()
+            throw AMQPError(.connection, n == 0 ? "connection closed" : String(cString: strerror(error)), context: "send")
+        }
+    }
+
+    /// `AMQP_BASIC_PUBLISH_METHOD`.
+    private static let basicPublish: UInt32 = 0x003C_0028
 
     /// Calls `amqp_basic_get`, then `amqp_read_message`; `nil` when the queue is empty.
     func get(queue: String) throws -> ReceivedDelivery? {
@@ -493,5 +608,113 @@ final class RabbitMQConnection {
             }
             return try body(amqp_table_t(num_entries: Int32(items.count), entries: entries))
         }
+    }
+}
+
+/// Bytes of AMQP frames being built (see `RabbitMQConnection.publish`). Grows as needed;
+/// shrinks back after a large message, so one big body does not stay in memory.
+private struct FrameBuffer: ~Copyable {
+    private(set) var base: UnsafeMutableRawPointer
+    private var capacity: Int
+    var count = 0
+    private static let usual = 64 * 1024 + 4096
+
+    init() {
+        capacity = Self.usual
+        base = malloc(capacity)!
+    }
+
+    deinit { Glibc.free(base) }
+
+    /// What is left, for an encoder to write into.
+    var room: amqp_bytes_t { amqp_bytes_t(len: capacity - count, bytes: base + count) }
+
+    mutating func reserve(_ more: Int) {
+        guard count + more > capacity else { return }
+        capacity = max(count + more, 2 * capacity)
+        base = realloc(base, capacity)!
+    }
+
+    mutating func removeAll() {
+        count = 0
+        if capacity > 4 * Self.usual {
+            capacity = Self.usual
+            base = realloc(base, capacity)!
+        }
+    }
+
+    mutating func append(_ bytes: UnsafeRawPointer, count n: Int) {
+        (base + count).copyMemory(from: bytes, byteCount: n)
+        count += n
+    }
+
+    mutating func append8(_ v: UInt8) { base.storeBytes(of: v, toByteOffset: count, as: UInt8.self); count += 1 }
+    mutating func append16(_ v: UInt16) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt16.self); count += 2 }
+    mutating func append32(_ v: UInt32) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt32.self); count += 4 }
+    mutating func append64(_ v: UInt64) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt64.self); count += 8 }
+
+    /// Writes a frame header (type, channel 1, size to come); returns where the frame starts.
+    mutating func beginFrame(type: UInt8) -> Int {
+        let start = count
+        append8(type)
+        append16(RabbitMQConnection.channel)
+        append32(0)
+        return start
+    }
+
+    /// Writes the frame's size into its header and the frame end octet.
+    mutating func endFrame(_ start: Int) {
+        base.storeBytes(of: UInt32(count - start - 7).bigEndian, toByteOffset: start + 3, as: UInt32.self)
+        append8(UInt8(AMQP_FRAME_END))
+    }
+}
+
+/// The strings and header entries of one message while rabbitmq-c encodes or sends it:
+/// memory reused from message to message.
+private struct PublishScratch: ~Copyable {
+    private var base: UnsafeMutableRawPointer
+    private var capacity = 1024
+    private(set) var used = 0
+    private(set) var entries: UnsafeMutablePointer<amqp_table_entry_t>
+    private var entryCapacity = 8
+    /// The exchange and routing key, as put first.
+    var strings: [amqp_bytes_t] = []
+
+    init() {
+        base = malloc(capacity)!
+        entries = .allocate(capacity: entryCapacity)
+        strings.reserveCapacity(2)
+    }
+
+    deinit {
+        free(base)
+        entries.deallocate()
+    }
+
+    /// Empties it, with room for `bytes` of strings and `entries` header entries.
+    mutating func reset(bytes: Int, entries count: Int) {
+        used = 0
+        strings.removeAll(keepingCapacity: true)
+        if bytes > capacity {
+            capacity = bytes
+            base = realloc(base, capacity)!
+        }
+        if count > entryCapacity {
+            entries.deallocate()
+            entryCapacity = count
+            entries = .allocate(capacity: entryCapacity)
+        }
+    }
+
+    /// Copies `text` in (room was reserved by `reset`).
+    mutating func put(_ text: String) -> amqp_bytes_t {
+        var text = text
+        let start = base + used
+        let n = text.withUTF8 { utf8 -> Int in
+            if let address = utf8.baseAddress { start.copyMemory(from: address, byteCount: utf8.count) }
+            return utf8.count
+        }
+        used += n
+        return amqp_bytes_t(len: n, bytes: start)
     }
 }

@@ -113,6 +113,35 @@ struct AMQPDetailTests {
         publisher.shutdown()
     }
 
+    @Test("one publish of many messages: bodies across frame boundaries and past one write's 64 KiB arrive intact, in order",
+          arguments: [QueueMode.durable, .transient])
+    func framesOfABatch(mode: QueueMode) async throws {
+        let settings = try Broker.settings()
+        let consumer = AMQPConsumer(settings: settings, queue: .init(service: "frames\(UUID().uuidString.prefix(6))", mode: mode),
+                                    bindings: [WindowAdded.routingKey])
+        let got = Received()
+        let task = Task { try await consumer.run { await got.add($0); return .ack } }
+        defer { task.cancel() }
+        try await TransportConformance.waitUntil("ready") { consumer.isReady }
+        // frame_max is 131,072: a body frame holds 131,064 bytes. Around that, several frames,
+        // and 60 small ones after them, so the frames of one call are written in several sends.
+        let sizes = [0, 1, 131_063, 131_064, 131_065, 262_128, 300_001] + Array(repeating: 2_000, count: 60)
+        let sent = sizes.enumerated().map { i, size in
+            EventEnvelope(routingKey: WindowAdded.routingKey, correlationId: "op-\(i)", appId: "frames",
+                          body: Data((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }))
+        }
+        let publisher = AMQPPublisher(settings: settings, confirms: mode == .durable, persistent: mode == .durable)
+        try await publisher.publish(sent)
+        try await TransportConformance.waitUntil("every delivery", seconds: 20) { await got.count >= sent.count }
+        let received = await got.items
+        #expect(received.count == sent.count)
+        for (expected, delivery) in zip(sent, received) {
+            #expect(delivery.envelope == expected, "message \(expected.correlationId ?? "")")
+            #expect(delivery.body == Array(expected.body))
+        }
+        publisher.shutdown()
+    }
+
     @Test("transient mode consumes from a server-named queue")
     func transientQueueName() async throws {
         let consumer = AMQPConsumer(settings: try Broker.settings(), queue: .init(service: "t", mode: .transient),
