@@ -31,19 +31,24 @@ public struct CorrelationsRoutes: Sendable {
             }
             let window = try await trackedWindow(request)
             try await requireKnown(symbols)
-            let pairs = try await store.pairs(among: symbols, window: window)
-            var diagonal: [String: PairCorrelation] = [:]
-            for symbol in Set(symbols) { diagonal[symbol] = try await store.diagonal(symbol, window: window) }
-            var asOf: Int32?
-            let matrix = symbols.map { x in
-                symbols.map { y -> Double? in
-                    let c = x == y ? diagonal[x] : pairs[Pair(x, y)]
-                    if let day = c?.asOfDay { asOf = max(asOf ?? day, day) }
-                    return c?.value
-                }
+            // Each distinct symbol once in the store's matrix; the answer repeats rows as asked.
+            var unique: [String] = []
+            var position: [String: Int] = [:]
+            for symbol in symbols where position[symbol] == nil {
+                position[symbol] = unique.count
+                unique.append(symbol)
             }
-            return try .json(MatrixBody(symbols: symbols, window: window,
-                                        asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) }, matrix: matrix))
+            var (values, asOf) = try await store.matrix(of: unique, window: window)
+            let n = unique.count
+            for (i, symbol) in unique.enumerated() {
+                let c = try await store.diagonal(symbol, window: window)
+                values[i * n + i] = c.value
+                if let day = c.asOfDay { asOf = max(asOf ?? day, day) }
+            }
+            let rows = symbols.map { position[$0]! }
+            return .json(bytes: MatrixBody.json(symbols: symbols, window: window,
+                                                asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) },
+                                                rows: rows, values: values, size: n))
         }
         router.get("/correlations/{a}/{b}") { request in
             let a = request.parameters["a"] ?? "", b = request.parameters["b"] ?? ""
@@ -94,6 +99,29 @@ public struct CorrelationsRoutes: Sendable {
             try c.encode(window, forKey: .window)
             try c.encode(asOf, forKey: .asOf)
             try c.encode(matrix, forKey: .matrix)
+        }
+
+        /// The document as `JSONEncoder` writes this type (sorted keys), written directly:
+        /// row `r` of the matrix is row `rows[r]` of `values` (`size × size`, row-major). A
+        /// 500-symbol matrix through `JSONEncoder` built a tree of 250,000 boxed values first.
+        static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double?],
+                         size: Int) -> [UInt8] {
+            var writer = EventJSONWriter(capacity: 64 + 24 * rows.count * (rows.count + 1))
+            writer.object { w in
+                w.key("as_of")
+                if let asOf { w.date(asOf) } else { w.null() }
+                w.key("matrix")
+                w.array(rows) { w, i in
+                    w.array(rows) { w, j in
+                        if let value = values[i * size + j], value.isFinite { w.double(value) } else { w.null() }
+                    }
+                }
+                w.key("symbols")
+                w.array(symbols) { w, symbol in w.string(symbol) }
+                w.key("window")
+                w.int(window)
+            }
+            return writer.bytes
         }
     }
 

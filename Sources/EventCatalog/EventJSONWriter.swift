@@ -83,6 +83,13 @@ public struct EventJSONWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
+    /// `null`.
+    public mutating func null() {
+        separate()
+        defer { needsComma = true }
+        bytes.append(contentsOf: "null".utf8)
+    }
+
     public mutating func int(_ value: Int) {
         separate()
         defer { needsComma = true }

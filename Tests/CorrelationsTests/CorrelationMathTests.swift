@@ -120,3 +120,44 @@ struct CorrelationMatrixTests {
         }
     }
 }
+
+@Suite("Pairs from the latest returns only")
+struct TailPairTests {
+    /// A random calendar: each of `days` days present with probability `density`.
+    static func series(days: Int, density: Double, seed: inout SystemRandomNumberGenerator) -> ReturnSeries {
+        var s = ReturnSeries()
+        for d in 0..<days where Double.random(in: 0..<1, using: &seed) < density {
+            s.days.append(Int32(d))
+            s.values.append(Double.random(in: -0.05...0.05, using: &seed))
+        }
+        return s
+    }
+
+    static func tail(_ s: ReturnSeries, _ n: Int) -> ReturnSeries {
+        ReturnSeries(days: Array(s.days.suffix(n)), values: Array(s.values.suffix(n)))
+    }
+
+    @Test("on cut series the answer is the whole series' answer, or nil (compute again) exactly when a cut one ran out")
+    func tails() {
+        var random = SystemRandomNumberGenerator()
+        var settled = 0, unsettled = 0
+        for _ in 0..<3_000 {
+            let a = Self.series(days: 400, density: Double.random(in: 0.05...1, using: &random), seed: &random)
+            let b = Self.series(days: 400, density: Double.random(in: 0.05...1, using: &random), seed: &random)
+            let window = Int.random(in: 2...60, using: &random)
+            let na = Int.random(in: 0...a.count + 3, using: &random), nb = Int.random(in: 0...b.count + 3, using: &random)
+            let (ta, tb) = (Self.tail(a, na), Self.tail(b, nb))
+            let whole = CorrelationMath.pair(a, b, window: window)
+            if let got = CorrelationMath.pair(ta, complete: na >= a.count, tb, complete: nb >= b.count, window: window) {
+                settled += 1
+                #expect(got == whole, "window \(window), cut to \(na)/\(a.count) and \(nb)/\(b.count)")
+            } else {
+                unsettled += 1
+                #expect(na < a.count || nb < b.count, "nil although nothing was cut")
+                // Cut less? The whole series settle it, always.
+                #expect(CorrelationMath.pair(a, complete: true, b, complete: true, window: window) == whole)
+            }
+        }
+        #expect(settled > 500 && unsettled > 500, "both outcomes exercised: \(settled) / \(unsettled)")
+    }
+}

@@ -28,6 +28,15 @@ public struct PairCorrelation: Sendable, Equatable {
 public enum CorrelationMath {
     /// The correlation of `a` and `b` over their latest `window` common dates.
     public static func pair(_ a: ReturnSeries, _ b: ReturnSeries, window: Int) -> PairCorrelation {
+        pair(a, complete: true, b, complete: true, window: window)!
+    }
+
+    /// ``pair(_:_:window:)`` of series that may hold only a symbol's latest returns (not
+    /// `complete`): `nil` when such a series ran out before `window` common dates were found —
+    /// older returns could then change the answer; compute it again on the whole series. A
+    /// complete series running out first settles it: every one of its dates was compared.
+    public static func pair(_ a: ReturnSeries, complete aComplete: Bool, _ b: ReturnSeries, complete bComplete: Bool,
+                            window: Int) -> PairCorrelation? {
         var i = a.count - 1, j = b.count - 1
         var xs = [Double](), ys = [Double]()
         xs.reserveCapacity(window)
@@ -47,7 +56,10 @@ public enum CorrelationMath {
                 j -= 1
             }
         }
-        guard xs.count == window else { return PairCorrelation(value: nil, observations: xs.count, asOfDay: asOf) }
+        guard xs.count == window else {
+            if (i < 0 && !aComplete) || (j < 0 && !bComplete) { return nil }
+            return PairCorrelation(value: nil, observations: xs.count, asOfDay: asOf)
+        }
         return PairCorrelation(value: pearson(xs, ys), observations: window, asOfDay: asOf)
     }
 

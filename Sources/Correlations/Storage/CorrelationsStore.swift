@@ -10,8 +10,8 @@ import Synchronization
 /// and the pair correlations.
 public final class CorrelationsStore: Sendable {
     let database: ServiceDatabase
-    /// Return series by symbol, with the version they were loaded at (see `symbols.version`).
-    private let cache = Mutex<[String: (version: Int64, series: ReturnSeries)]>([:])
+    /// Each symbol's latest returns (see ``SeriesCache``).
+    private let cache = Mutex(SeriesCache())
 
     public init(database: ServiceDatabase) { self.database = database }
 
@@ -79,22 +79,21 @@ public final class CorrelationsStore: Sendable {
                 INSERT INTO symbols (symbol, version) VALUES (?, 1)
                 ON CONFLICT (symbol) DO UPDATE SET version = version + \(event.returns.isEmpty ? 0 : 1)
                 """).execute(arguments: [symbol])
-            let all = try series(in: db)
-            let mine = all[symbol] ?? ReturnSeries()
-            var windows: [Int] = []
+            let tracked = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
+            let all = try series(in: db, windows: tracked)
+            let mine = all[symbol] ?? .init(series: ReturnSeries(), complete: true)
+            let windows = event.returns.isEmpty ? [] : tracked
             var pairs = 0
-            if !event.returns.isEmpty {
-                windows = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
-                for window in windows {
-                    for (other, series) in all where other != symbol {
-                        try write(window, symbol, other, CorrelationMath.pair(mine, series, window: window), db)
-                        pairs += 1
-                    }
+            var whole: [String: ReturnSeries] = [:]
+            for window in windows {
+                for (other, theirs) in all where other != symbol {
+                    try write(window, symbol, other, pair(symbol, mine, other, theirs, window, &whole, db), db)
+                    pairs += 1
                 }
             }
             let updated = CorrelationsUpdated(
                 symbols: [symbol], windows: windows,
-                asOf: mine.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) }, pairs: pairs)
+                asOf: mine.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) }, pairs: pairs)
             try context.raise(updated)
             result.withLock { $0 = updated }
         }
@@ -107,16 +106,18 @@ public final class CorrelationsStore: Sendable {
         let result = Mutex<CorrelationsUpdated?>(nil)
         try await database.write(context) { [self] db in
             try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [event.window])
-            let all = try series(in: db).sorted { $0.key < $1.key }
+            let tracked = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
+            let all = try series(in: db, windows: tracked).sorted { $0.key < $1.key }
             var pairs = 0
+            var whole: [String: ReturnSeries] = [:]
             for i in 0..<all.count {
                 for j in (i + 1)..<all.count {
                     try write(event.window, all[i].key, all[j].key,
-                              CorrelationMath.pair(all[i].value, all[j].value, window: event.window), db)
+                              pair(all[i].key, all[i].value, all[j].key, all[j].value, event.window, &whole, db), db)
                     pairs += 1
                 }
             }
-            let asOf = all.compactMap(\.value.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
+            let asOf = all.compactMap(\.value.series.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
             let updated = CorrelationsUpdated(symbols: all.map(\.key), windows: [event.window], asOf: asOf, pairs: pairs)
             try context.raise(updated)
             result.withLock { $0 = updated }
@@ -133,30 +134,62 @@ public final class CorrelationsStore: Sendable {
             """).execute(arguments: [window, a, b, c.value, c.observations, c.asOfDay.map { Int($0) }])
     }
 
-    /// Every symbol's series, reloading from `db` only those whose version changed.
-    private func series(in db: Database) throws -> [String: ReturnSeries] {
+    /// The pair's correlation from the cached latest returns; from the whole series (read once
+    /// per call into `whole`) when those do not settle it (see `CorrelationMath.pair`).
+    private func pair(_ x: String, _ a: SeriesCache.Entry, _ y: String, _ b: SeriesCache.Entry, _ window: Int,
+                      _ whole: inout [String: ReturnSeries], _ db: Database) throws -> PairCorrelation {
+        if let c = CorrelationMath.pair(a.series, complete: a.complete, b.series, complete: b.complete, window: window) {
+            return c
+        }
+        func all(_ symbol: String) throws -> ReturnSeries {
+            if let loaded = whole[symbol] { return loaded }
+            let loaded = try Self.load(symbol, limit: nil, db).series
+            whole[symbol] = loaded
+            return loaded
+        }
+        return CorrelationMath.pair(try all(x), try all(y), window: window)
+    }
+
+    /// Every symbol's latest returns — enough for `windows` — reloading from `db` only those
+    /// whose version changed (and all of them when a larger window needs more).
+    private func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
         let versions = try Row.fetchAll(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"))
+        let keep = SeriesCache.length(for: windows)
         var current = cache.withLock { $0 }
-        var out: [String: ReturnSeries] = [:]
+        if current.length < keep { current = SeriesCache(length: keep) }
+        var out: [String: SeriesCache.Entry] = [:]
         for row in versions {
-            let symbol: String = row["symbol"]
-            let version: Int64 = row["version"]
-            if let cached = current[symbol], cached.version == version {
-                out[symbol] = cached.series
+            let symbol: String = row[0]
+            let version: Int64 = row[1]
+            if let cached = current.entries[symbol], cached.version == version {
+                out[symbol] = cached
                 continue
             }
-            var series = ReturnSeries()
-            for r in try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT date, value FROM returns WHERE symbol = ? ORDER BY date"),
-                arguments: [symbol]) {
-                series.days.append(Int32(r["date"] as Int))
-                series.values.append(r["value"])
-            }
-            current[symbol] = (version, series)
-            out[symbol] = series
+            var entry = try Self.load(symbol, limit: current.length, db)
+            entry.version = version
+            current.entries[symbol] = entry
+            out[symbol] = entry
         }
         cache.withLock { $0 = current }
         return out
+    }
+
+    /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first.
+    private static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
+        var series = ReturnSeries()
+        let rows = try Row.fetchCursor(
+            db.cachedStatement(sql: """
+                SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
+                ORDER BY date
+                """),
+            arguments: [symbol, limit ?? -1])
+        while let r = try rows.next() {
+            series.days.append(Int32(r[0] as Int))
+            series.values.append(r[1])
+        }
+        // Kept as long as the symbol does not change: no room left from the appends' doublings.
+        series = ReturnSeries(days: Array(series.days[...]), values: Array(series.values[...]))
+        return SeriesCache.Entry(series: series, complete: limit.map { series.count < $0 } ?? true)
     }
 
     // MARK: - Reads
@@ -193,6 +226,38 @@ public final class CorrelationsStore: Sendable {
         }
     }
 
+    /// The stored correlations among `symbols` (each once) for `window`, as a row-major
+    /// `n × n` matrix with an empty diagonal, and the latest `as_of` day of the pairs. Rows are
+    /// read with a cursor straight into the matrix: 500 symbols are 124,750 rows, which as GRDB
+    /// `Row`s and a dictionary of pairs took tens of megabytes per request.
+    public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double?], asOfDay: Int32?) {
+        try await database.pool.read { db in
+            let n = symbols.count
+            var index: [String: Int] = [:]
+            index.reserveCapacity(n)
+            for (i, symbol) in symbols.enumerated() { index[symbol] = i }
+            var values = [Double?](repeating: nil, count: n * n)
+            var asOf: Int32?
+            guard n > 1 else { return (values, asOf) }
+            let marks = symbols.map { _ in "?" }.joined(separator: ",")
+            var arguments: [any DatabaseValueConvertible] = [window]
+            arguments += symbols
+            arguments += symbols
+            let rows = try Row.fetchCursor(db, sql: """
+                SELECT a, b, value, as_of FROM correlations
+                WHERE window = ? AND a IN (\(marks)) AND b IN (\(marks))
+                """, arguments: StatementArguments(arguments))
+            while let row = try rows.next() {
+                guard let i = index[row[0]], let j = index[row[1]] else { continue }
+                let value: Double? = row[2]
+                values[i * n + j] = value
+                values[j * n + i] = value
+                if let day: Int = row[3] { asOf = max(asOf ?? Int32(day), Int32(day)) }
+            }
+            return (values, asOf)
+        }
+    }
+
     /// The diagonal of `symbol` for `window`, from its latest returns.
     public func diagonal(_ symbol: String, window: Int) async throws -> PairCorrelation {
         try await database.pool.read { db in
@@ -216,4 +281,27 @@ public struct Pair: Hashable, Sendable {
     public init(_ x: String, _ y: String) {
         (a, b) = x < y ? (x, y) : (y, x)
     }
+}
+
+/// The correlations worker's memory of return series: each symbol's latest returns only —
+/// the largest tracked window and a margin for calendars that differ by a few days — so it
+/// stays small however long the history (500 symbols of 10 years were 15 MB as whole series).
+/// Pairs whose latest common dates reach further back are computed from the database.
+struct SeriesCache: Sendable {
+    struct Entry: Sendable {
+        var series: ReturnSeries
+        /// Whether `series` holds every stored return of the symbol.
+        var complete: Bool
+        /// The symbol's `symbols.version` when it was read.
+        var version: Int64 = 0
+    }
+
+    /// Returns kept per symbol.
+    var length = 0
+    var entries: [String: Entry] = [:]
+
+    init(length: Int = 0) { self.length = length }
+
+    /// How many of a symbol's latest returns to keep for `windows`.
+    static func length(for windows: [Int]) -> Int { (windows.max() ?? 0) + 64 }
 }

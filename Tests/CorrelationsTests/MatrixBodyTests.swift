@@ -1,0 +1,41 @@
+@testable import Correlations
+import EventCatalog
+import Foundation
+import Testing
+
+@Suite("GET /correlations document")
+struct MatrixBodyTests {
+    @Test("written directly, it is the bytes JSONEncoder gives: nulls, repeated rows, any finite double, no as_of")
+    func sameAsJSONEncoder() throws {
+        var random = SystemRandomNumberGenerator()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        for round in 0..<200 {
+            let size = Int.random(in: 0...7, using: &random)
+            let unique = (0..<size).map { "S\($0).X-\(round)" }
+            let values: [Double?] = (0..<(size * size)).map { _ in
+                switch Int.random(in: 0..<6, using: &random) {
+                case 0: return nil
+                case 1: return Double.random(in: -1...1, using: &random)
+                case 2: return Double.random(in: -1e-9...1e-9, using: &random)
+                case 3: return [1, -1, 0, 0.5][Int.random(in: 0..<4, using: &random)]
+                case 4:
+                    let any = Double(bitPattern: UInt64.random(in: 0...UInt64.max, using: &random))
+                    return any.isFinite ? any : 0.25
+                default: return Double.random(in: -1e6...1e6, using: &random)
+                }
+            }
+            // Rows as asked: a symbol may come twice.
+            let rows = size == 0 ? [] : (0..<Int.random(in: 1...9, using: &random)).map { _ in Int.random(in: 0..<size, using: &random) }
+            let symbols = rows.map { unique[$0] }
+            let asOf = round % 3 == 0 ? nil : CalendarDate(daysSinceEpoch: Int.random(in: 0...40_000, using: &random))
+            let window = Int.random(in: 2...2520, using: &random)
+            let expected = try encoder.encode(CorrelationsRoutes.MatrixBody(
+                symbols: symbols, window: window, asOf: asOf,
+                matrix: rows.map { i in rows.map { j in values[i * size + j] } }))
+            let written = CorrelationsRoutes.MatrixBody.json(symbols: symbols, window: window, asOf: asOf, rows: rows,
+                                                             values: values, size: size)
+            #expect(String(decoding: written, as: UTF8.self) == String(decoding: expected, as: UTF8.self))
+        }
+    }
+}
