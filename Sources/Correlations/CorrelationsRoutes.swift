@@ -85,25 +85,11 @@ public struct CorrelationsRoutes: Sendable {
         }
     }
 
-    struct MatrixBody: Encodable {
-        let symbols: [String]
-        let window: Int
-        let asOf: CalendarDate?
-        let matrix: [[Double?]]
-
-        enum CodingKeys: String, CodingKey { case symbols, window, matrix, asOf = "as_of" }
-
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(symbols, forKey: .symbols)
-            try c.encode(window, forKey: .window)
-            try c.encode(asOf, forKey: .asOf)
-            try c.encode(matrix, forKey: .matrix)
-        }
-
-        /// The document as `JSONEncoder` writes this type (sorted keys), written directly:
-        /// row `r` of the matrix is row `rows[r]` of `values` (`size × size`, row-major). A
-        /// 500-symbol matrix through `JSONEncoder` built a tree of 250,000 boxed values first.
+    /// The `GET /correlations` document: `{"as_of","matrix","symbols","window"}`.
+    enum MatrixBody {
+        /// The document, keys sorted as `JSONEncoder` sorts them, written directly: row `r` of the
+        /// matrix is row `rows[r]` of `values` (`size × size`, row-major). A 500-symbol matrix
+        /// through `JSONEncoder` built a tree of 250,000 boxed values first.
         static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double?],
                          size: Int) -> [UInt8] {
             var writer = EventJSONWriter(capacity: 64 + 24 * rows.count * (rows.count + 1))

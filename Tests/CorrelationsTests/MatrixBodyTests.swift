@@ -3,6 +3,24 @@ import EventCatalog
 import Foundation
 import Testing
 
+/// The document as `JSONEncoder` writes it: the reference.
+private struct Reference: Encodable {
+    let symbols: [String]
+    let window: Int
+    let asOf: CalendarDate?
+    let matrix: [[Double?]]
+
+    enum CodingKeys: String, CodingKey { case symbols, window, matrix, asOf = "as_of" }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(symbols, forKey: .symbols)
+        try c.encode(window, forKey: .window)
+        try c.encode(asOf, forKey: .asOf)
+        try c.encode(matrix, forKey: .matrix)
+    }
+}
+
 @Suite("GET /correlations document")
 struct MatrixBodyTests {
     @Test("written directly, it is the bytes JSONEncoder gives: nulls, repeated rows, any finite double, no as_of")
@@ -30,7 +48,7 @@ struct MatrixBodyTests {
             let symbols = rows.map { unique[$0] }
             let asOf = round % 3 == 0 ? nil : CalendarDate(daysSinceEpoch: Int.random(in: 0...40_000, using: &random))
             let window = Int.random(in: 2...2520, using: &random)
-            let expected = try encoder.encode(CorrelationsRoutes.MatrixBody(
+            let expected = try encoder.encode(Reference(
                 symbols: symbols, window: window, asOf: asOf,
                 matrix: rows.map { i in rows.map { j in values[i * size + j] } }))
             let written = CorrelationsRoutes.MatrixBody.json(symbols: symbols, window: window, asOf: asOf, rows: rows,
