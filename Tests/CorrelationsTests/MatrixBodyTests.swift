@@ -12,12 +12,13 @@ private struct Reference: Encodable {
 
     enum CodingKeys: String, CodingKey { case symbols, window, matrix, asOf = "as_of" }
 
+    /// `as_of` is `null` when unknown (synthesized encoding would leave the key out).
     func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
+        if let asOf { try c.encode(asOf, forKey: .asOf) } else { try c.encodeNil(forKey: .asOf) }
+        try c.encode(matrix, forKey: .matrix)
         try c.encode(symbols, forKey: .symbols)
         try c.encode(window, forKey: .window)
-        try c.encode(asOf, forKey: .asOf)
-        try c.encode(matrix, forKey: .matrix)
     }
 }
 
