@@ -43,7 +43,7 @@ FROM ${RUNTIME_IMAGE}
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      librabbitmq4 libmicrohttpd12 libsqlite3-0 libopenblas0-pthread libcurl4 ca-certificates curl \
+      librabbitmq4 libmicrohttpd12 libsqlite3-0 libcurl4 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 stega \
  && useradd --system --uid 10001 --gid stega --home-dir /var/lib/stega --shell /usr/sbin/nologin stega \
@@ -55,8 +55,7 @@ COPY --from=build /out/ /opt/stega/
 ENV PATH=/opt/stega/bin:$PATH \
     SWIFT_BACKTRACE=enable=yes,sanitize=yes,threads=all,images=all,interactive=no,swift-backtrace=/opt/stega/bin/swift-backtrace \
     STEGA_DATA_DIR=/var/lib/stega \
-    STEGA_LOG_FORMAT=json \
-    OPENBLAS_NUM_THREADS=1
+    STEGA_LOG_FORMAT=json
 WORKDIR /var/lib/stega
 USER 10001:10001
 EXPOSE 8080 8081 8082 9081 9082

@@ -91,12 +91,15 @@ let package = Package(
         .target(
             name: "Correlations",
             dependencies: [
-                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime", "COpenBLAS",
+                "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             resources: [.copy("openapi.json")]
         ),
+        // The dense correlation kernel (OpenBLAS): only stega-bench uses it, so the services do
+        // not load OpenBLAS and its thread pool.
+        .target(name: "CorrelationKernel", dependencies: ["COpenBLAS"]),
         .target(
             name: "Boundary",
             dependencies: [
@@ -117,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "stega-bench",
             dependencies: [
-                "Correlations", "ServiceRuntime", "MessageBus", "EventCatalog", "HTTPServer",
+                "CorrelationKernel", "ServiceRuntime", "MessageBus", "EventCatalog", "HTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,7 +138,8 @@ let package = Package(
         ),
         .testTarget(
             name: "CorrelationsTests",
-            dependencies: ["Correlations", "Returns", "MessageBus", "EventCatalog", "HTTPServer", "ServiceRuntime"],
+            dependencies: ["Correlations", "CorrelationKernel", "Returns", "MessageBus", "EventCatalog", "HTTPServer",
+                           "ServiceRuntime"],
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),

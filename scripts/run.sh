@@ -30,9 +30,6 @@ for p in ($port, $port + 20000): socket.socket().bind(('127.0.0.1', p))" 2>/dev/
   fi
   export STEGA_AMQP_URL
   export STEGA_DATA_DIR=${STEGA_DATA_DIR:-$RUN/data}
-  # The correlations kernel splits its work over threads of its own; OpenBLAS's idle pool
-  # would only spin on a core (see docs/benchmarks.md).
-  export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
   for entry in "${PROCESSES[@]}"; do
     name=${entry%%:*}; port=${entry##*:}
     pidfile="$RUN/pids/$name.pid"

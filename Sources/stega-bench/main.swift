@@ -1,5 +1,5 @@
 import ArgumentParser
-import Correlations
+import CorrelationKernel
 import EventCatalog
 import Foundation
 import GRDB

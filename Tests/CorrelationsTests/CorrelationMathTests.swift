@@ -1,4 +1,5 @@
 import Correlations
+import CorrelationKernel
 import EventCatalog
 import Foundation
 import HTTPServer
