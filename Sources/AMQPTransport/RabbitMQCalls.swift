@@ -251,10 +251,8 @@ final class RabbitMQConnection {
     /// `amqp_encode_properties`) and written with one `send` — at the end of ``batched(_:)``
     /// when inside one. Over TLS, `amqp_basic_publish`.
     func publish(_ message: AMQPMessage, exchange: String, routingKey: String? = nil, mandatory: Bool) throws {
-        let key = routingKey ?? message.routingKey
-        var (props, entries) = properties(of: message, exchange: exchange, routingKey: key)
-        let exchangeBytes = scratch.strings[0], keyBytes = scratch.strings[1]
-        props.headers = amqp_table_t(num_entries: Int32(entries), entries: scratch.entries)
+        var (props, exchangeBytes, keyBytes) = properties(of: message, exchange: exchange,
+                                                          routingKey: routingKey ?? message.routingKey)
         let status = message.body.withUnsafeBytes { raw -> Int32 in
             let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
             if tls {
@@ -267,18 +265,17 @@ final class RabbitMQConnection {
         if !tls, !batching || frames.count >= 64 * 1024 { try sendFrames() }
     }
 
-    /// The message's properties for rabbitmq-c, every string copied into `scratch` (valid until
-    /// the next message), and the number of header entries in `scratch.entries`.
-    private func properties(of message: AMQPMessage, exchange: String, routingKey: String) -> (amqp_basic_properties_t, Int) {
+    /// The message's properties (headers included) for rabbitmq-c, and the exchange and routing
+    /// key, every string copied into `scratch` (valid until the next message).
+    private func properties(of message: AMQPMessage, exchange: String,
+                            routingKey: String) -> (amqp_basic_properties_t, exchange: amqp_bytes_t, routingKey: amqp_bytes_t) {
         let headers = message.headers.sorted { $0.key < $1.key }.filter { $0.value != .other }
-        var size = exchange.utf8.count + routingKey.utf8.count
-        for text in [message.contentType, message.messageId, message.type, message.appId, message.correlationId] {
-            size += text?.utf8.count ?? 0
-        }
+        var size = exchange.utf8.count + routingKey.utf8.count + (message.contentType?.utf8.count ?? 0)
+            + (message.messageId?.utf8.count ?? 0) + (message.type?.utf8.count ?? 0)
+            + (message.appId?.utf8.count ?? 0) + (message.correlationId?.utf8.count ?? 0)
         for (key, value) in headers { size += key.utf8.count + (value.string?.utf8.count ?? 0) }
         scratch.reset(bytes: size, entries: headers.count)
-        scratch.strings.append(scratch.put(exchange))
-        scratch.strings.append(scratch.put(routingKey))
+        let exchangeBytes = scratch.put(exchange), keyBytes = scratch.put(routingKey)
         var props = amqp_basic_properties_t()
         var flags = amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_HEADERS_FLAG)
         props.delivery_mode = message.deliveryMode
@@ -310,7 +307,8 @@ final class RabbitMQConnection {
             }
             scratch.entries[i] = entry
         }
-        return (props, headers.count)
+        props.headers = amqp_table_t(num_entries: Int32(headers.count), entries: scratch.entries)
+        return (props, exchangeBytes, keyBytes)
     }
 
     /// Appends a `basic.publish` method frame, the content header frame and the body frames
@@ -677,13 +675,10 @@ private struct PublishScratch: ~Copyable {
     private(set) var used = 0
     private(set) var entries: UnsafeMutablePointer<amqp_table_entry_t>
     private var entryCapacity = 8
-    /// The exchange and routing key, as put first.
-    var strings: [amqp_bytes_t] = []
 
     init() {
         base = malloc(capacity)!
         entries = .allocate(capacity: entryCapacity)
-        strings.reserveCapacity(2)
     }
 
     deinit {
@@ -694,7 +689,6 @@ private struct PublishScratch: ~Copyable {
     /// Empties it, with room for `bytes` of strings and `entries` header entries.
     mutating func reset(bytes: Int, entries count: Int) {
         used = 0
-        strings.removeAll(keepingCapacity: true)
         if bytes > capacity {
             capacity = bytes
             base = realloc(base, capacity)!

@@ -208,19 +208,11 @@ public final class CorrelationsStore: Sendable {
     /// The stored pair correlations among `symbols` for `window`, keyed by the sorted pair.
     public func pairs(among symbols: [String], window: Int) async throws -> [Pair: PairCorrelation] {
         try await database.pool.read { db in
-            let unique = Array(Set(symbols))
-            let marks = unique.map { _ in "?" }.joined(separator: ",")
-            var arguments: [any DatabaseValueConvertible] = [window]
-            arguments += unique
-            arguments += unique
             var out: [Pair: PairCorrelation] = [:]
-            for row in try Row.fetchAll(db, sql: """
-                SELECT a, b, value, observations, as_of FROM correlations
-                WHERE window = ? AND a IN (\(marks)) AND b IN (\(marks))
-                """, arguments: StatementArguments(arguments)) {
-                out[Pair(row["a"], row["b"])] = PairCorrelation(
-                    value: row["value"], observations: row["observations"],
-                    asOfDay: (row["as_of"] as Int?).map(Int32.init))
+            let rows = try Self.pairRows(among: Array(Set(symbols)), window: window, db)
+            while let row = try rows.next() {
+                out[Pair(row[0], row[1])] = PairCorrelation(
+                    value: row[2], observations: row[3], asOfDay: (row[4] as Int?).map(Int32.init))
             }
             return out
         }
@@ -239,23 +231,29 @@ public final class CorrelationsStore: Sendable {
             var values = [Double?](repeating: nil, count: n * n)
             var asOf: Int32?
             guard n > 1 else { return (values, asOf) }
-            let marks = symbols.map { _ in "?" }.joined(separator: ",")
-            var arguments: [any DatabaseValueConvertible] = [window]
-            arguments += symbols
-            arguments += symbols
-            let rows = try Row.fetchCursor(db, sql: """
-                SELECT a, b, value, as_of FROM correlations
-                WHERE window = ? AND a IN (\(marks)) AND b IN (\(marks))
-                """, arguments: StatementArguments(arguments))
+            let rows = try Self.pairRows(among: symbols, window: window, db)
             while let row = try rows.next() {
                 guard let i = index[row[0]], let j = index[row[1]] else { continue }
                 let value: Double? = row[2]
                 values[i * n + j] = value
                 values[j * n + i] = value
-                if let day: Int = row[3] { asOf = max(asOf ?? Int32(day), Int32(day)) }
+                if let day: Int = row[4] { asOf = max(asOf ?? Int32(day), Int32(day)) }
             }
             return (values, asOf)
         }
+    }
+
+    /// The stored rows `a, b, value, observations, as_of` of the pairs among `symbols` (each
+    /// once) for `window`.
+    private static func pairRows(among symbols: [String], window: Int, _ db: Database) throws -> RowCursor {
+        let marks = symbols.map { _ in "?" }.joined(separator: ",")
+        var arguments: [any DatabaseValueConvertible] = [window]
+        arguments += symbols
+        arguments += symbols
+        return try Row.fetchCursor(db, sql: """
+            SELECT a, b, value, observations, as_of FROM correlations
+            WHERE window = ? AND a IN (\(marks)) AND b IN (\(marks))
+            """, arguments: StatementArguments(arguments))
     }
 
     /// The diagonal of `symbol` for `window`, from its latest returns.
