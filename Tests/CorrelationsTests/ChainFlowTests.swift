@@ -105,9 +105,12 @@ struct ChainFlowTests {
             let items = zip(days, closes(s, n)).map { "{\"date\":\"\($0)\",\"close\":\($1)}" }.joined(separator: ",")
             let r = await chain.post(chain.returnsRouter, "/prices", "{\"symbol\":\"S\(s)\",\"prices\":[\(items)]}")
             #expect(r.status == 202)
-            ops.append((try JSONSerialization.jsonObject(with: Data(r.body)) as! [String: String])["operation_id"]!)
+            let op = (try JSONSerialization.jsonObject(with: Data(r.body)) as! [String: String])["operation_id"]!
+            ops.append(op)
+            // One symbol at a time: the workers handle events concurrently, so S2's update sees
+            // S0 and S1 only once theirs are in.
+            try await chain.waitFor("update of \(op)") { try await !chain.updates(for: op).isEmpty }
         }
-        for op in ops { try await chain.waitFor("update of \(op)") { try await !chain.updates(for: op).isEmpty } }
         let last = try await chain.updates(for: ops[2])[0]
         #expect(last.symbols == ["S2"])
         #expect(last.windows == [20, 60, 252])
