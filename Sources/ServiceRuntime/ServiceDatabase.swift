@@ -28,6 +28,8 @@ public final class ServiceDatabase: Sendable {
     public let relayId = "relay-" + UUID().lowercaseText
     /// Concurrent `write(_:_:)`s share transactions (group commit).
     private let combiner: WriteCombiner
+    /// Checkpoints the WAL off the commit path.
+    let checkpointer: WALCheckpointer
 
     /// - Parameter admissionMaxWait: the longest a command waits at ``admission``.
     public init(path: String, admissionMaxWait: DispatchTimeInterval = .seconds(1),
@@ -35,6 +37,8 @@ public final class ServiceDatabase: Sendable {
         admission = WriteAdmission(maxWait: admissionMaxWait)
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let checkpointer = WALCheckpointer(path: path)
+        self.checkpointer = checkpointer
         var configuration = Configuration()
         // The api and the worker write the same file. SQLite's own busy timeout sleeps 1, 2,
         // 5, 10… ms between tries, so a writer that waits for the other's short transaction
@@ -51,6 +55,8 @@ public final class ServiceDatabase: Sendable {
             // outbox count, a scan of every row waiting), instead of SQLite's 2 MiB each —
             // the processes stay within their memory budget, and the OS caches the file.
             try db.execute(sql: "PRAGMA cache_size = \(db.configuration.readonly ? -256 : -1024)")
+            // The writer's commits leave checkpoints to `WALCheckpointer`.
+            if !db.configuration.readonly { checkpointer.install(on: db) }
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         combiner = WriteCombiner(pool: pool, bell: outboxBell)

@@ -1,0 +1,45 @@
+import Foundation
+import GRDB
+import MessageBus
+@testable import ServiceRuntime
+import Testing
+
+@Suite("WAL checkpoints")
+struct WALCheckpointTests {
+    @Test("two writers on one file (an api and its worker): checkpoints run off the commits and the WAL stays bounded")
+    func bounded() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("t.sqlite").path
+        let api = try ServiceDatabase(path: path)
+        let worker = try ServiceDatabase(path: path)
+        try await api.pool.write { db in try db.execute(sql: "CREATE TABLE IF NOT EXISTS t (k INTEGER, v BLOB)") }
+        // Each commit adds five or more frames (a 16 KiB value spans overflow pages): far
+        // more frames than the bound below, written without pause by both.
+        let writes = 4_000
+        let value = Data(repeating: 7, count: 16_384)
+        func write(_ database: ServiceDatabase, _ key: Int) async throws {
+            for i in 0..<writes {
+                try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
+                    try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [key * writes + i, value])
+                }
+            }
+        }
+        async let a: Void = write(api, 0)
+        async let w: Void = write(worker, 1)
+        _ = try await (a, w)
+
+        let frame = 4_096 + 24
+        let written = 2 * writes * 5
+        let wal = try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as! Int
+        #expect(api.checkpointer.checkpointCount + worker.checkpointer.checkpointCount > 0)
+        // The restart threshold, the frames the writers add while a restart waits for its
+        // turn, and a margin: a small part of what was written.
+        #expect(wal <= (WALCheckpointer.restartThreshold + 6 * Int(WALCheckpointer.threshold)) * frame,
+                "WAL of \(wal / frame) frames after \(written)+ written")
+        #expect(try await worker.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 2 * writes)
+        // The checkpoints copied the data into the database file itself.
+        let file = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+        #expect(file > writes * value.count)
+    }
+}
