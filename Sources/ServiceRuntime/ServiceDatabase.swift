@@ -103,8 +103,11 @@ public final class ServiceDatabase: Sendable {
                 let seen = try Bool.fetchOne(
                     db.cachedStatement(sql: "SELECT 1 FROM inbox WHERE event_id = ?"), arguments: [id]) ?? false
                 if seen { return .init(handled: false, rows: []) }
-                try db.cachedStatement(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?)")
-                    .execute(arguments: [id, Date().timeIntervalSince1970])
+                try DirectBinding.execute(db.cachedStatement(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?)"),
+                                          in: db) { row in
+                    row.bind(1, id)
+                    row.bind(2, Date().timeIntervalSince1970)
+                }
             }
             try body(db)
             return .init(handled: true, rows: try Outbox.append(context.takeRaised(), claimedBy: relayId, in: db))
@@ -184,11 +187,21 @@ public enum Outbox {
         var rows: [(Int64, EventEnvelope)] = []
         rows.reserveCapacity(envelopes.count)
         for e in envelopes {
-            try insert.execute(arguments: [
-                    e.eventId.lowercaseText, e.routingKey, e.type, e.correlationId, e.causationId,
-                    e.appId, e.timestamp.timeIntervalSince1970, e.schemaVersion, e.traceparent,
-                    e.contentType, e.body, relay, claimedAt,
-                ])
+            try DirectBinding.execute(insert, in: db) { row in
+                row.bind(1, e.eventId.lowercaseText)
+                row.bind(2, e.routingKey)
+                row.bind(3, e.type)
+                row.bind(4, e.correlationId)
+                row.bind(5, e.causationId)
+                row.bind(6, e.appId)
+                row.bind(7, e.timestamp.timeIntervalSince1970)
+                row.bind(8, e.schemaVersion)
+                row.bind(9, e.traceparent)
+                row.bind(10, e.contentType)
+                row.bind(11, e.body)
+                row.bind(12, relay)
+                row.bind(13, claimedAt)
+            }
             rows.append((db.lastInsertedRowID, e))
         }
         return rows

@@ -42,7 +42,11 @@ public struct ReturnsStore: Sendable {
             for symbol in command.prices.keys.sorted() {
                 let points = command.prices[symbol]!
                 for point in points {
-                    try statement.execute(arguments: [symbol, point.date.description, point.close])
+                    try DirectBinding.execute(statement, in: db) { row in
+                        row.bind(1, symbol)
+                        row.bind(2, point.date.description)
+                        row.bind(3, point.close)
+                    }
                 }
                 try context.raise(PricesRecorded(symbol: symbol, firstDate: points.first!.date,
                                                  lastDate: points.last!.date, count: points.count))
@@ -80,7 +84,12 @@ public struct ReturnsStore: Sendable {
                 """)
             var changed: [DatedValue] = []
             for r in computed where existing[r.date.description] != r.simple {
-                try upsert.execute(arguments: [event.symbol, r.date.description, r.simple, r.log])
+                try DirectBinding.execute(upsert, in: db) { row in
+                    row.bind(1, event.symbol)
+                    row.bind(2, r.date.description)
+                    row.bind(3, r.simple)
+                    row.bind(4, r.log)
+                }
                 changed.append(DatedValue(date: r.date, value: r.simple))
             }
             try context.raise(ReturnsCalculated(symbol: event.symbol, returns: changed))
