@@ -85,7 +85,8 @@ static void *run(void *arg) {
     struct timespec ts = {due / 1000000000LL, due % 1000000000LL};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
     time_t day = 978436800 + 86400 * (1 + n / symbols);
-    strftime(date, sizeof date, "%Y-%m-%d", gmtime(&day));
+    struct tm tm;  /* gmtime_r: each connection has a thread, and gmtime's result is shared */
+    strftime(date, sizeof date, "%Y-%m-%d", gmtime_r(&day, &tm));
     int blen = snprintf(body, sizeof body, "{\"symbol\":\"L%03d\",\"prices\":[{\"date\":\"%s\",\"close\":%ld}]}",
                         (int)(n % symbols), date, 100 + n % 7);
     int len = snprintf(req, sizeof req, "POST /prices HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
