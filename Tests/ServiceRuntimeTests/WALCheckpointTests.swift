@@ -42,4 +42,26 @@ struct WALCheckpointTests {
         let file = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
         #expect(file > writes * value.count)
     }
+
+    @Test("a checkpoint queue that falls behind: past 8,000 frames the commits checkpoint themselves")
+    func queueBehind() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("t.sqlite").path
+        let database = try ServiceDatabase(path: path)
+        try await database.pool.write { db in try db.execute(sql: "CREATE TABLE IF NOT EXISTS t (k INTEGER, v BLOB)") }
+        let value = Data(repeating: 7, count: 16_384)
+        let writes = 5_000  // five or more frames each: 25,000+
+        try await database.checkpointer.withQueueHeld {
+            for i in 0..<writes {
+                try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
+                    try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [i, value])
+                }
+            }
+        }
+        let frame = 4_096 + 24
+        let wal = try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as! Int
+        #expect(wal <= (Int(WALCheckpointer.inlineThreshold) + 1_000) * frame, "WAL of \(wal / frame) frames")
+        #expect(try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == writes)
+    }
 }
