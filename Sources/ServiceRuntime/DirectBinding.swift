@@ -25,7 +25,7 @@ public enum DirectBinding {
         /// Binds text, or NULL for `nil`.
         public func bind(_ index: Int32, _ value: String?) {
             guard var value else { return bindNull(index) }
-            value.withUTF8 { utf8 in
+            _ = value.withUTF8 { utf8 in
                 // An empty buffer may have no address, which SQLite would take for NULL.
                 if utf8.isEmpty {
                     sqlite3_bind_text(statement, index, "", 0, transient)
@@ -46,7 +46,7 @@ public enum DirectBinding {
 
         /// Binds a blob (an empty one for empty data: never NULL).
         public func bind(_ index: Int32, _ value: Data) {
-            value.withUnsafeBytes { bytes in
+            _ = value.withUnsafeBytes { bytes in
                 if let base = bytes.baseAddress, !bytes.isEmpty {
                     sqlite3_bind_blob(statement, index, base, Int32(bytes.count), transient)
                 } else {
