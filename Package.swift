@@ -148,7 +148,8 @@ let package = Package(
         .testTarget(
             name: "ServiceRuntimeTests",
             dependencies: ["ServiceRuntime", "AMQPTransport", "MessageBus", "EventCatalog",
-                           .product(name: "GRDB", package: "GRDB.swift")]
+                           .product(name: "GRDB", package: "GRDB.swift"),
+                           .product(name: "GRDBSQLite", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "IntegrationTests",

@@ -29,11 +29,13 @@ public enum MemorySetup {
 }
 
 /// Gives memory back to the system once a burst of work is over: every half second it looks
-/// at an activity count, and when the count stopped moving after it moved, trims (at most
-/// every 5 seconds). One per process, fed by everything that works: HTTP requests, relay
-/// batches, handled events.
+/// at an activity count, and when the count stopped moving after it moved, drops the caches
+/// `release` names (SQLite's page caches and idle connections), then trims (at most every
+/// 5 seconds). One per process, fed by everything that works: HTTP requests, relay batches,
+/// handled events.
 struct MemoryTrimmer: Service {
     let activity: @Sendable () -> Int
+    var release: @Sendable () -> Void = {}
 
     func run() async throws {
         // Ends quietly on shutdown (a thrown cancellation would count as a failure).
@@ -50,6 +52,9 @@ struct MemoryTrimmer: Service {
                 } else if busy, lastTrim.map({ ContinuousClock.now - $0 >= .seconds(5) }) ?? true {
                     busy = false
                     lastTrim = .now
+                    release()
+                    // The caches go on their connections' queues, after what runs there.
+                    try? await Task.sleep(for: .milliseconds(50))
                     MemorySetup.trim()
                 }
                 last = now

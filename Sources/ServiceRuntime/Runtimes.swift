@@ -100,7 +100,8 @@ enum RuntimeShared {
                                     threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
             // Shutdown runs in reverse: consumer first, then HTTP, then the relay flushes.
             // Memory back to the system once a burst of work (requests, publishing, events) is over.
-            let trimmer = MemoryTrimmer { daemon.requestCount + relay.batchCount + activity() }
+            let trimmer = MemoryTrimmer(activity: { daemon.requestCount + relay.batchCount + activity() },
+                                        release: { database.releaseMemory() })
             let services: [any Service] = [relay, HTTPService(daemon: daemon), trimmer] + extra.map(\.0)
             logger.info("starting", metadata: [
                 "amqp.url": "\(config.amqp.url)", "amqp.exchange": "\(config.amqp.exchange)",

@@ -164,6 +164,14 @@ public final class ServiceDatabase: Sendable {
         _ = try await combiner.submit { _ in .init(handled: false, rows: []) }
     }
 
+    /// Drops what SQLite caches (page caches, prepared statements; reader connections close
+    /// and open again when needed), on each connection's queue once it is free: after a burst,
+    /// the writer's 1 MiB cache and the readers' are memory nothing uses until the next one.
+    public func releaseMemory() {
+        pool.releaseMemoryEventually()
+        checkpointer.releaseMemory()
+    }
+
     /// Whether the database answers a query.
     public func isReadable() async -> Bool {
         (try? await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }) == 1

@@ -74,6 +74,15 @@ final class WALCheckpointer: Sendable {
         }
     }
 
+    /// Drops the checkpointer connection's page cache.
+    func releaseMemory() {
+        queue.async { [self] in
+            connection.withLock { connection in
+                if let connection { sqlite3_db_release_memory(connection) }
+            }
+        }
+    }
+
     private func checkpoint() {
         connection.withLock { connection in
             if connection == nil {

@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import GRDB
+import GRDBSQLite
 import MessageBus
 @testable import ServiceRuntime
 import Synchronization
@@ -216,5 +217,37 @@ struct GroupCommitTests {
         }
         #expect(stored == expected)
         #expect(Set(queued) == expected && queued.count == expected.count)
+    }
+}
+
+@Suite("Releasing SQLite's memory")
+struct ReleaseMemoryTests {
+    @Test("releaseMemory empties the writer's page cache, and reads and writes go on")
+    func release() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await database.pool.write { db in
+            try db.execute(sql: "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            for i in 0..<200 {
+                try db.execute(sql: "INSERT INTO t VALUES (?, ?)", arguments: [i, Data(repeating: 1, count: 4_000)])
+            }
+        }
+        @Sendable func cacheUsed() async throws -> Int32 {
+            try await database.pool.writeWithoutTransaction { db in
+                var current: Int32 = 0
+                var highest: Int32 = 0
+                sqlite3_db_status(db.sqliteConnection, SQLITE_DBSTATUS_CACHE_USED, &current, &highest, 0)
+                return current
+            }
+        }
+        let before = try await cacheUsed()
+        database.releaseMemory()
+        // The writer's release is queued on the writer: this write runs after it.
+        let after = try await cacheUsed()
+        #expect(before > 500_000, "cache of \(before) bytes before")
+        #expect(after < before / 4, "cache of \(after) bytes after, \(before) before")
+        let context = HandlerContext(metadata: .newOperation(), appId: "test")
+        try await database.write(context) { db in try db.execute(sql: "INSERT INTO t VALUES (1000, x'00')") }
+        #expect(try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 201)
     }
 }
