@@ -6,18 +6,26 @@ import Testing
 
 @Suite("WAL checkpoints")
 struct WALCheckpointTests {
+    /// A database file of its own (removed by `done`), with a table `t (k, v)`; `databases`
+    /// processes' worth of `ServiceDatabase`s on it.
+    private func file(databases: Int) async throws -> (path: String, databases: [ServiceDatabase], done: () -> Void) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
+        let path = dir.appendingPathComponent("t.sqlite").path
+        let opened = try (0..<databases).map { _ in try ServiceDatabase(path: path) }
+        try await opened[0].pool.write { db in try db.execute(sql: "CREATE TABLE IF NOT EXISTS t (k INTEGER, v BLOB)") }
+        return (path, opened, { try? FileManager.default.removeItem(at: dir) })
+    }
+
+    /// A 16 KiB value: each commit that stores one adds five or more frames (overflow pages).
+    private let value = Data(repeating: 7, count: 16_384)
+
     @Test("two writers on one file (an api and its worker): checkpoints run off the commits and the WAL stays bounded")
     func bounded() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("t.sqlite").path
-        let api = try ServiceDatabase(path: path)
-        let worker = try ServiceDatabase(path: path)
-        try await api.pool.write { db in try db.execute(sql: "CREATE TABLE IF NOT EXISTS t (k INTEGER, v BLOB)") }
-        // Each commit adds five or more frames (a 16 KiB value spans overflow pages): far
-        // more frames than the bound below, written without pause by both.
+        let (path, databases, done) = try await file(databases: 2)
+        defer { done() }
+        let (api, worker) = (databases[0], databases[1])
+        // Far more frames than the bound below, written without pause by both.
         let writes = 4_000
-        let value = Data(repeating: 7, count: 16_384)
         func write(_ database: ServiceDatabase, _ key: Int) async throws {
             for i in 0..<writes {
                 try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
@@ -45,13 +53,10 @@ struct WALCheckpointTests {
 
     @Test("a checkpoint queue that falls behind: past 8,000 frames the commits checkpoint themselves")
     func queueBehind() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("t.sqlite").path
-        let database = try ServiceDatabase(path: path)
-        try await database.pool.write { db in try db.execute(sql: "CREATE TABLE IF NOT EXISTS t (k INTEGER, v BLOB)") }
-        let value = Data(repeating: 7, count: 16_384)
-        let writes = 5_000  // five or more frames each: 25,000+
+        let (path, databases, done) = try await file(databases: 1)
+        defer { done() }
+        let database = databases[0]
+        let writes = 5_000  // 25,000+ frames
         try await database.checkpointer.withQueueHeld {
             for i in 0..<writes {
                 try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
