@@ -12,26 +12,38 @@ import Synchronization
 /// `{"type":"event","routing_key","event_id","correlation_id","payload","timestamp"}` per
 /// event, `{"type":"operation","operation_id","status"}` when an operation resolves (at once
 /// for one already resolved), `{"type":"error","message"}` for a request it cannot follow.
+///
+/// Bounds (DESIGN.md, "Limits on untrusted input"): a pattern is at most 255 bytes and a client
+/// holds at most ``maxSubscriptions`` patterns and operations together (`{"type":"error"}` past
+/// that); matching an event against a pattern is linear in their words (``TopicPattern``), so
+/// no client's subscriptions delay the others' events for long.
 public final class WebSocketHub: WebSocketDelegate {
     struct Client {
         let socket: WebSocket
-        var patterns: Set<String> = []
+        var patterns: [String: TopicPattern] = [:]
         var operations: [String: UUID] = [:]  // operation id → tracker token
+
+        var subscriptions: Int { patterns.count + operations.count }
     }
 
     private let tracker: OperationTracker
     private let clients = Mutex<[ObjectIdentifier: Client]>([:])
+    /// Patterns and operations one client may follow at once.
+    public let maxSubscriptions: Int
 
-    public init(tracker: OperationTracker) { self.tracker = tracker }
+    public init(tracker: OperationTracker, maxSubscriptions: Int = 1_000) {
+        self.tracker = tracker
+        self.maxSubscriptions = maxSubscriptions
+    }
 
     /// Connected clients.
     public var count: Int { clients.withLock { $0.count } }
 
     /// Sends `envelope` to every client whose patterns match its routing key.
     public func broadcast(_ envelope: EventEnvelope) {
+        let words = envelope.routingKey.split(separator: ".", omittingEmptySubsequences: false)
         let targets = clients.withLock { all in
-            all.values.filter { client in client.patterns.contains { RoutingKey.matches(pattern: $0, key: envelope.routingKey) } }
-                .map(\.socket)
+            all.values.filter { client in client.patterns.values.contains { $0.matches(words: words) } }.map(\.socket)
         }
         guard !targets.isEmpty else { return }
         let message = Self.json(EventMessage(Operation.Event(envelope)))
@@ -51,16 +63,26 @@ public final class WebSocketHub: WebSocketDelegate {
                 return reply(socket, ["type": "error", "message": "operation must be a UUID, got \(id)"])
             }
             subscribing ? subscribe(socket, operation: id.lowercased()) : unsubscribe(socket, operation: id.lowercased())
-        case (nil, .string(let pattern)?):
-            guard !pattern.isEmpty, !pattern.split(separator: ".", omittingEmptySubsequences: false).contains("") else {
-                return reply(socket, ["type": "error", "message": "pattern must be dot-separated words, * or #"])
+        case (nil, .string(let text)?):
+            let pattern: TopicPattern
+            do {
+                pattern = try TopicPattern(validating: text)
+            } catch {
+                return reply(socket, ["type": "error", "message": error.description])
             }
-            clients.withLock { all in
+            let added = clients.withLock { all -> Bool in
                 var client = all[ObjectIdentifier(socket)] ?? Client(socket: socket)
-                if subscribing { client.patterns.insert(pattern) } else { client.patterns.remove(pattern) }
-                all[ObjectIdentifier(socket)] = client
+                defer { all[ObjectIdentifier(socket)] = client }
+                guard subscribing else {
+                    client.patterns[text] = nil
+                    return true
+                }
+                guard client.patterns[text] != nil || client.subscriptions < maxSubscriptions else { return false }
+                client.patterns[text] = pattern
+                return true
             }
-            reply(socket, ["type": subscribing ? "subscribed" : "unsubscribed", "pattern": pattern])
+            guard added else { return tooMany(socket) }
+            reply(socket, ["type": subscribing ? "subscribed" : "unsubscribed", "pattern": text])
         default:
             reply(socket, ["type": "error", "message": "give exactly one of operation or pattern"])
         }
@@ -71,14 +93,21 @@ public final class WebSocketHub: WebSocketDelegate {
         for (id, token) in client?.operations ?? [:] { tracker.unsubscribe(id, token: token) }
     }
 
+    private func tooMany(_ socket: WebSocket) {
+        reply(socket, ["type": "error", "message": "at most \(maxSubscriptions) subscriptions per client"])
+    }
+
     private func subscribe(_ socket: WebSocket, operation id: String) {
-        let already = clients.withLock { all -> Bool in
+        enum Verdict { case new, already, full }
+        let verdict = clients.withLock { all -> Verdict in
             let client = all[ObjectIdentifier(socket)] ?? Client(socket: socket)
             defer { all[ObjectIdentifier(socket)] = client }
-            return client.operations[id] != nil
+            if client.operations[id] != nil { return .already }
+            return client.subscriptions < maxSubscriptions ? .new : .full
         }
+        if verdict == .full { return tooMany(socket) }
         reply(socket, ["type": "subscribed", "operation": id])
-        guard !already else { return }
+        guard verdict == .new else { return }
         let feed = BoundaryRoutes.Feed()
         let write: @Sendable (OperationTracker.Update) -> Void = { update in
             switch update {

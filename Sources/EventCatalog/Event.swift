@@ -15,10 +15,16 @@ public protocol Event: Codable, Sendable, Equatable {
     static var routingKey: String { get }
     /// The version of the payload schema, sent in the `schema_version` header.
     static var schemaVersion: Int { get }
+    /// Throws ``InvalidEvent`` when a decoded payload breaks the rules of its input (a window
+    /// out of range, a bad symbol, a non-finite number): consumers call it before any handler.
+    func validate() throws
 }
 
 extension Event {
     public static var schemaVersion: Int { 1 }
+
+    /// No rules beyond the payload's types.
+    public func validate() throws {}
 
     /// The event name: the last component of the routing key (`prices_recorded`).
     public static var eventName: String { RoutingKey.eventName(of: routingKey) }
@@ -44,23 +50,9 @@ public enum RoutingKey {
 }
 
 extension RoutingKey {
-    /// Whether `key` matches the topic `pattern` (`*` one word, `#` zero or more words).
+    /// Whether `key` matches the topic `pattern` (`*` one word, `#` zero or more words); an
+    /// invalid pattern (see ``TopicPattern``) matches nothing.
     public static func matches(pattern: String, key: String) -> Bool {
-        let p = pattern.split(separator: ".", omittingEmptySubsequences: false)
-        let k = key.split(separator: ".", omittingEmptySubsequences: false)
-        func match(_ i: Int, _ j: Int) -> Bool {
-            if i == p.count { return j == k.count }
-            if p[i] == "#" {
-                var jj = j
-                while jj <= k.count {
-                    if match(i + 1, jj) { return true }
-                    jj += 1
-                }
-                return false
-            }
-            guard j < k.count else { return false }
-            return (p[i] == "*" || p[i] == k[j]) && match(i + 1, j + 1)
-        }
-        return match(0, 0)
+        TopicPattern(pattern)?.matches(key) ?? false
     }
 }
