@@ -16,9 +16,15 @@ public enum BoundaryRuntime {
         let environment = Environment()
         let config: ServiceConfig
         let timeout: Int
+        let trackerBytes: Int
+        var limits = WebSocketLimits()
         do {
             config = try ServiceConfig(service: "boundary", process: "boundary", environment: environment)
             timeout = try environment.int("STEGA_OPERATION_TIMEOUT_S", default: 30, range: 1...86_400)
+            trackerBytes = try environment.int("STEGA_OPERATION_MAX_BYTES", default: 64 << 20, range: (1 << 20)...(1 << 40))
+            limits.maxClients = try environment.int("STEGA_WS_MAX_CLIENTS", default: limits.maxClients, range: 1...100_000)
+            limits.pingInterval = Double(try environment.int("STEGA_WS_PING_INTERVAL_S", default: Int(limits.pingInterval),
+                                                             range: 1...3_600))
         } catch {
             FileHandle.standardError.write(Data("boundary: configuration error: \(error)\n".utf8))
             return 2
@@ -27,13 +33,13 @@ public enum BoundaryRuntime {
         MetricsSetup.bootstrap()
         var logger = Logger(label: "stega.boundary")
         logger.logLevel = config.logLevel
-        let tracker = OperationTracker(timeout: TimeInterval(timeout))
+        let tracker = OperationTracker(timeout: TimeInterval(timeout), maxBytes: trackerBytes)
         let consumer = AMQPConsumer(settings: config.amqp, queue: .init(service: "boundary", mode: .transient),
                                     bindings: Catalog.eventTypes.map { $0.routingKey }, logger: logger)
         let hub = WebSocketHub(tracker: tracker)
         var router = Router(logger: logger)
         BoundaryRoutes(tracker: tracker).add(to: &router)
-        router.webSocket("/ws") { _ in hub }
+        router.webSocket("/ws", limits: limits) { _ in hub }
         OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
         HealthRoutes.add(to: &router, process: "boundary", checks: [ReadinessCheck("broker") { consumer.isConnected }])
         MetricsSetup.addRoute(to: &router)
@@ -44,7 +50,8 @@ public enum BoundaryRuntime {
             HTTPService(daemon: daemon),
             TrackingConsumer(consumer: consumer, tracker: tracker, hub: hub, logger: logger),
         ]
-        logger.info("starting", metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(timeout)"])
+        logger.info("starting", metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(timeout)",
+                                           "ws.max_clients": "\(limits.maxClients)"])
         do {
             try await ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                         gracefulShutdownSignals: [.sigterm, .sigint],
@@ -68,8 +75,8 @@ struct TrackingConsumer: Service {
     func run() async throws {
         try await cancelWhenGracefulShutdown {
             try await consumer.run { delivery in
-                if let envelope = delivery.envelope {
-                    tracker.record(envelope)
+                // A redelivered event (an id seen before) goes to no one twice.
+                if let envelope = delivery.envelope, tracker.record(envelope) {
                     hub.broadcast(envelope)
                     logger.debug("event seen", metadata: [
                         "amqp.routing_key": "\(envelope.routingKey)", "bus.correlation_id": "\(envelope.correlationId ?? "")",

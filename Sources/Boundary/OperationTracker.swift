@@ -39,6 +39,10 @@ public struct Operation: Sendable, Equatable, Encodable {
     var deadline: Date
     var started = 0
     var resolved = 0
+    /// Every event id counted, so a redelivered event counts once.
+    var seen: Set<String> = []
+    /// What the tracker counts against its byte budget for this operation.
+    var bytes = 0
 
     enum CodingKeys: String, CodingKey {
         case status, events
@@ -47,8 +51,9 @@ public struct Operation: Sendable, Equatable, Encodable {
 }
 
 /// Tracks operations by correlation id from the events the boundary consumes; keeps recent
-/// outcomes (at most `capacity` operations, none older than `maxAge`) so a client that asks
-/// after the end still gets the result.
+/// outcomes (at most `capacity` operations and `maxBytes` of their events, none older than
+/// `maxAge`; the oldest go first) so a client that asks after the end still gets the result.
+/// An event seen twice (a redelivery, same event id) counts once.
 public final class OperationTracker: Sendable {
     /// What a subscriber is told: an event of the operation, or its outcome.
     public enum Update: Sendable {
@@ -61,7 +66,9 @@ public final class OperationTracker: Sendable {
     private struct State {
         var operations: [String: Operation] = [:]
         var order: [String] = []  // insertion order, for eviction
+        var orderStart = 0        // entries before it are evicted already
         var subscribers: [String: [UUID: Subscriber]] = [:]
+        var bytes = 0
     }
 
     private let state = Mutex(State())
@@ -72,25 +79,49 @@ public final class OperationTracker: Sendable {
     /// Events kept per operation.
     public static let maxEvents = 1000
 
-    public init(timeout: TimeInterval = 30, capacity: Int = 10_000, maxAge: TimeInterval = 3600) {
+    /// The bytes of events kept at most (their payloads as parsed, ids and keys, estimated).
+    public let maxBytes: Int
+
+    public init(timeout: TimeInterval = 30, capacity: Int = 10_000, maxAge: TimeInterval = 3600,
+                maxBytes: Int = 64 << 20) {
         self.timeout = timeout
         self.capacity = capacity
         self.maxAge = maxAge
+        self.maxBytes = maxBytes
     }
 
-    /// Records `envelope` under its correlation id and moves the operation's status on.
-    public func record(_ envelope: EventEnvelope, now: Date = Date()) {
-        guard let id = envelope.correlationId?.lowercased(), !id.isEmpty else { return }
+    /// The bytes counted for the operations kept now.
+    public var bytesKept: Int { state.withLock { $0.bytes } }
+
+    /// Records `envelope` under its correlation id and moves the operation's status on;
+    /// returns false when its operation already counted this event id (a redelivery). An
+    /// event without a correlation id belongs to no operation: nothing is kept, and true.
+    @discardableResult
+    public func record(_ envelope: EventEnvelope, now: Date = Date()) -> Bool {
+        guard let id = envelope.correlationId?.lowercased(), !id.isEmpty else { return true }
         let event = Operation.Event(envelope)
-        let (subscribers, resolved) = state.withLock { state -> ([Subscriber], Operation.Status?) in
-            if state.operations[id] == nil {
-                state.operations[id] = Operation(operationId: id, status: .pending, events: [], firstSeen: now,
-                                                 deadline: now.addingTimeInterval(timeout))
+        let cost = 256 + event.payload.footprint + event.routingKey.utf8.count
+        let recorded = state.withLock { state -> (subscribers: [Subscriber], resolved: Operation.Status?)? in
+            // Taken out of the table while it changes, so its arrays are not copied.
+            var op: Operation
+            if let known = state.operations.removeValue(forKey: id) {
+                op = known
+            } else {
+                op = Operation(operationId: id, status: .pending, events: [], firstSeen: now,
+                               deadline: now.addingTimeInterval(timeout))
                 state.order.append(id)
-                evict(&state, now: now)
             }
-            var op = state.operations[id]!
-            if op.events.count < Self.maxEvents { op.events.append(event) }
+            guard op.seen.insert(event.eventId).inserted else {
+                state.operations[id] = op
+                return nil
+            }
+            // One operation keeps events up to a quarter of the budget (and ``maxEvents``);
+            // past that they are counted toward its status but not kept. The id costs either way.
+            let keep = op.events.count < Self.maxEvents && op.bytes + cost <= maxBytes / 4
+            let added = keep ? cost : 64
+            if keep { op.events.append(event) }
+            op.bytes += added
+            state.bytes += added
             if Workflow.started(by: envelope.routingKey) != nil { op.started += 1 }
             if Workflow.all.contains(where: { $0.resolvedBy == envelope.routingKey }) { op.resolved += 1 }
             let wasPending = op.status == .pending
@@ -102,14 +133,17 @@ public final class OperationTracker: Sendable {
                 }
             }
             state.operations[id] = op
+            evict(&state, now: now, keeping: id)
             let subscribers = Array((state.subscribers[id] ?? [:]).values)
             return (subscribers, wasPending && op.status != .pending ? op.status : nil)
         }
+        guard let recorded else { return false }
         // Outside the lock: subscribers may call back into the tracker.
-        for subscriber in subscribers {
+        for subscriber in recorded.subscribers {
             subscriber(.event(event))
-            if let resolved { subscriber(.resolved(resolved)) }
+            if let resolved = recorded.resolved { subscriber(.resolved(resolved)) }
         }
+        return true
     }
 
     /// Calls `subscriber` with every event of operation `id` after the ones in the returned
@@ -152,17 +186,36 @@ public final class OperationTracker: Sendable {
         timedOut.forEach { $0(.resolved(.timedOut)) }
     }
 
-    private func evict(_ state: inout State, now: Date) {
-        while let oldest = state.order.first,
-              state.order.count > capacity
-                || (state.operations[oldest].map { now.timeIntervalSince($0.firstSeen) > maxAge } ?? true) {
-            state.order.removeFirst()
+    /// Drops the oldest operations while there are more than `capacity`, their events hold
+    /// more than `maxBytes`, or they are older than `maxAge` — but never `keeping` (the one
+    /// an event was just recorded for: it is the newest, or it would have been dropped).
+    private func evict(_ state: inout State, now: Date, keeping: String? = nil) {
+        while state.orderStart < state.order.count {
+            let oldest = state.order[state.orderStart]
+            guard let op = state.operations[oldest] else {
+                state.orderStart += 1  // evicted already
+                continue
+            }
+            let over = state.order.count - state.orderStart > capacity || state.bytes > maxBytes
+                || now.timeIntervalSince(op.firstSeen) > maxAge
+            guard over, oldest != keeping else { break }
             state.operations[oldest] = nil
+            state.bytes -= op.bytes
+            state.orderStart += 1
+        }
+        // Compact the order list once its evicted head is as long as the rest.
+        if state.orderStart > 1024, state.orderStart * 2 > state.order.count {
+            state.order.removeFirst(state.orderStart)
+            state.orderStart = 0
         }
     }
 
+    /// `date` as RFC 3339 UTC; a date outside years 0001–9999 (a publisher's bogus AMQP
+    /// timestamp) is clamped to that range rather than trapping in `time_t(_:)`.
     static func rfc3339(_ date: Date) -> String {
-        var seconds = time_t(date.timeIntervalSince1970)
+        let interval = date.timeIntervalSince1970
+        let clamped = interval.isNaN ? 0 : min(max(interval, -62_135_596_800), 253_402_300_799)
+        var seconds = time_t(clamped)
         var parts = tm()
         gmtime_r(&seconds, &parts)
         return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,

@@ -27,7 +27,8 @@ public enum JSONValue: Equatable, Sendable, Encodable {
         case .null: try c.encodeNil()
         case .bool(let b): try c.encode(b)
         case .number(let d, let integral):
-            if integral, let i = Int64(exactly: d) { try c.encode(i) } else { try c.encode(d) }
+            // JSON has no infinity (`1e999` parses to one): it is written as null.
+            if !d.isFinite { try c.encodeNil() } else if integral, let i = Int64(exactly: d) { try c.encode(i) } else { try c.encode(d) }
         case .string(let s): try c.encode(s)
         case .array(let a): try c.encode(a)
         case .object(let o): try c.encode(o)
@@ -49,6 +50,17 @@ public enum JSONValue: Equatable, Sendable, Encodable {
     public subscript(key: String) -> JSONValue? {
         if case .object(let fields) = self { return fields[key] }
         return nil
+    }
+
+    /// About how many bytes the value holds in memory: its strings plus a fixed cost per node
+    /// (a bound for caches of parsed documents, not an exact count).
+    public var footprint: Int {
+        switch self {
+        case .null, .bool, .number: return 16
+        case .string(let s): return 32 + s.utf8.count
+        case .array(let items): return 32 + items.reduce(0) { $0 + $1.footprint }
+        case .object(let fields): return 64 + fields.reduce(0) { $0 + 48 + $1.key.utf8.count + $1.value.footprint }
+        }
     }
 
     /// The JSON type name, for error messages.

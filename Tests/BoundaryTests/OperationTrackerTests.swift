@@ -77,3 +77,57 @@ struct OperationTrackerTests {
         #expect((event["payload"] as? [String: Any])?["window"] as? Int == 9)
     }
 }
+
+@Suite("Operation tracking under hostile input")
+struct OperationTrackerLimitTests {
+    @Test("a redelivered event counts once: two prices_recorded need two correlations_updated, not one sent twice")
+    func redeliveryCountsOnce() throws {
+        let tracker = OperationTracker(timeout: 30)
+        let op = UUID().uuidString.lowercased()
+        for s in ["A", "B"] {
+            #expect(tracker.record(try envelope(PricesRecorded(symbol: s, firstDate: d, lastDate: d, count: 1), op)))
+        }
+        let update = try envelope(CorrelationsUpdated(symbols: ["A"], windows: [], asOf: nil, pairs: 0), op)
+        #expect(tracker.record(update))
+        #expect(!tracker.record(update), "the redelivery was taken as new")
+        #expect(tracker.operation(op)?.status == .pending)
+        #expect(tracker.operation(op)?.events.count == 3)
+    }
+
+    @Test("kept events are bounded in bytes, oldest operations first; one operation keeps at most a quarter")
+    func boundedInBytes() throws {
+        let tracker = OperationTracker(timeout: 30, maxBytes: 1 << 20)
+        let failure = String(repeating: "x", count: 20_000)
+        var ids: [String] = []
+        for _ in 0..<200 {
+            let op = UUID().uuidString.lowercased()
+            ids.append(op)
+            tracker.record(try envelope(CorrelationsOperationFailed(OperationFailure(operationId: op, service: "c", reason: failure)), op))
+        }
+        #expect(tracker.bytesKept <= 1 << 20)
+        #expect(tracker.operation(ids[0]) == nil, "the oldest was kept")
+        #expect(tracker.operation(ids[199]) != nil, "the newest was dropped")
+        // One operation with many large events keeps only a quarter of the budget's worth.
+        let big = UUID().uuidString.lowercased()
+        for _ in 0..<100 {
+            tracker.record(try envelope(CorrelationsOperationFailed(OperationFailure(operationId: big, service: "c", reason: failure)), big))
+        }
+        let kept = try #require(tracker.operation(big))
+        #expect(kept.events.count < 20 && kept.events.count > 5)
+        #expect(tracker.bytesKept <= 1 << 20)
+    }
+
+    @Test("an AMQP timestamp far out of range shows as a clamped date, never a trap")
+    func hugeTimestamp() throws {
+        let tracker = OperationTracker()
+        let op = UUID().uuidString.lowercased()
+        for seconds in [1.8e19, -1e19, Double.greatestFiniteMagnitude] {
+            var e = try envelope(WindowAdded(window: 3), op)
+            e.timestamp = Date(timeIntervalSince1970: seconds)
+            e.eventId = UUID()
+            tracker.record(e)
+        }
+        let stamps = try #require(tracker.operation(op)).events.map(\.timestamp)
+        #expect(stamps == ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+    }
+}
