@@ -192,8 +192,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
     private func delivery(_ incoming: Incoming) -> Delivery {
         let message = incoming.delivery.message
-        return Delivery(envelope: message.envelope, routingKey: message.originalRoutingKey, body: message.body,
-                        redelivered: incoming.delivery.redelivered, attempt: message.attempt)
+        let envelope = message.envelope
+        return Delivery(envelope: try? envelope.get(), problem: envelope.failureReason,
+                        routingKey: message.originalRoutingKey, body: message.body, redelivered: incoming.delivery.redelivered, attempt: message.attempt)
     }
 
     /// Handles `chunk` in child tasks, all at once; outcomes in delivery order.

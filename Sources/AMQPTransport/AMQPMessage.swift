@@ -37,7 +37,7 @@ struct AMQPMessage: Sendable, Equatable {
         contentType = envelope.contentType
         correlationId = envelope.correlationId
         appId = envelope.appId
-        timestamp = UInt64(max(0, envelope.timestamp.timeIntervalSince1970))
+        timestamp = UInt64(min(max(0, envelope.timestamp.timeIntervalSince1970), Self.latestTimestamp))
         headers["schema_version"] = .int(Int64(envelope.schemaVersion))
         if let causation = envelope.causationId { headers["causation_id"] = .string(causation) }
         if let traceparent = envelope.traceparent { headers["traceparent"] = .string(traceparent) }
@@ -65,15 +65,37 @@ struct AMQPMessage: Sendable, Equatable {
     /// The handler attempt this delivery is.
     var attempt: Int { max(1, headers[Header.attempt]?.int ?? 1) }
 
-    /// The event envelope, or `nil` unless the message carries a UUID `message_id`.
-    var envelope: EventEnvelope? {
-        guard let id = messageId.flatMap(UUID.init(text:)) else { return nil }
-        return EventEnvelope(
+    /// 9999-12-31T23:59:59Z: a later `timestamp` is out of range (no calendar date to show).
+    static let latestTimestamp: Double = 253_402_300_799
+
+    /// The event envelope, or why the message is not one: it needs a UUID `message_id`
+    /// and a `timestamp` (when given) before the year 10000.
+    var envelope: Result<EventEnvelope, EnvelopeProblem> {
+        guard let id = messageId.flatMap(UUID.init(text:)) else {
+            return .failure(EnvelopeProblem(reason: "not an event envelope: message_id is missing or not a UUID"))
+        }
+        if let timestamp, Double(timestamp) > Self.latestTimestamp {
+            return .failure(EnvelopeProblem(reason: "not an event envelope: timestamp \(timestamp) is after the year 9999"))
+        }
+        return .success(EventEnvelope(
             eventId: id, routingKey: originalRoutingKey, type: type,
             correlationId: correlationId, causationId: headers["causation_id"]?.string,
             appId: appId ?? "", timestamp: Date(timeIntervalSince1970: Double(timestamp ?? 0)),
             schemaVersion: headers["schema_version"]?.int ?? 1,
             traceparent: headers["traceparent"]?.string,
-            contentType: contentType ?? "application/json", body: Data(body))
+            contentType: contentType ?? "application/json", body: Data(body)))
+    }
+
+    /// Why a message is not an event envelope.
+    struct EnvelopeProblem: Error {
+        let reason: String
+    }
+}
+
+extension Result where Failure == AMQPMessage.EnvelopeProblem {
+    /// The problem's reason, or `nil` for an envelope.
+    var failureReason: String? {
+        if case .failure(let problem) = self { return problem.reason }
+        return nil
     }
 }

@@ -10,7 +10,8 @@ public struct BusError: Error, CustomStringConvertible, Equatable {
         public static let noHandler = Code(.noHandler)
         /// A second handler was registered for one command.
         public static let duplicateHandler = Code(.duplicateHandler)
-        /// The message could not be decoded as the event its routing key names.
+        /// The message could not be decoded as the event its routing key names, or its
+        /// payload breaks the event's rules (`Event.validate()`).
         public static let undecodable = Code(.undecodable)
         /// One or more event handlers threw.
         public static let handlersFailed = Code(.handlersFailed)

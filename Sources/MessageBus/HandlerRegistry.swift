@@ -39,6 +39,7 @@ public struct HandlerRegistry: Sendable {
             let event: E
             do {
                 event = try envelope.decode(E.self)
+                try event.validate()
             } catch {
                 throw BusError(.undecodable, "\(E.routingKey): \(error)")
             }

@@ -10,6 +10,8 @@ public protocol EventPublisher: Sendable {
 public struct Delivery: Sendable {
     /// The event, or `nil` when the message is not a well-formed event envelope.
     public let envelope: EventEnvelope?
+    /// Why `envelope` is `nil`, for the dead-letter reason.
+    public let problem: String?
     /// The routing key the event was first published with (kept across retries).
     public let routingKey: String
     /// The raw body.
@@ -19,8 +21,10 @@ public struct Delivery: Sendable {
     /// Which handler attempt this is: 1 at first, then one more per retry.
     public let attempt: Int
 
-    public init(envelope: EventEnvelope?, routingKey: String, body: [UInt8], redelivered: Bool, attempt: Int = 1) {
+    public init(envelope: EventEnvelope?, problem: String? = nil, routingKey: String, body: [UInt8],
+                redelivered: Bool, attempt: Int = 1) {
         self.envelope = envelope
+        self.problem = envelope == nil ? problem ?? "not an event envelope" : nil
         self.routingKey = routingKey
         self.body = body
         self.redelivered = redelivered

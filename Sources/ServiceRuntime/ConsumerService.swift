@@ -46,9 +46,10 @@ public struct ConsumerService: Service {
     public func handle(_ delivery: Delivery) async -> DeliveryOutcome {
         handled.increment()
         guard let envelope = delivery.envelope else {
-            logger.error("dead-lettering a message that is not an event envelope (no UUID message_id)",
-                         metadata: ["amqp.routing_key": "\(delivery.routingKey)"])
-            return .deadLetter(reason: "not an event envelope: message_id is missing or not a UUID")
+            let reason = delivery.problem ?? "not an event envelope"
+            logger.error("dead-lettering a message that is not an event envelope",
+                         metadata: ["amqp.routing_key": "\(delivery.routingKey)", "error": "\(reason)"])
+            return .deadLetter(reason: reason)
         }
         // The event's logger, built only when something is logged.
         var eventLogger: Logger {

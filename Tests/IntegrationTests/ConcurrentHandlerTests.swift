@@ -53,7 +53,7 @@ struct ConcurrentHandlerTests {
         _ = try? await task.value
         #expect(try drain("\(service).events", settings: settings).isEmpty, "a delivery was left unacked")
         let dead = try drain("\(service).events.dead", settings: settings)
-        let window = try dead.first?.envelope?.decode(WindowAdded.self).window
+        let window = try dead.first?.envelope.get().decode(WindowAdded.self).window
         #expect(dead.count == 1 && window == 13)
     }
 }

@@ -1,3 +1,4 @@
+import EventCatalog
 import HTTPServer
 import MessageBus
 
@@ -8,7 +9,7 @@ public struct AddWindow: Command, Equatable {
     public init(window: Int) { self.window = window }
 
     /// Windows that can be tracked: 2 to 2520 returns (ten years of trading days).
-    public static let range = 2...2520
+    public static let range = EventLimits.windows
 
     /// Parses `{"window": N}`: 400 `invalid_body` for JSON faults (a string, `60.5`), 422
     /// `invalid_window` out of range.

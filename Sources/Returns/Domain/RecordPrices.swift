@@ -10,7 +10,7 @@ public struct RecordPrices: Command, Equatable {
     public init(prices: [String: [PricePoint]]) { self.prices = prices }
 
     /// At most this many prices in one request.
-    public static let maxPoints = 100_000
+    public static let maxPoints = EventLimits.pricesPerWrite
 
     /// Builds the command from a request body, reporting faults as DESIGN.md orders them:
     /// shape and JSON types first (400 `invalid_body`), then values (422).
