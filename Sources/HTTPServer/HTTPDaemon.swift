@@ -152,9 +152,10 @@ public final class HTTPDaemon: Sendable {
     /// otherwise the connection is suspended and registered, and ``resume(_:with:)`` resumes it.
     func handOff(_ context: RequestContext, connection: UInt) -> HTTPResponse? {
         let request = context.request
+        let matched = context.matched
         InlineExecutor.inline {
             Task(executorPreference: InlineExecutor.shared) {
-                let response = await self.router.respond(to: request)
+                let response = await self.router.respond(to: request, matched: matched)
                 self.resume(context, with: response)
             }
         }

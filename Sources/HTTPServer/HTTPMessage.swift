@@ -35,12 +35,12 @@ public struct HTTPRequest: Sendable {
 /// The delegate of a WebSocket connection an upgrade response hands over.
 public struct WebSocketUpgrade: Sendable, Equatable {
     public let delegate: any WebSocketDelegate
-    public let sendLimit: Int
+    public let limits: WebSocketLimits
     let id = UUIDBox()
 
-    public init(delegate: any WebSocketDelegate, sendLimit: Int = 1 << 20) {
+    public init(delegate: any WebSocketDelegate, limits: WebSocketLimits = .init()) {
         self.delegate = delegate
-        self.sendLimit = sendLimit
+        self.limits = limits
     }
 
     public static func == (lhs: WebSocketUpgrade, rhs: WebSocketUpgrade) -> Bool { lhs.id === rhs.id }

@@ -13,6 +13,8 @@ import Synchronization
 /// handler's task before `MHD_resume_connection`.
 final class RequestContext: @unchecked Sendable {
     var request: HTTPRequest
+    /// The route found from the request's head, before any body was read.
+    var matched: Router.Match?
     var dispatched = false
     let response = Mutex<HTTPResponse?>(nil)
 
@@ -110,7 +112,7 @@ private let upgradeHandler: MHD_UpgradeHandler = { cls, _, _, extraIn, extraInSi
     let handle = UInt(bitPattern: urh)
     let daemon = box.daemon
     let socket = WebSocket(socket: sock, initial: initial, delegate: box.upgrade.delegate,
-                           sendLimit: box.upgrade.sendLimit) {
+                           limits: box.upgrade.limits) {
         daemon.webSocketEnded(handle)
         _ = stega_mhd_upgrade_close(OpaquePointer(bitPattern: handle))
     }
@@ -122,7 +124,12 @@ private let upgradeHandler: MHD_UpgradeHandler = { cls, _, _, extraIn, extraInSi
 /// `MHD_queue_response` and `MHD_destroy_response`.
 private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemon: HTTPDaemon? = nil) -> MHD_Result {
     let mhdResponse: OpaquePointer?
-    if let upgrade = response.upgrade, let daemon {
+    if let upgrade = response.upgrade, let daemon, daemon.webSocketCount >= upgrade.limits.maxClients {
+        // Each client holds a thread and two descriptors: the cap keeps them bounded.
+        return queue(.error(HTTPError(503, "too_many_clients",
+                                      "at most \(upgrade.limits.maxClients) WebSocket clients; try again later",
+                                      headers: ["Retry-After": "5"])), on: connection)
+    } else if let upgrade = response.upgrade, let daemon {
         mhdResponse = MHD_create_response_for_upgrade(
             upgradeHandler, Unmanaged.passRetained(UpgradeBox(upgrade: upgrade, daemon: daemon)).toOpaque())
     } else if let stream = response.stream, let daemon {
@@ -170,11 +177,20 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
                                                         headers: ["Connection": "close"]))
             return queue(response, on: connection)
         }
-        if let length = headers["content-length"].flatMap(Int.init), length > daemon.maxBodySize {
-            let error = daemon.router.precheck(method: request.method, path: request.path,
-                                               contentType: headers["content-type"], authorization: headers["authorization"])
-                ?? HTTPError(413, "payload_too_large", "the request body is over \(daemon.maxBodySize) bytes")
+        // Route, method, token and content type are judged from the head: a request refused
+        // for any of them is answered before its body is read (the connection then closes, so
+        // an unauthenticated upload holds no buffer). The match is kept for the handler.
+        let matched = daemon.router.match(request)
+        context.matched = matched
+        let length = headers["content-length"].flatMap(Int.init)
+        let hasBody = (length ?? 0) > 0 || headers["transfer-encoding"] != nil
+        if hasBody, case .failure(let error) = matched {
             context.dispatched = true
+            return queue(.error(error), on: connection)
+        }
+        if let length, length > daemon.maxBodySize {
+            context.dispatched = true
+            let error = HTTPError(413, "payload_too_large", "the request body is over \(daemon.maxBodySize) bytes")
             return queue(.error(error), on: connection)
         }
         return .YES

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Logging
 import Metrics
@@ -58,8 +59,9 @@ public struct Router: Sendable {
     }
 
     /// A WebSocket endpoint: checks the RFC 6455 handshake (400 `invalid_upgrade` otherwise)
-    /// and answers `101` with the connection handed to what `accept` returns.
-    public mutating func webSocket(_ pattern: String, sendLimit: Int = 1 << 20,
+    /// and answers `101` with the connection handed to what `accept` returns; with
+    /// `limits.maxClients` connections open, the daemon answers `503` instead.
+    public mutating func webSocket(_ pattern: String, limits: WebSocketLimits = .init(),
                                    _ accept: @escaping @Sendable (HTTPRequest) throws -> any WebSocketDelegate) {
         get(pattern) { request in
             guard request.header("upgrade")?.lowercased() == "websocket",
@@ -72,7 +74,7 @@ public struct Router: Sendable {
             let delegate = try accept(request)
             return HTTPResponse(status: 101, headers: ["Upgrade": "websocket",
                                                        "Sec-WebSocket-Accept": WebSocket.acceptKey(for: key)],
-                                upgrade: WebSocketUpgrade(delegate: delegate, sendLimit: sendLimit))
+                                upgrade: WebSocketUpgrade(delegate: delegate, limits: limits))
         }
     }
 
@@ -81,9 +83,12 @@ public struct Router: Sendable {
         add("POST", pattern, requiresJSON: true, responder)
     }
 
-    /// Finds the route, or the error for route, method or content type.
-    func match(method: String, path: String, contentType: String?,
-               authorization: String? = nil) -> Result<(Route, [String: String]), HTTPError> {
+    /// A request's route and path parameters, or the error for its route, method, token or
+    /// content type.
+    typealias Match = Result<(Route, [String: String]), HTTPError>
+
+    /// Finds the route, or the error for route, method, token or content type.
+    func match(method: String, path: String, contentType: String?, authorization: String? = nil) -> Match {
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         var allowed: [String] = []
         for route in routes {
@@ -108,28 +113,31 @@ public struct Router: Sendable {
                                   headers: ["Allow": Array(Set(allowed)).sorted().joined(separator: ", ")]))
     }
 
-    /// The route, method or content-type error of a request, if any (before its body is read).
-    public func precheck(method: String, path: String, contentType: String?, authorization: String? = nil) -> HTTPError? {
-        if case .failure(let error) = match(method: method, path: path, contentType: contentType,
-                                            authorization: authorization) { return error }
-        return nil
+    /// The route of `request` (or its error) from its head alone, before any body is read.
+    func match(_ request: HTTPRequest) -> Match {
+        match(method: request.method, path: request.path, contentType: request.header("content-type"),
+              authorization: request.header("authorization"))
     }
 
     /// Runs the matching route; never throws. Counts `http_requests_total{route,method,status}`
-    /// and times `http_request_duration_seconds{route}`.
+    /// and times `http_request_duration_seconds{route}`. `matched` is what ``match(_:)`` found
+    /// for the request's head already, if it was asked.
     public func respond(to request: HTTPRequest) async -> HTTPResponse {
+        await respond(to: request, matched: nil)
+    }
+
+    func respond(to request: HTTPRequest, matched: Match?) async -> HTTPResponse {
         let start = DispatchTime.now().uptimeNanoseconds
-        let (response, route) = await answer(request)
+        let (response, route) = await answer(request, matched: matched ?? match(request))
         let (counter, timer) = metrics.handles(route: route, method: request.method, status: response.status)
         counter.increment()
         timer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - start))
         return response
     }
 
-    private func answer(_ request: HTTPRequest) async -> (HTTPResponse, String) {
+    private func answer(_ request: HTTPRequest, matched: Match) async -> (HTTPResponse, String) {
         let unmatched = "unmatched"
-        switch match(method: request.method, path: request.path, contentType: request.header("content-type"),
-                     authorization: request.header("authorization")) {
+        switch matched {
         case .failure(let error):
             return (.error(error), unmatched)
         case .success(let (route, parameters)):
@@ -164,11 +172,14 @@ public struct Router: Sendable {
         return parameters
     }
 
-    /// Compares `Bearer <token>` in constant time (for equal lengths).
+    /// Whether `header` is `Bearer <token>` (the scheme in any case, RFC 6750 / RFC 9110
+    /// §11.1). The tokens' SHA-256 digests are compared in constant time, so neither the
+    /// token's bytes nor its length show in the time taken.
     static func authorized(_ header: String?, _ token: String) -> Bool {
-        guard let header, header.hasPrefix("Bearer ") else { return false }
-        let given = Array(header.dropFirst(7).utf8), expected = Array(token.utf8)
-        guard given.count == expected.count else { return false }
+        guard let header else { return false }
+        let utf8 = Array(header.utf8)
+        guard utf8.count > 7, String(decoding: utf8[0..<7], as: UTF8.self).lowercased() == "bearer " else { return false }
+        let given = SHA256.hash(data: utf8[7...]), expected = SHA256.hash(data: Array(token.utf8))
         return zip(given, expected).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
     }
 
@@ -192,16 +203,22 @@ final class RequestMetrics: Sendable {
 
     private let made = Mutex<[Key: (Counter, Metrics.Timer)]>([:])
 
+    /// The (route, method, status) triples counted so far.
+    var labelCount: Int { made.withLock { $0.count } }
+
+    /// Methods that are counted under their own name; any other is counted as `OTHER`, so
+    /// made-up methods cannot grow the metrics.
+    static let knownMethods: Set<String> = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"]
+
     func handles(route: String, method: String, status: Int) -> (Counter, Metrics.Timer) {
+        let method = Self.knownMethods.contains(method) ? method : "OTHER"
         let key = Key(route: route, method: method, status: status)
         if let found = made.withLock({ $0[key] }) { return found }
         let handles = (
             Counter(label: "http_requests_total", dimensions: [("route", route), ("method", method), ("status", String(status))]),
             Metrics.Timer(label: "http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
         )
-        // Methods and routes come from requests: a client sending many made-up methods would
-        // grow this, so beyond a bound the handles are made each time, as before.
-        made.withLock { if $0.count < 1_000 { $0[key] = handles } }
+        made.withLock { $0[key] = handles }
         return handles
     }
 }

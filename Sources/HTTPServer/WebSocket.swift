@@ -1,4 +1,3 @@
-import CMicroHTTPD  // for eventfd(2) only
 import Crypto
 import Foundation
 import Synchronization
@@ -11,12 +10,39 @@ public protocol WebSocketDelegate: Sendable {
     func closed(_ socket: WebSocket)
 }
 
+/// What one WebSocket endpoint allows each connection, and how many connections.
+public struct WebSocketLimits: Sendable, Equatable {
+    /// Bytes queued for one client at most (messages, pongs and pings alike): past it the
+    /// client is too slow and is closed with 1008.
+    public var sendLimit: Int
+    /// A ping goes out this often (seconds); a client that sends nothing, not even a pong,
+    /// for twice as long is closed.
+    public var pingInterval: Double
+    /// Open connections at most; the next upgrade is answered `503`.
+    public var maxClients: Int
+    /// How long a closing connection waits for its close frame to go out and the client's
+    /// to come back, whether or not the client reads, before the socket is dropped.
+    public var closeTimeout: Double
+
+    public init(sendLimit: Int = 1 << 20, pingInterval: Double = 30, maxClients: Int = 1_000, closeTimeout: Double = 2) {
+        self.sendLimit = sendLimit
+        self.pingInterval = pingInterval
+        self.maxClients = maxClients
+        self.closeTimeout = closeTimeout
+    }
+}
+
 /// One accepted WebSocket connection (RFC 6455) on a socket libmicrohttpd handed over after
 /// the `101` upgrade. A thread of its own reads and writes it; `send` only queues, so a slow
-/// client never blocks the sender: past `sendLimit` queued bytes it is closed with 1008.
+/// client never blocks the sender. Everything queued for the client (messages, pongs, pings)
+/// counts against ``WebSocketLimits/sendLimit``: past it, what is not yet on its way is dropped
+/// and the connection closes with 1008. A closing connection is dropped after
+/// ``WebSocketLimits/closeTimeout`` whether or not the client reads; one that stays silent for
+/// two ping intervals is closed too.
 public final class WebSocket: Sendable {
+    public let limits: WebSocketLimits
     /// Bytes queued for one client at most.
-    public let sendLimit: Int
+    public var sendLimit: Int { limits.sendLimit }
     let socket: Int32
     let onClose: @Sendable () -> Void
     private let delegate: any WebSocketDelegate
@@ -24,23 +50,51 @@ public final class WebSocket: Sendable {
     private let wakeFD: Int32
 
     struct State {
-        var outgoing: [UInt8] = []
-        var closing = false   // a close frame is queued: no more sends
+        /// Frames to send, whole; the first may be partly sent (`sentOfFirst` bytes).
+        var frames: [[UInt8]] = []
+        var sentOfFirst = 0
+        var queued = 0       // bytes in `frames` not sent yet
+        var closing = false  // a close frame is queued: no more sends
+        var closingSince: ContinuousClock.Instant?
         var closed = false
+
+        mutating func append(_ frame: [UInt8]) {
+            frames.append(frame)
+            queued += frame.count
+        }
+
+        /// Drops every frame not yet begun and queues `close` as the last.
+        mutating func replaceUnsent(with close: [UInt8]) {
+            if sentOfFirst > 0 {
+                frames.removeSubrange(1...)
+                queued = frames[0].count - sentOfFirst
+            } else {
+                frames.removeAll()
+                queued = 0
+            }
+            append(close)
+        }
+
+        mutating func markClosing() {
+            closing = true
+            if closingSince == nil { closingSince = .now }
+        }
     }
 
-    init(socket: Int32, initial: [UInt8], delegate: any WebSocketDelegate, sendLimit: Int,
+    init(socket: Int32, initial: [UInt8], delegate: any WebSocketDelegate, limits: WebSocketLimits = .init(),
          onClose: @escaping @Sendable () -> Void) {
         self.socket = socket
         self.delegate = delegate
-        self.sendLimit = sendLimit
+        self.limits = limits
         self.onClose = onClose
         self.state = Mutex(State())
-        wakeFD = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
-        let flags = fcntl(socket, F_GETFL, 0)
-        _ = fcntl(socket, F_SETFL, flags | O_NONBLOCK)
+        wakeFD = SocketCalls.eventFD()
+        SocketCalls.setNonBlocking(socket)
         let thread = Thread { [self] in self.loop(initial) }
         thread.name = "websocket"
+        // The connection's thread only parses frames and moves bytes: a small stack will do
+        // (each of up to ``WebSocketLimits/maxClients`` clients has one).
+        thread.stackSize = 256 * 1024
         thread.start()
     }
 
@@ -48,34 +102,44 @@ public final class WebSocket: Sendable {
     /// (it is then closed with 1008).
     @discardableResult
     public func send(_ text: String) -> Bool {
-        enqueue(WebSocketFrame.encode(.text, Array(text.utf8)), closing: false)
+        enqueue(WebSocketFrame.encode(.text, Array(text.utf8)))
     }
 
     /// Starts the close handshake with `code`.
     public func close(_ code: UInt16 = WebSocketCloseCode.normal, reason: String = "") {
-        enqueue(WebSocketFrame.close(code, reason), closing: true)
+        let frame = WebSocketFrame.close(code, reason)
+        state.withLock { s in
+            guard !s.closing, !s.closed else { return }
+            s.append(frame)
+            s.markClosing()
+        }
+        wake()
     }
 
     /// Whether the connection is closing or closed.
     public var isClosed: Bool { state.withLock { $0.closing || $0.closed } }
 
+    /// Bytes queued and not yet sent.
+    public var queuedBytes: Int { state.withLock { $0.queued } }
+
+    /// Queues `frame` unless closing; past the send limit, closes with 1008 instead.
     @discardableResult
-    private func enqueue(_ frame: [UInt8], closing: Bool) -> Bool {
+    private func enqueue(_ frame: [UInt8]) -> Bool {
         let accepted = state.withLock { s -> Bool in
             guard !s.closing, !s.closed else { return false }
-            if s.outgoing.count + frame.count > sendLimit {
-                s.outgoing = WebSocketFrame.close(WebSocketCloseCode.policyViolation, "client too slow")
-                s.closing = true
+            if s.queued + frame.count > limits.sendLimit {
+                s.replaceUnsent(with: WebSocketFrame.close(WebSocketCloseCode.policyViolation, "client too slow"))
+                s.markClosing()
                 return false
             }
-            s.outgoing += frame
-            if closing { s.closing = true }
+            s.append(frame)
             return true
         }
-        var one: UInt64 = 1
-        _ = Glibc.write(wakeFD, &one, 8)
+        wake()
         return accepted
     }
+
+    private func wake() { SocketCalls.signal(eventFD: wakeFD) }
 
     // MARK: - The connection's thread
 
@@ -84,7 +148,9 @@ public final class WebSocket: Sendable {
         parser.feed(initial)
         var peerClosed = false
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-        var closeDeadline: Date?
+        let pingEvery = Duration.milliseconds(Int64(limits.pingInterval * 1000))
+        var lastHeard = ContinuousClock.now
+        var lastPing = lastHeard
         processing: while true {
             // Messages already buffered.
             do {
@@ -92,7 +158,7 @@ public final class WebSocket: Sendable {
                     switch message {
                     case .text(let text): delegate.received(text, on: self)
                     case .binary: close(WebSocketCloseCode.unsupportedData, reason: "text messages only")
-                    case .ping(let data): _ = enqueueControl(WebSocketFrame.encode(.pong, data))
+                    case .ping(let data): enqueue(WebSocketFrame.encode(.pong, data))
                     case .pong: break
                     case .close(let code, _):
                         peerClosed = true
@@ -105,51 +171,46 @@ public final class WebSocket: Sendable {
                 close(error.code, reason: error.reason)
                 peerClosed = true  // nothing more is read from a client that broke the protocol
             }
+            // Keep-alive: a ping per interval; silence for two intervals closes.
+            let now = ContinuousClock.now
+            if now - lastHeard > pingEvery * 2 {
+                close(WebSocketCloseCode.goingAway, reason: "no answer to ping")
+            } else if now - lastPing >= pingEvery {
+                enqueue(WebSocketFrame.encode(.ping, []))
+                lastPing = now
+            }
             // Write what is queued.
-            let (pending, closing) = state.withLock { ($0.outgoing, $0.closing) }
-            if !pending.isEmpty {
-                let written = pending.withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if written < 0, errno != EAGAIN, errno != EWOULDBLOCK { break processing }
-                if written > 0 { state.withLock { $0.outgoing.removeFirst(min(written, $0.outgoing.count)) } }
+            if state.withLock({ SocketCalls.send(socket, &$0) }) == .failed { break processing }
+            let (drained, closingSince) = state.withLock { ($0.queued == 0, $0.closingSince) }
+            if let closingSince {
+                if drained && peerClosed { break processing }
+                // Our close is out (or stuck behind a client that does not read): wait a
+                // little for the client's, then go.
+                if ContinuousClock.now - closingSince > .milliseconds(Int64(limits.closeTimeout * 1000)) { break processing }
             }
-            let drained = state.withLock { $0.outgoing.isEmpty }
-            if closing && drained {
-                if peerClosed { break processing }
-                // Our close is out: wait a little for the client's, then go.
-                if closeDeadline == nil { closeDeadline = Date().addingTimeInterval(2) }
-                if Date() > closeDeadline! { break processing }
-            }
-            var fds = [pollfd(fd: socket, events: Int16(POLLIN) | (drained ? 0 : Int16(POLLOUT)), revents: 0),
-                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-            guard poll(&fds, 2, closing ? 100 : 30_000) >= 0 else { break }
-            if fds[1].revents != 0 {
-                var value: UInt64 = 0
-                _ = Glibc.read(wakeFD, &value, 8)
-            }
-            if fds[0].revents & Int16(POLLIN) != 0 {
-                let n = buffer.withUnsafeMutableBytes { Glibc.recv(socket, $0.baseAddress, $0.count, 0) }
-                if n == 0 { break processing }  // the client went away
-                if n < 0, errno != EAGAIN, errno != EWOULDBLOCK { break processing }
-                if n > 0, !peerClosed { parser.feed(buffer[0..<n]) }
-            } else if fds[0].revents & Int16(POLLHUP | POLLERR) != 0 {
-                break processing
+            let untilPing = pingEvery - (ContinuousClock.now - lastPing)
+            let waitMs = closingSince != nil ? 100 : max(1, min(30_000, Int32(untilPing.components.seconds * 1000 + 1)))
+            switch SocketCalls.wait(socket, wakeFD: wakeFD, writable: !drained, timeoutMs: waitMs) {
+            case .failed, .hangUp: break processing
+            case .idle: break
+            case .readable:
+                switch SocketCalls.receive(socket, into: &buffer) {
+                case .closed: break processing  // the client went away
+                case .wouldBlock: break
+                case .bytes(let n):
+                    lastHeard = .now
+                    if !peerClosed { parser.feed(buffer[0..<n]) }
+                }
             }
         }
         state.withLock {
             $0.closed = true
-            $0.outgoing.removeAll()
+            $0.frames.removeAll()
+            $0.queued = 0
         }
-        Glibc.close(wakeFD)
+        SocketCalls.closeFD(wakeFD)
         delegate.closed(self)
         onClose()  // hands the socket back to libmicrohttpd to close
-    }
-
-    private func enqueueControl(_ frame: [UInt8]) -> Bool {
-        state.withLock { s -> Bool in
-            guard !s.closed else { return false }
-            s.outgoing += frame
-            return true
-        }
     }
 
     /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).

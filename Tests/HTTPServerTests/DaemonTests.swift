@@ -210,6 +210,49 @@ extension DaemonTests {
     }
 }
 
+extension DaemonTests {
+    /// A connected loopback socket with a 3 s receive timeout.
+    func openSocket(_ port: Int) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(connected == 0)
+        var timeout = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    @Test("route, method, token and content type are judged from the head: refused requests are answered before their body",
+          arguments: [
+              ("POST /nope HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n", "404"),
+              ("PUT /items HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n", "405"),
+              ("POST /items HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n", "401"),
+              ("POST /items HTTP/1.1\r\nAuthorization: Bearer t0ken\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n", "415"),
+              ("POST /items HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n", "401"),
+          ])
+    func judgedBeforeBody(head: String, status: String) async throws {
+        var router = makeRouter()
+        router.writeToken = "t0ken"
+        let daemon = HTTPDaemon(router: router, host: "127.0.0.1", port: 0, threads: 1, maxBodySize: 4096)
+        let port = try daemon.start()
+        defer { daemon.stop(drainFor: 1) }
+        let fd = openSocket(port)
+        defer { close(fd) }
+        // The head and a first bit of body, then nothing more: the answer must not wait for the rest.
+        let request = Array((head + "Host: 127.0.0.1\r\n\r\n").utf8) + Array(head.contains("chunked") ? "10\r\n{\"a\":".utf8 : "{\"a\":".utf8)
+        _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = read(fd, &buffer, buffer.count)
+        #expect(n > 0, "no answer before the body was complete")
+        #expect(String(decoding: buffer[0..<max(0, n)], as: UTF8.self).hasPrefix("HTTP/1.1 \(status)"))
+    }
+}
+
 /// A thread-safe counter for callbacks.
 final class Counter: Sendable {
     private let count = Mutex(0)

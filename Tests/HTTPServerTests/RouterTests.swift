@@ -83,6 +83,14 @@ struct RouterTests {
         right["authorization"] = "Bearer s3cret"
         #expect(await router.respond(to: HTTPRequest(method: "POST", path: "/items", headers: right, body: Array("{}".utf8))).status == 202)
         #expect(await router.respond(to: HTTPRequest(method: "GET", path: "/items/1")).status == 200)
+        // The scheme in any case (RFC 6750); a token that is a prefix, or longer, is refused.
+        for (header, status) in [("bearer s3cret", 202), ("BEARER s3cret", 202), ("Bearer s3cre", 401), ("Bearer s3crett", 401),
+                                 ("Bearer ", 401), ("Basic s3cret", 401), ("s3cret", 401)] {
+            var headers = json
+            headers["authorization"] = header
+            #expect(await router.respond(to: HTTPRequest(method: "POST", path: "/items", headers: headers,
+                                                         body: Array("{}".utf8))).status == status, "\(header)")
+        }
         // Route and method faults still come first.
         #expect(await router.respond(to: HTTPRequest(method: "DELETE", path: "/items")).status == 405)
     }

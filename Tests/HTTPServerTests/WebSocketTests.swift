@@ -109,7 +109,7 @@ struct WebSocketConnectionTests {
         defer { close(client) }
         let recorder = Recorder()
         let ended = Mutex(false)
-        _ = WebSocket(socket: server, initial: [], delegate: recorder, sendLimit: 1 << 20) {
+        _ = WebSocket(socket: server, initial: [], delegate: recorder) {
             ended.withLock { $0 = true }
             close(server)
         }
@@ -136,7 +136,8 @@ struct WebSocketConnectionTests {
         var size: Int32 = 4096
         setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
         setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
-        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(), sendLimit: 64 * 1024) { close(server) }
+        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(),
+                               limits: WebSocketLimits(sendLimit: 64 * 1024)) { close(server) }
         let message = String(repeating: "x", count: 1000)
         var refused = 0
         let start = Date()
@@ -150,5 +151,96 @@ struct WebSocketConnectionTests {
         let bytes = read(client, atLeast: 1 << 30, timeout: 10)
         let tail = WebSocketFrame.close(1008, "client too slow")
         #expect(Array(bytes.suffix(tail.count)) == tail)
+    }
+
+    /// Waits up to `seconds` for `flag`; the time it took, or nil.
+    func waitFor(_ flag: borrowing Mutex<Bool>, seconds: Double) -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < seconds {
+            if flag.withLock({ $0 }) { return Date().timeIntervalSince(start) }
+            usleep(5_000)
+        }
+        return nil
+    }
+
+    /// Writes `bytes` without blocking; how many went out.
+    @discardableResult
+    func write(_ fd: Int32, _ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+    }
+
+    @Test("pongs count against the send limit: a client that pings and never reads is dropped, memory stays bounded")
+    func pingFlood() {
+        let (server, client) = pair()
+        defer { close(client) }
+        var size: Int32 = 4096
+        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
+        let ended = Mutex(false)
+        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(),
+                               limits: WebSocketLimits(sendLimit: 16 * 1024, closeTimeout: 0.5)) {
+            ended.withLock { $0 = true }
+            close(server)
+        }
+        let ping = WebSocketFrame.encode(.ping, [UInt8](repeating: 7, count: 125), maskKey: [1, 2, 3, 4])
+        var most = 0
+        // 2,000 pings ask for 254 KB of pongs, 16 times the limit; the client never reads.
+        for _ in 0..<2_000 where !ended.withLock({ $0 }) {
+            write(client, ping)
+            most = max(most, socket.queuedBytes)
+            usleep(100)
+        }
+        #expect(most <= 16 * 1024, "the queue held \(most) bytes")
+        #expect(waitFor(ended, seconds: 5) != nil, "the connection was not dropped")
+    }
+
+    @Test("a client that stops reading is dropped within the close timeout of exceeding its queue")
+    func slowClientDropped() {
+        let (server, client) = pair()
+        defer { close(client) }
+        var size: Int32 = 4096
+        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
+        let ended = Mutex(false)
+        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(),
+                               limits: WebSocketLimits(sendLimit: 32 * 1024, closeTimeout: 1)) {
+            ended.withLock { $0 = true }
+            close(server)
+        }
+        let message = String(repeating: "y", count: 1000)
+        while socket.send(message) {}
+        #expect(socket.isClosed)
+        // The client reads nothing: the close frame never gets out, and the socket goes anyway.
+        let took = waitFor(ended, seconds: 5)
+        #expect(took != nil, "a client that does not read held its connection")
+        #expect((took ?? 99) >= 0.9, "dropped before the close timeout")
+    }
+
+    @Test("pings go out every interval; a client that answers stays, a silent one is closed after two intervals")
+    func keepAlive() {
+        let (server, client) = pair()
+        defer { close(client) }
+        let ended = Mutex(false)
+        _ = WebSocket(socket: server, initial: [], delegate: Recorder(),
+                      limits: WebSocketLimits(pingInterval: 0.2, closeTimeout: 0.3)) {
+            ended.withLock { $0 = true }
+            close(server)
+        }
+        // Answer pings for a while: the connection stays.
+        var parser = WebSocketParser(expectMasked: false)
+        var pings = 0
+        let answerUntil = Date().addingTimeInterval(1.2)
+        while Date() < answerUntil {
+            parser.feed(read(client, atLeast: 1, timeout: 0.3))
+            while case .ping(let data)? = try? parser.next() {
+                pings += 1
+                write(client, WebSocketFrame.encode(.pong, data, maskKey: [9, 9, 9, 9]))
+            }
+        }
+        #expect(pings >= 3, "\(pings) pings in 1.2 s at a 0.2 s interval")
+        #expect(!ended.withLock { $0 }, "a client that answered pings was closed")
+        // Now stay silent: closed after about two intervals (0.4 s) plus the close timeout.
+        let took = waitFor(ended, seconds: 5)
+        #expect(took != nil, "a silent client was never closed")
     }
 }
