@@ -58,6 +58,13 @@ public final class ServiceDatabase: Sendable {
             // The writer's commits leave checkpoints to `WALCheckpointer`.
             if !db.configuration.readonly { checkpointer.install(on: db) }
         }
+        // Opening a new file (WAL mode is set then) and migrating it happen under an exclusive
+        // lock on a file beside it, so any number of processes may start at once: GRDB's
+        // migrator reads what was applied before its write transaction, so two processes
+        // that both saw an empty file ran the same migration, and one failed on the UNIQUE
+        // identifier of grdb_migrations. Under the lock the second reads what the first applied.
+        let lock = try MigrationLock(path: path + ".lock")
+        defer { lock.release() }
         pool = try DatabasePool(path: path, configuration: configuration)
         combiner = WriteCombiner(pool: pool, bell: outboxBell)
         var migrator = DatabaseMigrator()
@@ -86,8 +93,6 @@ public final class ServiceDatabase: Sendable {
                 """)
         }
         migrations(&migrator)
-        // api and worker may start together: the busy timeout serialises their migrations,
-        // and every migration is written to be idempotent.
         try migrator.migrate(pool)
     }
 
