@@ -37,9 +37,10 @@ extension ReturnsCalculated {
         }
         var previous: CalendarDate?
         for r in returns {
-            // A simple return of two positive closes is finite and above -1.
-            guard r.value.isFinite, r.value > -1 else {
-                throw InvalidEvent("the return on \(r.date) must be a finite number > -1, got \(r.value)")
+            // A simple return of two positive closes is finite and at least -1 (it rounds to
+            // -1 when the later close is below 2^-53 of the earlier).
+            guard r.value.isFinite, r.value >= -1 else {
+                throw InvalidEvent("the return on \(r.date) must be a finite number >= -1, got \(r.value)")
             }
             if let previous, r.date <= previous { throw InvalidEvent("returns must be in ascending date order, no date twice") }
             previous = r.date

@@ -19,7 +19,7 @@ struct EventValidationTests {
         (PricesRecorded.routingKey, #"{"symbol":"AAPL","first_date":"2024-01-02","last_date":"2024-01-02","count":9223372036854775807}"#),
         (PricesRecorded.routingKey, #"{"symbol":"AAPL","first_date":"2024-02-30","last_date":"2024-03-01","count":1}"#),
         (ReturnsCalculated.routingKey, #"{"symbol":"AAPL","returns":[{"date":"2024-01-02","value":1e999}]}"#),
-        (ReturnsCalculated.routingKey, #"{"symbol":"AAPL","returns":[{"date":"2024-01-02","value":-1}]}"#),
+        (ReturnsCalculated.routingKey, #"{"symbol":"AAPL","returns":[{"date":"2024-01-02","value":-1.5}]}"#),
         (ReturnsCalculated.routingKey, #"{"symbol":"AAPL","returns":[{"date":"2024-01-03","value":0.1},{"date":"2024-01-02","value":0.1}]}"#),
         (ReturnsCalculated.routingKey, #"{"symbol":"","returns":[]}"#),
         (CorrelationsUpdated.routingKey, #"{"symbols":["A"],"windows":[0],"as_of":null,"pairs":0}"#),
@@ -53,7 +53,7 @@ struct EventValidationTests {
         registry.on(ReturnsCalculated.self) { _, _ in ran.add(1, ordering: .relaxed) }
         let bus = MessageBus(appId: "test", registry: registry, publisher: InMemoryTransport())
         for (key, body) in [(WindowAdded.routingKey, #"{"window":2520}"#),
-                            (ReturnsCalculated.routingKey, #"{"symbol":"BRK.B","returns":[{"date":"2024-01-02","value":-0.5}]}"#)] {
+                            (ReturnsCalculated.routingKey, #"{"symbol":"BRK.B","returns":[{"date":"2024-01-02","value":-1}]}"#)] {
             try await bus.dispatch(EventEnvelope(routingKey: key, appId: "x", body: Data(body.utf8)))
         }
         #expect(ran.load(ordering: .relaxed) == 2)

@@ -75,7 +75,7 @@ struct SummaryTests {
         #expect(relativeError(s.mean!, mean) < 1e-9)
         #expect(relativeError(s.volatility!, variance.squareRoot() * 252.0.squareRoot()) < 1e-9)
         let closes = fixture.prices.map(\.close)
-        #expect(relativeError(s.cumulativeReturn, closes.last! / closes.first! - 1) < 1e-9)
+        #expect(relativeError(try #require(s.cumulativeReturn), closes.last! / closes.first! - 1) < 1e-9)
         var peak = 0.0, worst = 0.0
         for c in closes { peak = max(peak, c); worst = min(worst, c / peak - 1) }
         #expect(s.maxDrawdown == worst)
@@ -98,6 +98,19 @@ struct SummaryTests {
         let r = ReturnsMath.dailyReturns(p).map(\.simple)
         let s = ReturnsMath.summary(symbol: "X", prices: p, returns: r)
         #expect(abs(s.maxDrawdown - (90.0 / 120.0 - 1)) < 1e-15)
-        #expect(abs(s.cumulativeReturn - 0.17) < 1e-12)
+        #expect(abs(s.cumulativeReturn! - 0.17) < 1e-12)
+    }
+
+    @Test("finite returns whose sum, square or product overflow give null statistics, never a non-finite number")
+    func overflowIsNull() throws {
+        // Each return is finite (1e200 / 1e-100 = 1e300), but its square is not, nor the product of two.
+        let p = points([1e-100, 1e200, 1e-100, 1e200])
+        let r = ReturnsMath.dailyReturns(p).map(\.simple)
+        #expect(r.allSatisfy { $0.isFinite })
+        let s = ReturnsMath.summary(symbol: "X", prices: p, returns: r)
+        #expect(s.volatility == nil && s.mean != nil)
+        let json = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(s)) as! [String: Any]
+        #expect(json["volatility"] is NSNull)
+        #expect(json.keys.contains("cumulative_return"))
     }
 }

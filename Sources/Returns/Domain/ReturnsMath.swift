@@ -55,8 +55,8 @@ public struct ReturnsSummary: Codable, Sendable, Equatable {
     public var mean: Double?
     /// Sample standard deviation (n − 1) of daily simple returns × √252; `nil` below 2 returns.
     public var volatility: Double?
-    /// Π(1 + r) − 1.
-    public var cumulativeReturn: Double
+    /// Π(1 + r) − 1; `nil` if it overflows a double (as `mean` and `volatility` are).
+    public var cumulativeReturn: Double?
     /// The worst fall from a running peak of closes, as a fraction (≤ 0).
     public var maxDrawdown: Double
 
@@ -76,7 +76,7 @@ public struct ReturnsSummary: Codable, Sendable, Equatable {
         try c.encode(lastDate, forKey: .lastDate)
         try c.encode(mean, forKey: .mean)  // null, not absent, without returns
         try c.encode(volatility, forKey: .volatility)
-        try c.encode(cumulativeReturn, forKey: .cumulativeReturn)
+        try c.encode(cumulativeReturn, forKey: .cumulativeReturn)  // null, not absent, on overflow
         try c.encode(maxDrawdown, forKey: .maxDrawdown)
     }
 }
@@ -98,6 +98,9 @@ extension ReturnsMath {
         }
         var growth = 1.0
         for r in returns { growth *= 1 + r }
+        // Closes far apart can make a finite return whose sum, square or product is not:
+        // a statistic that overflows is null rather than a 500 (JSON has no infinity).
+        func finite(_ x: Double?) -> Double? { x.flatMap { $0.isFinite ? $0 : nil } }
         var peak = -Double.infinity
         var drawdown = 0.0
         for p in prices {
@@ -105,6 +108,7 @@ extension ReturnsMath {
             drawdown = min(drawdown, p.close / peak - 1)
         }
         return ReturnsSummary(symbol: symbol, count: n, firstDate: prices.first!.date, lastDate: prices.last!.date,
-                              mean: mean, volatility: volatility, cumulativeReturn: growth - 1, maxDrawdown: drawdown)
+                              mean: finite(mean), volatility: finite(volatility), cumulativeReturn: finite(growth - 1),
+                              maxDrawdown: drawdown)
     }
 }

@@ -32,7 +32,10 @@ public struct ReturnsStore: Sendable {
         }
     }
 
-    /// Stores the prices of `command` and raises one `PricesRecorded` per symbol.
+    /// Stores the prices of `command` and raises one `PricesRecorded` per symbol. Refuses the
+    /// whole command (``CommandRejected`` `invalid_price`, nothing stored) when a price would
+    /// make a daily return that is not finite against its neighbours on record (`1e-300`
+    /// next to `1e300`): every return, its log and the summaries stay finite.
     public func record(_ command: RecordPrices, context: HandlerContext) async throws {
         try await database.write(context) { db in
             let statement = try db.cachedStatement(sql: """
@@ -48,9 +51,34 @@ public struct ReturnsStore: Sendable {
                         row.bind(3, point.close)
                     }
                 }
+                try Self.checkRatios(symbol, from: points.first!.date, to: points.last!.date, db)
                 try context.raise(PricesRecorded(symbol: symbol, firstDate: points.first!.date,
                                                  lastDate: points.last!.date, count: points.count))
             }
+        }
+    }
+
+    /// Throws when two consecutive closes of `symbol`, from the last before `first` to the
+    /// first after `last`, have a ratio that is not a finite number > 0.
+    static func checkRatios(_ symbol: String, from first: CalendarDate, to last: CalendarDate, _ db: Database) throws {
+        let statement = try db.cachedStatement(sql: """
+            SELECT date, close FROM prices WHERE symbol = ?1
+              AND date >= coalesce((SELECT max(date) FROM prices WHERE symbol = ?1 AND date < ?2), ?2)
+              AND date <= coalesce((SELECT min(date) FROM prices WHERE symbol = ?1 AND date > ?3), ?3)
+            ORDER BY date
+            """)
+        let rows = try Row.fetchCursor(statement, arguments: [symbol, first.description, last.description])
+        var previous: (date: String, close: Double)?
+        while let row = try rows.next() {
+            let date: String = row[0], close: Double = row[1]
+            if let previous {
+                let ratio = close / previous.close
+                guard ratio.isFinite, ratio > 0 else {
+                    throw CommandRejected("invalid_price", "\(symbol): the return from \(previous.date) (\(previous.close)) to \(date) "
+                                          + "(\(close)) is not a finite number; closes that far apart cannot be stored side by side")
+                }
+            }
+            previous = (date, close)
         }
     }
 
