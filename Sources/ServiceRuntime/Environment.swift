@@ -1,8 +1,9 @@
 import Foundation
 
 /// Reads settings from environment variables; any `X` may instead be given as `X_FILE`,
-/// naming a file that holds the value (Docker secrets). A set `X` wins over `X_FILE`; a file that
-/// holds only white space counts as not set (an empty `api_token` secret turns the token off).
+/// naming a file that holds the value (Docker secrets). A set `X` wins over `X_FILE`. A file
+/// that holds only white space is refused: an empty `api_token` secret would otherwise turn
+/// the token off without a word (to run without a token, leave `X_FILE` unset).
 public struct Environment: Sendable {
     private let values: [String: String]
 
@@ -14,13 +15,16 @@ public struct Environment: Sendable {
     public func string(_ name: String) throws -> String? {
         if let value = values[name], !value.isEmpty { return value }
         if let path = values[name + "_FILE"], !path.isEmpty {
+            let text: String
             do {
-                let text = try String(contentsOfFile: path, encoding: .utf8)
-                    .trimmingCharacters(in: .whitespacesAndNewlines)
-                return text.isEmpty ? nil : text
+                text = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
             } catch {
                 throw ConfigError("\(name)_FILE: cannot read \(path): \(error.localizedDescription)")
             }
+            guard !text.isEmpty else {
+                throw ConfigError("\(name)_FILE: \(path) holds no value (only white space); write one, or unset \(name)_FILE")
+            }
+            return text
         }
         return nil
     }

@@ -43,9 +43,11 @@ struct ConfigTests {
         }
         let empty = dir.appendingPathComponent("api_token")
         try "\n".write(to: empty, atomically: true, encoding: .utf8)
-        let noToken = try ServiceConfig(service: "returns", process: "returns-api",
-                                        environment: Environment(["STEGA_API_TOKEN_FILE": empty.path]))
-        #expect(noToken.apiToken == nil)
+        // A secret file with no value is a mistake, not "no token": refused, with the variable's name.
+        #expect {
+            try ServiceConfig(service: "returns", process: "returns-api",
+                              environment: Environment(["STEGA_API_TOKEN_FILE": empty.path]))
+        } throws: { "\($0)".contains("STEGA_API_TOKEN_FILE") }
     }
 
     @Test("malformed settings are refused with the variable's name", arguments: [
