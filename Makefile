@@ -5,7 +5,7 @@
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
-.PHONY: deps build release test bench run stop status logs secrets compose-smoke clean
+.PHONY: deps build release test bench fuzz run stop status logs secrets compose-smoke clean
 
 deps:            ## apt packages and Python test clients, when missing
 	@scripts/deps.sh
@@ -18,6 +18,10 @@ release: deps    ## release build of the executables
 
 test: build      ## throw-away RabbitMQ + swift test + end-to-end tests
 	@scripts/test.sh
+
+FUZZ_SECONDS ?= 60
+fuzz: deps       ## each libFuzzer target for FUZZ_SECONDS (scripts/fuzz.sh; make test runs each for 10 s)
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 BASELINE_DIR := .build-bench
 BASELINES := $(BASELINE_DIR)/publisher $(BASELINE_DIR)/consumer $(BASELINE_DIR)/fill $(BASELINE_DIR)/pace

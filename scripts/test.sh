@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# make test: a throw-away RabbitMQ of our own, the Swift tests (unit, HTTP, integration)
-# and the end-to-end tests with real clients against the real binaries; the broker is
-# stopped afterwards, pass or fail.
+# make test: a throw-away RabbitMQ of our own, the Swift tests (unit, HTTP, integration),
+# the end-to-end tests with real clients against the real binaries, and 10 s of each fuzz
+# target; the broker is stopped afterwards, pass or fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +30,7 @@ swift test --skip-build --disable-xctest || status=1
 
 echo "== end-to-end tests (pytest, real binaries and clients)"
 python3 -m pytest tests/e2e -q -p no:cacheprovider || status=1
+
+echo "== fuzzing: each libFuzzer target for 10 s (make fuzz runs them longer)"
+FUZZ_SECONDS=10 scripts/fuzz.sh || status=1
 exit $status
