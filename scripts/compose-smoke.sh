@@ -24,7 +24,8 @@ sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
 
 log "tools: podman, runc, debootstrap, docker-compose 1.29"
 need=()
-for p in podman runc debootstrap netavark aardvark-dns uidmap; do
+# netavark (podman's network backend) calls iptables or nft, which a bare machine lacks.
+for p in podman runc debootstrap netavark aardvark-dns uidmap iptables nftables; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
