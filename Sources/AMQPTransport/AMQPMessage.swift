@@ -62,8 +62,8 @@ struct AMQPMessage: Sendable, Equatable {
     /// The routing key the event was first published with (kept across retries).
     var originalRoutingKey: String { headers[Header.routingKey]?.string ?? routingKey }
 
-    /// The handler attempt this delivery is.
-    var attempt: Int { max(1, headers[Header.attempt]?.int ?? 1) }
+    /// The handler attempt this delivery is (a header any publisher can set: kept to 1...1,000,000).
+    var attempt: Int { min(max(1, headers[Header.attempt]?.int ?? 1), 1_000_000) }
 
     /// 9999-12-31T23:59:59Z: a later `timestamp` is out of range (no calendar date to show).
     static let latestTimestamp: Double = 253_402_300_799

@@ -94,7 +94,7 @@ public final class WebSocket: Sendable {
         thread.name = "websocket"
         // The connection's thread only parses frames and moves bytes: a small stack will do
         // (each of up to ``WebSocketLimits/maxClients`` clients has one).
-        thread.stackSize = 256 * 1024
+        thread.stackSize = 512 * 1024
         thread.start()
     }
 
