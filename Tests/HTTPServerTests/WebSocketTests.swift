@@ -153,14 +153,29 @@ struct WebSocketConnectionTests {
         #expect(Array(bytes.suffix(tail.count)) == tail)
     }
 
-    /// Waits up to `seconds` for `flag`; the time it took, or nil.
-    func waitFor(_ flag: borrowing Mutex<Bool>, seconds: Double) -> Double? {
+    /// Waits up to `seconds` for `done`; the time it took, or nil.
+    func waitFor(seconds: Double, _ done: () -> Bool) -> Double? {
         let start = Date()
         while Date().timeIntervalSince(start) < seconds {
-            if flag.withLock({ $0 }) { return Date().timeIntervalSince(start) }
+            if done() { return Date().timeIntervalSince(start) }
             usleep(5_000)
         }
         return nil
+    }
+
+    /// A connection over a socket pair with 4 KiB buffers (so a client that does not read is
+    /// felt at once), the client's end, and a flag set when the server side ends.
+    func smallBuffers(_ limits: WebSocketLimits) -> (WebSocket, Int32, Counter) {
+        let (server, client) = pair()
+        var size: Int32 = 4096
+        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
+        let ended = Counter()
+        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(), limits: limits) {
+            ended.increment()
+            close(server)
+        }
+        return (socket, client, ended)
     }
 
     /// Writes `bytes` without blocking; how many went out.
@@ -171,47 +186,29 @@ struct WebSocketConnectionTests {
 
     @Test("pongs count against the send limit: a client that pings and never reads is dropped, memory stays bounded")
     func pingFlood() {
-        let (server, client) = pair()
+        let (socket, client, ended) = smallBuffers(WebSocketLimits(sendLimit: 16 * 1024, closeTimeout: 0.5))
         defer { close(client) }
-        var size: Int32 = 4096
-        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
-        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
-        let ended = Mutex(false)
-        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(),
-                               limits: WebSocketLimits(sendLimit: 16 * 1024, closeTimeout: 0.5)) {
-            ended.withLock { $0 = true }
-            close(server)
-        }
         let ping = WebSocketFrame.encode(.ping, [UInt8](repeating: 7, count: 125), maskKey: [1, 2, 3, 4])
         var most = 0
         // 2,000 pings ask for 254 KB of pongs, 16 times the limit; the client never reads.
-        for _ in 0..<2_000 where !ended.withLock({ $0 }) {
+        for _ in 0..<2_000 where ended.value == 0 {
             write(client, ping)
             most = max(most, socket.queuedBytes)
             usleep(100)
         }
         #expect(most <= 16 * 1024, "the queue held \(most) bytes")
-        #expect(waitFor(ended, seconds: 5) != nil, "the connection was not dropped")
+        #expect(waitFor(seconds: 5) { ended.value == 1 } != nil, "the connection was not dropped")
     }
 
     @Test("a client that stops reading is dropped within the close timeout of exceeding its queue")
     func slowClientDropped() {
-        let (server, client) = pair()
+        let (socket, client, ended) = smallBuffers(WebSocketLimits(sendLimit: 32 * 1024, closeTimeout: 1))
         defer { close(client) }
-        var size: Int32 = 4096
-        setsockopt(server, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
-        setsockopt(client, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
-        let ended = Mutex(false)
-        let socket = WebSocket(socket: server, initial: [], delegate: Recorder(),
-                               limits: WebSocketLimits(sendLimit: 32 * 1024, closeTimeout: 1)) {
-            ended.withLock { $0 = true }
-            close(server)
-        }
         let message = String(repeating: "y", count: 1000)
         while socket.send(message) {}
         #expect(socket.isClosed)
         // The client reads nothing: the close frame never gets out, and the socket goes anyway.
-        let took = waitFor(ended, seconds: 5)
+        let took = waitFor(seconds: 5) { ended.value == 1 }
         #expect(took != nil, "a client that does not read held its connection")
         #expect((took ?? 99) >= 0.9, "dropped before the close timeout")
     }
@@ -240,7 +237,7 @@ struct WebSocketConnectionTests {
         #expect(pings >= 3, "\(pings) pings in 1.2 s at a 0.2 s interval")
         #expect(!ended.withLock { $0 }, "a client that answered pings was closed")
         // Now stay silent: closed after about two intervals (0.4 s) plus the close timeout.
-        let took = waitFor(ended, seconds: 5)
+        let took = waitFor(seconds: 5) { ended.withLock { $0 } }
         #expect(took != nil, "a silent client was never closed")
     }
 }
