@@ -188,8 +188,9 @@ public final class WebSocket: Sendable {
                 // little for the client's, then go.
                 if ContinuousClock.now - closingSince > .milliseconds(Int64(limits.closeTimeout * 1000)) { break processing }
             }
-            let untilPing = pingEvery - (ContinuousClock.now - lastPing)
-            let waitMs = closingSince != nil ? 100 : max(1, min(30_000, Int32(untilPing.components.seconds * 1000 + 1)))
+            // Wake for the next ping (or, closing, to check the close timeout).
+            let untilPing = (pingEvery - (ContinuousClock.now - lastPing)) / .milliseconds(1)
+            let waitMs = closingSince != nil ? 100 : Int32(min(30_000, max(1, untilPing.rounded(.up) + 1)))
             switch SocketCalls.wait(socket, wakeFD: wakeFD, writable: !drained, timeoutMs: waitMs) {
             case .failed, .hangUp: break processing
             case .idle: break
