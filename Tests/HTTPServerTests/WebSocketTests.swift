@@ -89,7 +89,16 @@ struct WebSocketConnectionTests {
         return (fds[0], fds[1])
     }
 
-    func read(_ fd: Int32, atLeast: Int, timeout: Double = 5) -> [UInt8] {
+    /// Reads at least `atLeast` bytes (or until the socket ends or `timeout`), on a thread of
+    /// its own: blocking a task's thread would hold up other tests, and a task held up behind
+    /// them would read late.
+    func read(_ fd: Int32, atLeast: Int, timeout: Double = 5) async -> [UInt8] {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: Self.blockingRead(fd, atLeast: atLeast, timeout: timeout)) }.start()
+        }
+    }
+
+    static func blockingRead(_ fd: Int32, atLeast: Int, timeout: Double) -> [UInt8] {
         var out: [UInt8] = []
         let deadline = Date().addingTimeInterval(timeout)
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -104,33 +113,31 @@ struct WebSocketConnectionTests {
     }
 
     @Test("a text message is handled and answered; a ping gets its pong; a close is echoed and the socket ends")
-    func conversation() {
+    func conversation() async {
         let (server, client) = pair()
         defer { close(client) }
         let recorder = Recorder()
-        let ended = Mutex(false)
+        let ended = Counter()
         _ = WebSocket(socket: server, initial: [], delegate: recorder) {
-            ended.withLock { $0 = true }
+            ended.increment()
             close(server)
         }
         let key: [UInt8] = [1, 2, 3, 4]
         let hello = WebSocketFrame.encode(.text, Array("hi".utf8), maskKey: key)
         _ = hello.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
-        #expect(read(client, atLeast: 9) == WebSocketFrame.encode(.text, Array("echo:hi".utf8)))
+        #expect(await read(client, atLeast: 9) == WebSocketFrame.encode(.text, Array("echo:hi".utf8)))
         let ping = WebSocketFrame.encode(.ping, [9], maskKey: key)
         _ = ping.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
-        #expect(read(client, atLeast: 3) == WebSocketFrame.encode(.pong, [9]))
+        #expect(await read(client, atLeast: 3) == WebSocketFrame.encode(.pong, [9]))
         let bye = WebSocketFrame.close(1000, "", maskKey: key)
         _ = bye.withUnsafeBytes { send(client, $0.baseAddress, $0.count, 0) }
-        #expect(read(client, atLeast: 4) == WebSocketFrame.close(1000))
-        let deadline = Date().addingTimeInterval(5)
-        while !ended.withLock({ $0 }), Date() < deadline { usleep(10_000) }
-        #expect(ended.withLock { $0 })
+        #expect(await read(client, atLeast: 4) == WebSocketFrame.close(1000))
+        #expect(await waitFor(seconds: 5) { ended.value == 1 } != nil)
         #expect(recorder.closedCount.withLock { $0 } == 1)
     }
 
     @Test("a client that does not read is closed with 1008 once its queue is full; sends never block")
-    func slowClient() {
+    func slowClient() async {
         let (server, client) = pair()
         defer { close(client) }
         var size: Int32 = 4096
@@ -148,19 +155,22 @@ struct WebSocketConnectionTests {
         // Reading now drains what was sent, and ends in the close frame with 1008 (the server
         // ends the socket 2 s after its close; the wait is longer, for a loaded machine: the
         // 4 KiB buffers make the drain many round trips between two threads).
-        let bytes = read(client, atLeast: 1 << 30, timeout: 10)
+        let bytes = await read(client, atLeast: 1 << 30, timeout: 10)
         let tail = WebSocketFrame.close(1008, "client too slow")
         #expect(Array(bytes.suffix(tail.count)) == tail)
     }
 
-    /// Waits up to `seconds` for `done`; the time it took, or nil.
-    func waitFor(seconds: Double, _ done: () -> Bool) -> Double? {
+    /// Waits up to `seconds` for `done`, sleeping as a task (the cooperative pool's threads are
+    /// few: a test that blocks one starves the others); the time it took, or nil.
+    func waitFor(seconds: Double, _ done: () -> Bool) async -> Double? {
         let start = Date()
-        while Date().timeIntervalSince(start) < seconds {
-            if done() { return Date().timeIntervalSince(start) }
-            usleep(5_000)
+        while true {
+            // Checked once more after the deadline: the task may have slept well past it.
+            let elapsed = Date().timeIntervalSince(start)
+            if done() { return elapsed }
+            if elapsed >= seconds { return nil }
+            try? await Task.sleep(for: .milliseconds(5))
         }
-        return nil
     }
 
     /// A connection over a socket pair with 4 KiB buffers (so a client that does not read is
@@ -185,7 +195,7 @@ struct WebSocketConnectionTests {
     }
 
     @Test("pongs count against the send limit: a client that pings and never reads is dropped, memory stays bounded")
-    func pingFlood() {
+    func pingFlood() async {
         let (socket, client, ended) = smallBuffers(WebSocketLimits(sendLimit: 16 * 1024, closeTimeout: 0.5))
         defer { close(client) }
         let ping = WebSocketFrame.encode(.ping, [UInt8](repeating: 7, count: 125), maskKey: [1, 2, 3, 4])
@@ -194,50 +204,63 @@ struct WebSocketConnectionTests {
         for _ in 0..<2_000 where ended.value == 0 {
             write(client, ping)
             most = max(most, socket.queuedBytes)
-            usleep(100)
+            try? await Task.sleep(for: .microseconds(100))
         }
         #expect(most <= 16 * 1024, "the queue held \(most) bytes")
-        #expect(waitFor(seconds: 5) { ended.value == 1 } != nil, "the connection was not dropped")
+        #expect(await waitFor(seconds: 5) { ended.value == 1 } != nil, "the connection was not dropped")
     }
 
     @Test("a client that stops reading is dropped within the close timeout of exceeding its queue")
-    func slowClientDropped() {
+    func slowClientDropped() async {
         let (socket, client, ended) = smallBuffers(WebSocketLimits(sendLimit: 32 * 1024, closeTimeout: 1))
         defer { close(client) }
         let message = String(repeating: "y", count: 1000)
         while socket.send(message) {}
         #expect(socket.isClosed)
         // The client reads nothing: the close frame never gets out, and the socket goes anyway.
-        let took = waitFor(seconds: 5) { ended.value == 1 }
+        let took = await waitFor(seconds: 5) { ended.value == 1 }
         #expect(took != nil, "a client that does not read held its connection")
         #expect((took ?? 99) >= 0.9, "dropped before the close timeout")
     }
 
     @Test("pings go out every interval; a client that answers stays, a silent one is closed after two intervals")
-    func keepAlive() {
+    func keepAlive() async {
         let (server, client) = pair()
         defer { close(client) }
-        let ended = Mutex(false)
+        let ended = Counter()
         _ = WebSocket(socket: server, initial: [], delegate: Recorder(),
                       limits: WebSocketLimits(pingInterval: 0.2, closeTimeout: 0.3)) {
-            ended.withLock { $0 = true }
+            ended.increment()
             close(server)
         }
-        // Answer pings for a while: the connection stays.
-        var parser = WebSocketParser(expectMasked: false)
-        var pings = 0
-        let answerUntil = Date().addingTimeInterval(1.2)
-        while Date() < answerUntil {
-            parser.feed(read(client, atLeast: 1, timeout: 0.3))
-            while case .ping(let data)? = try? parser.next() {
-                pings += 1
-                write(client, WebSocketFrame.encode(.pong, data, maskKey: [9, 9, 9, 9]))
+        // Answer pings for a while, on a thread of its own (a task could be held up behind
+        // other tests long enough to miss the deadline): the connection stays.
+        let pings = Counter(), answered = Counter(), closedWhileAnswering = Counter()
+        Thread {
+            var parser = WebSocketParser(expectMasked: false)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let until = Date().addingTimeInterval(1.2)
+            while Date() < until {
+                var p = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 50) > 0 else { continue }
+                let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { break }
+                parser.feed(buffer[0..<n])
+                while case .ping(let data)? = try? parser.next() {
+                    pings.increment()
+                    let pong = WebSocketFrame.encode(.pong, data, maskKey: [9, 9, 9, 9])
+                    _ = pong.withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                }
             }
-        }
-        #expect(pings >= 3, "\(pings) pings in 1.2 s at a 0.2 s interval")
-        #expect(!ended.withLock { $0 }, "a client that answered pings was closed")
+            if ended.value > 0 { closedWhileAnswering.increment() }
+            answered.increment()
+        }.start()
+        _ = await waitFor(seconds: 10) { answered.value == 1 }
+        let pingCount = pings.value
+        #expect(pingCount >= 3, "\(pingCount) pings in 1.2 s at a 0.2 s interval")
+        #expect(closedWhileAnswering.value == 0, "a client that answered pings was closed")
         // Now stay silent: closed after about two intervals (0.4 s) plus the close timeout.
-        let took = waitFor(seconds: 5) { ended.withLock { $0 } }
+        let took = await waitFor(seconds: 5) { ended.value == 1 }
         #expect(took != nil, "a silent client was never closed")
     }
 }
