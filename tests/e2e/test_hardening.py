@@ -207,6 +207,13 @@ def test_closes_that_would_give_a_non_finite_return_are_refused(stack_factory):
     for close, date in [(1e300, "2024-01-03"), (1e300, "2024-01-01")]:
         r = requests.post(api.url + "/prices", json={"symbol": "INF", "prices": [{"date": date, "close": close}]})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_price", r.text
+    # A close inside the usual range next to an extreme one on record is checked too.
+    assert requests.post(api.url + "/prices", json={"symbol": "EXT", "prices": [
+        {"date": "2024-01-02", "close": 1e-200}]}).status_code == 202
+    r = requests.post(api.url + "/prices", json={"symbol": "EXT", "prices": [{"date": "2024-01-03", "close": 1e150}]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_price", r.text
+    assert requests.post(api.url + "/prices", json={"symbol": "EXT", "prices": [
+        {"date": "2024-01-03", "close": 1e-190}]}).status_code == 202
     # Within one write too, and nothing of it is stored.
     r = requests.post(api.url + "/prices", json={"symbol": "INF2", "prices": [
         {"date": "2024-01-02", "close": 1e-300}, {"date": "2024-01-03", "close": 1e300}]})
