@@ -11,21 +11,6 @@ extension Command {
     public static var name: String { String(describing: Self.self) }
 }
 
-/// A command refused for its values once the handler saw the state (a price that would give
-/// a non-finite return against the prices on record): nothing of it is stored, and the api
-/// answers 422 with `code`.
-public struct CommandRejected: Error, Equatable, CustomStringConvertible {
-    public let code: String
-    public let message: String
-
-    public init(_ code: String, _ message: String) {
-        self.code = code
-        self.message = message
-    }
-
-    public var description: String { "\(code): \(message)" }
-}
-
 /// Where a message came from: the ids that every event it raises carries on.
 public struct MessageMetadata: Sendable, Equatable {
     /// The operation id (`correlation_id`) of the workflow.

@@ -3,15 +3,12 @@ import MessageBus
 
 /// What every write endpoint does once its command is built: a new operation, the command
 /// on the bus (state and events in one transaction), and `202 {"operation_id"}` with
-/// `Location: /operations/<id>`. A command its handler refuses (``CommandRejected``) is 422
-/// with the handler's code; one that cannot be stored is 503 `store_unavailable`.
+/// `Location: /operations/<id>`. A command that cannot be stored is 503 `store_unavailable`.
 public enum CommandEndpoint {
     public static func accept<C: Command>(_ command: C, from request: HTTPRequest, bus: MessageBus) async throws -> HTTPResponse {
         let metadata = MessageMetadata.newOperation(traceparent: request.header("traceparent"))
         do {
             try await bus.send(command, metadata: metadata)
-        } catch let rejected as CommandRejected {
-            throw HTTPError.unprocessable(rejected.code, rejected.message)
         } catch {
             throw HTTPError(503, "store_unavailable", "the write could not be stored; try again")
         }

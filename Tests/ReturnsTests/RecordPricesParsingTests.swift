@@ -34,6 +34,8 @@ struct RecordPricesParsingTests {
         ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":0}]}", "invalid_price"),
         ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":-3.5}]}", "invalid_price"),
         ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":1e999}]}", "invalid_price"),
+        ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":1e-300}]}", "invalid_price"),
+        ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":1.0000001e150}]}", "invalid_price"),
         ("{\"symbol\":\"AAPL\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":1},{\"date\":\"2024-01-02\",\"close\":2}]}",
          "duplicate_date"),
     ])

@@ -12,6 +12,11 @@ public struct RecordPrices: Command, Equatable {
     /// At most this many prices in one request.
     public static let maxPoints = EventLimits.pricesPerWrite
 
+    /// Closes that are accepted: any two of them have a ratio that is a finite number > 0
+    /// (1e150 / 1e-150 = 1e300), so every daily return and its log are finite. `1e-300` next
+    /// to `1e300` would give an infinite return; no traded price comes near either end.
+    public static let closes = 1e-150...1e150
+
     /// Builds the command from a request body, reporting faults as DESIGN.md orders them:
     /// shape and JSON types first (400 `invalid_body`), then values (422).
     ///
@@ -62,8 +67,8 @@ public struct RecordPrices: Command, Equatable {
                 guard let date = CalendarDate(text) else {
                     throw .unprocessable("invalid_date", "\(text) is not a date in YYYY-MM-DD form that exists")
                 }
-                guard close.isFinite, close > 0 else {
-                    throw .unprocessable("invalid_price", "close on \(text) must be a finite number > 0")
+                guard closes.contains(close) else {
+                    throw .unprocessable("invalid_price", "close on \(text) must be a number from 1e-150 to 1e150 (finite, > 0)")
                 }
                 guard seen.insert(date).inserted else {
                     throw .unprocessable("duplicate_date", "\(text) appears twice for \(symbol)")

@@ -30,25 +30,9 @@ public struct ReturnsStore: Sendable {
                 ) WITHOUT ROWID;
                 """)
         }
-        // Symbols with a close outside ``normalCloses``: only their writes need the neighbour
-        // check (two closes inside it always have a finite ratio > 0).
-        migrator.registerMigration("returns-v2-extreme-closes") { db in
-            try db.execute(sql: """
-                CREATE TABLE IF NOT EXISTS extreme_closes (symbol TEXT PRIMARY KEY) WITHOUT ROWID;
-                INSERT OR IGNORE INTO extreme_closes
-                    SELECT DISTINCT symbol FROM prices WHERE close < \(normalCloses.lowerBound) OR close > \(normalCloses.upperBound);
-                """)
-        }
     }
 
-    /// Closes whose ratio to any other close in the range is a finite number > 0
-    /// (1e-150 / 1e150 = 1e-300, above the least normal double; 1e150 / 1e-150 = 1e300).
-    static let normalCloses = 1e-150...1e150
-
-    /// Stores the prices of `command` and raises one `PricesRecorded` per symbol. Refuses the
-    /// whole command (``CommandRejected`` `invalid_price`, nothing stored) when a price would
-    /// make a daily return that is not finite against its neighbours on record (`1e-300`
-    /// next to `1e300`): every return, its log and the summaries stay finite.
+    /// Stores the prices of `command` and raises one `PricesRecorded` per symbol.
     public func record(_ command: RecordPrices, context: HandlerContext) async throws {
         try await database.write(context) { db in
             let statement = try db.cachedStatement(sql: """
@@ -64,43 +48,9 @@ public struct ReturnsStore: Sendable {
                         row.bind(3, point.close)
                     }
                 }
-                try Self.checkRatios(symbol, points, db)
                 try context.raise(PricesRecorded(symbol: symbol, firstDate: points.first!.date,
                                                  lastDate: points.last!.date, count: points.count))
             }
-        }
-    }
-
-    /// Throws when two consecutive closes of `symbol`, from the last before `points` to the
-    /// first after them, have a ratio that is not a finite number > 0. That takes a close
-    /// outside ``normalCloses``: a write whose closes are all inside it, of a symbol that has
-    /// none outside it on record (`extreme_closes`), is not read back.
-    static func checkRatios(_ symbol: String, _ points: [PricePoint], _ db: Database) throws {
-        if points.allSatisfy({ normalCloses.contains($0.close) }) {
-            let known = try db.cachedStatement(sql: "SELECT 1 FROM extreme_closes WHERE symbol = ?")
-            guard try Bool.fetchOne(known, arguments: [symbol]) == true else { return }
-        } else {
-            try db.cachedStatement(sql: "INSERT OR IGNORE INTO extreme_closes (symbol) VALUES (?)").execute(arguments: [symbol])
-        }
-        let first = points.first!.date, last = points.last!.date
-        let statement = try db.cachedStatement(sql: """
-            SELECT date, close FROM prices WHERE symbol = ?1
-              AND date >= coalesce((SELECT max(date) FROM prices WHERE symbol = ?1 AND date < ?2), ?2)
-              AND date <= coalesce((SELECT min(date) FROM prices WHERE symbol = ?1 AND date > ?3), ?3)
-            ORDER BY date
-            """)
-        let rows = try Row.fetchCursor(statement, arguments: [symbol, first.description, last.description])
-        var previous: (date: String, close: Double)?
-        while let row = try rows.next() {
-            let date: String = row[0], close: Double = row[1]
-            if let previous {
-                let ratio = close / previous.close
-                guard ratio.isFinite, ratio > 0 else {
-                    throw CommandRejected("invalid_price", "\(symbol): the return from \(previous.date) (\(previous.close)) to \(date) "
-                                          + "(\(close)) is not a finite number; closes that far apart cannot be stored side by side")
-                }
-            }
-            previous = (date, close)
         }
     }
 
