@@ -40,9 +40,8 @@ public struct WebSocketLimits: Sendable, Equatable {
 /// ``WebSocketLimits/closeTimeout`` whether or not the client reads; one that stays silent for
 /// two ping intervals is closed too.
 public final class WebSocket: Sendable {
+    /// What this connection may queue, and its keep-alive and close timings.
     public let limits: WebSocketLimits
-    /// Bytes queued for one client at most.
-    public var sendLimit: Int { limits.sendLimit }
     let socket: Int32
     let onClose: @Sendable () -> Void
     private let delegate: any WebSocketDelegate
