@@ -194,7 +194,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         let message = incoming.delivery.message
         let envelope = message.envelope
         return Delivery(envelope: try? envelope.get(), problem: envelope.failureReason,
-                        routingKey: message.originalRoutingKey, body: message.body, redelivered: incoming.delivery.redelivered, attempt: message.attempt)
+                        routingKey: message.originalRoutingKey, body: message.body,
+                        redelivered: incoming.delivery.redelivered, attempt: message.attempt)
     }
 
     /// Handles `chunk` in child tasks, all at once; outcomes in delivery order.

@@ -46,7 +46,7 @@ public struct ConsumerService: Service {
     public func handle(_ delivery: Delivery) async -> DeliveryOutcome {
         handled.increment()
         guard let envelope = delivery.envelope else {
-            let reason = delivery.problem ?? "not an event envelope"
+            let reason = delivery.problem ?? ""  // always set when there is no envelope
             logger.error("dead-lettering a message that is not an event envelope",
                          metadata: ["amqp.routing_key": "\(delivery.routingKey)", "error": "\(reason)"])
             return .deadLetter(reason: reason)

@@ -84,6 +84,9 @@ public struct ReturnsSummary: Codable, Sendable, Equatable {
 extension ReturnsMath {
     /// The summary of `prices` (sorted by date, at least one) and their daily `returns`.
     public static func summary(symbol: String, prices: [PricePoint], returns: [Double]) -> ReturnsSummary {
+        // Closes far apart give finite returns whose sum, square or product may not be: a
+        // statistic that overflows is null rather than a 500 (JSON has no infinity).
+        func finite(_ x: Double?) -> Double? { x.flatMap { $0.isFinite ? $0 : nil } }
         let n = returns.count
         var mean: Double?
         var volatility: Double?
@@ -98,9 +101,6 @@ extension ReturnsMath {
         }
         var growth = 1.0
         for r in returns { growth *= 1 + r }
-        // Closes far apart can make a finite return whose sum, square or product is not:
-        // a statistic that overflows is null rather than a 500 (JSON has no infinity).
-        func finite(_ x: Double?) -> Double? { x.flatMap { $0.isFinite ? $0 : nil } }
         var peak = -Double.infinity
         var drawdown = 0.0
         for p in prices {
