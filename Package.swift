@@ -34,6 +34,8 @@ let package = Package(
             providers: [.apt(["libmicrohttpd-dev"])]
         ),
 
+        // glibc's <malloc.h> and <sys/eventfd.h>, which Swift's Glibc module leaves out.
+        .systemLibrary(name: "CSystem"),
         .systemLibrary(
             name: "COpenBLAS",
             pkgConfig: "openblas",
@@ -53,7 +55,7 @@ let package = Package(
         .target(
             name: "AMQPTransport",
             dependencies: [
-                "CRabbitMQ", "EventCatalog", "MessageBus", "Handoff",
+                "CRabbitMQ", "CSystem", "EventCatalog", "MessageBus", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -61,7 +63,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "CMicroHTTPD", "Handoff",
+                "CMicroHTTPD", "CSystem", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -70,7 +72,7 @@ let package = Package(
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer", "Handoff",
+                "CSystem", "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),

@@ -23,8 +23,8 @@ import Synchronization
 /// try await consumer.run { delivery in await service.handle(delivery) }
 /// ```
 public final class AMQPConsumer: EventConsumer, Sendable {
-    /// Which queue to consume, and the retry policy.
-    public struct QueueSpec: Sendable, Equatable {
+    /// Which queue to consume, and the retry policy it follows.
+    public struct QueueSpec: Sendable {
         public var service: String
         public var mode: QueueMode
         /// Unacked deliveries the broker may push ahead (durable mode).
@@ -32,22 +32,17 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// Deliveries handled at once, from what the consumer has already received (1: one
         /// after the other). Their outcomes are settled in delivery order.
         public var concurrency: Int
-        /// Handler attempts before a message is dead-lettered.
-        public var retryAttempts: Int
-        /// Delay before the second attempt; doubled for each later one.
-        public var retryBaseDelayMs: Int
-        /// Longest delay between attempts.
-        public var retryMaxDelayMs: Int
+        /// Attempts and delays: a delay queue per retrying attempt, and a retry past the last
+        /// attempt goes to the dead-letter queue. Transient mode has no retries.
+        public var policy: RetryPolicy
 
-        public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, retryAttempts: Int = 5,
-                    retryBaseDelayMs: Int = 1000, retryMaxDelayMs: Int = 60_000, concurrency: Int = 1) {
+        public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, policy: RetryPolicy = RetryPolicy(),
+                    concurrency: Int = 1) {
             self.service = service
             self.concurrency = max(1, concurrency)
             self.mode = mode
             self.prefetch = prefetch
-            self.retryAttempts = max(1, retryAttempts)
-            self.retryBaseDelayMs = max(1, retryBaseDelayMs)
-            self.retryMaxDelayMs = max(self.retryBaseDelayMs, retryMaxDelayMs)
+            self.policy = mode == .durable ? policy : .noRetries(failureEvent: policy.failureEvent)
         }
 
         /// `<service>.events` in durable mode; empty (server-named) in transient mode.
@@ -55,14 +50,10 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// `<service>.events.dead`.
         public var deadLetterQueue: String { "\(service).events.dead" }
 
-        /// The delay before attempt `attempt + 1`, in milliseconds.
-        public func delayMs(after attempt: Int) -> Int {
-            let exponent = min(max(0, attempt - 1), 20)
-            return min(retryMaxDelayMs, retryBaseDelayMs << exponent)
-        }
-
         /// The delay queue holding messages before attempt `attempt + 1`.
-        public func retryQueue(after attempt: Int) -> String { "\(service).events.retry.\(delayMs(after: attempt))ms" }
+        public func retryQueue(after attempt: Int) -> String {
+            "\(service).events.retry.\(policy.delayMs(after: attempt))ms"
+        }
     }
 
     private struct Incoming: Sendable {
@@ -372,10 +363,10 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             }
             return
         }
-        switch s.outcome {
+        switch spec.policy.settlement(of: s.outcome, attempt: delivery.message.attempt) {
         case .ack:
             try open.connection.ack(delivery.deliveryTag)
-        case .retry(let reason) where delivery.message.attempt < spec.retryAttempts:
+        case .retry(let reason):
             var message = delivery.message
             let attempt = message.attempt
             message.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
@@ -387,9 +378,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             Counter(label: "events_retried_total", dimensions: [("routing_key", message.originalRoutingKey)]).increment()
             logger.warning("event will be retried", metadata: [
                 "amqp.routing_key": "\(message.originalRoutingKey)", "attempt": "\(attempt)",
-                "retry_in_ms": "\(spec.delayMs(after: attempt))", "error": "\(reason)",
+                "retry_in_ms": "\(spec.policy.delayMs(after: attempt))", "error": "\(reason)",
             ])
-        case .retry(let reason), .deadLetter(let reason):
+        case .deadLetter(let reason):
             var message = delivery.message
             message.headers[AMQPMessage.Header.routingKey] = .string(message.originalRoutingKey)
             message.headers[AMQPMessage.Header.error] = .string(String(reason.prefix(1000)))
@@ -453,11 +444,11 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         case .durable:
             name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false).name
             _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false)
-            for attempt in 1..<max(2, spec.retryAttempts) {
+            for attempt in spec.policy.retryingAttempts {
                 _ = try connection.declareQueue(
                     spec.retryQueue(after: attempt), durable: true, exclusive: false, autoDelete: false,
                     arguments: [
-                        "x-message-ttl": .int(Int64(spec.delayMs(after: attempt))),
+                        "x-message-ttl": .int(Int64(spec.policy.delayMs(after: attempt))),
                         "x-dead-letter-exchange": .string(""),
                         "x-dead-letter-routing-key": .string(spec.declaredName),
                     ])

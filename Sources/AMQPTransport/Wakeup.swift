@@ -1,4 +1,4 @@
-import CRabbitMQ
+import CSystem
 import Glibc
 
 /// An `eventfd` that lets other threads wake an AMQP thread blocked in `poll` on its socket.

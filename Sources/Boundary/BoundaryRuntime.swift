@@ -11,56 +11,39 @@ import ServiceRuntime
 /// mode (it only cares about new events), tracks operations by correlation id, and serves
 /// `GET /operations/{id}`, its Server-Sent Events and `GET /ws` on port 8080.
 public enum BoundaryRuntime {
-    /// Runs until SIGTERM or SIGINT; returns the process exit code.
-    public static func run() async -> Int32 {
-        let environment = Environment()
-        let config: ServiceConfig
-        let timeout: Int
-        let trackerBytes: Int
+    /// What the boundary reads beyond ``ServiceConfig``.
+    struct Settings {
+        var operationTimeout: Int
+        var trackerBytes: Int
         var limits = WebSocketLimits()
-        do {
-            config = try ServiceConfig(service: "boundary", process: "boundary", environment: environment)
-            timeout = try environment.int("STEGA_OPERATION_TIMEOUT_S", default: 30, range: 1...86_400)
+
+        init(_ environment: Environment) throws {
+            operationTimeout = try environment.int("STEGA_OPERATION_TIMEOUT_S", default: 30, range: 1...86_400)
             trackerBytes = try environment.int("STEGA_OPERATION_MAX_BYTES", default: 64 << 20, range: (1 << 20)...(1 << 40))
             limits.maxClients = try environment.int("STEGA_WS_MAX_CLIENTS", default: limits.maxClients, range: 1...100_000)
             limits.pingInterval = Double(try environment.int("STEGA_WS_PING_INTERVAL_S", default: Int(limits.pingInterval),
                                                              range: 1...3_600))
-        } catch {
-            FileHandle.standardError.write(Data("boundary: configuration error: \(error)\n".utf8))
-            return 2
         }
-        LoggingSetup.bootstrap(process: "boundary", level: config.logLevel, format: config.logFormat)
-        MetricsSetup.bootstrap()
-        var logger = Logger(label: "stega.boundary")
-        logger.logLevel = config.logLevel
-        let tracker = OperationTracker(timeout: TimeInterval(timeout), maxBytes: trackerBytes)
-        let consumer = AMQPConsumer(settings: config.amqp, queue: .init(service: "boundary", mode: .transient),
-                                    bindings: Catalog.eventTypes.map { $0.routingKey }, logger: logger)
-        let hub = WebSocketHub(tracker: tracker)
-        var router = Router(logger: logger)
-        BoundaryRoutes(tracker: tracker).add(to: &router)
-        router.webSocket("/ws", limits: limits) { _ in hub }
-        OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
-        HealthRoutes.add(to: &router, process: "boundary", checks: [ReadinessCheck("broker") { consumer.isConnected }])
-        MetricsSetup.addRoute(to: &router)
-        let daemon = HTTPDaemon(router: router, host: config.httpHost, port: config.httpPort,
-                                threads: config.httpThreads, maxBodySize: config.maxBodyBytes, logger: logger)
-        let services: [any Service] = [
-            Sweeper(tracker: tracker),
-            HTTPService(daemon: daemon),
-            TrackingConsumer(consumer: consumer, tracker: tracker, hub: hub, logger: logger),
-        ]
-        logger.info("starting", metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(timeout)",
-                                           "ws.max_clients": "\(limits.maxClients)"])
-        do {
-            try await ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
-                                                        gracefulShutdownSignals: [.sigterm, .sigint],
-                                                        logger: logger)).run()
-            logger.info("stopped")
-            return 0
-        } catch {
-            logger.critical("failed", metadata: ["error": "\(error)"])
-            return 1
+    }
+
+    /// Runs until SIGTERM or SIGINT; returns the process exit code.
+    public static func run() async -> Int32 {
+        await ProcessRuntime.run(process: "boundary", service: "boundary", settings: Settings.init) { config, settings, logger in
+            let tracker = OperationTracker(timeout: TimeInterval(settings.operationTimeout), maxBytes: settings.trackerBytes)
+            let consumer = AMQPConsumer(settings: config.amqp, queue: .init(service: "boundary", mode: .transient),
+                                        bindings: Catalog.eventTypes.map { $0.routingKey }, logger: logger)
+            let hub = WebSocketHub(tracker: tracker)
+            var router = Router(logger: logger)
+            BoundaryRoutes(tracker: tracker).add(to: &router)
+            router.webSocket("/ws", limits: settings.limits) { _ in hub }
+            OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
+            let tracking = TrackingConsumer(consumer: consumer, tracker: tracker, hub: hub, logger: logger)
+            return ProcessRuntime.Plan(
+                router: router, services: [Sweeper(tracker: tracker)], consumers: [tracking],
+                checks: [ReadinessCheck("broker") { consumer.isConnected }],
+                activity: { tracking.seen.value },
+                metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(settings.operationTimeout)",
+                           "ws.max_clients": "\(settings.limits.maxClients)"])
         }
     }
 }
@@ -71,10 +54,13 @@ struct TrackingConsumer: Service {
     let tracker: OperationTracker
     let hub: WebSocketHub
     let logger: Logger
+    /// Deliveries taken since start: an activity signal.
+    let seen = ActivityCount()
 
     func run() async throws {
         try await cancelWhenGracefulShutdown {
             try await consumer.run { delivery in
+                seen.increment()
                 // A redelivered event (an id seen before) goes to no one twice.
                 if let envelope = delivery.envelope, tracker.record(envelope) {
                     hub.broadcast(envelope)

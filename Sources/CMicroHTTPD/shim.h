@@ -10,7 +10,6 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <microhttpd.h>
-#include <sys/eventfd.h>
 
 /// Calls `MHD_start_daemon` with a bind address, a thread pool, a connection
 /// memory limit, a connection timeout, a completion callback and room for 10,000

@@ -6,7 +6,6 @@
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
 #include <amqp_ssl_socket.h>
-#include <sys/eventfd.h>
 
 /// Calls `amqp_login` with PLAIN SASL credentials.
 static inline amqp_rpc_reply_t stega_amqp_login_plain(amqp_connection_state_t state,

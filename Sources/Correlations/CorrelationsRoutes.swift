@@ -19,7 +19,7 @@ public struct CorrelationsRoutes: Sendable {
 
     public func add(to router: inout Router) {
         router.post("/windows") { request in
-            try await CommandEndpoint.accept(AddWindow.parse(body: request.body), from: request, bus: bus)
+            try await CommandEndpoint.accept(AddWindowBody.parse(request.body), from: request, bus: bus)
         }
         router.get("/correlations") { request in
             guard let list = request.query["symbols"], !list.isEmpty else {

@@ -1,3 +1,4 @@
+import EventCatalog
 import Foundation
 import GRDB
 import HTTPServer
@@ -14,6 +15,8 @@ import ServiceRuntime
 ///   `correlations.events.correlations_updated` for each.
 public struct CorrelationsService: ServiceModule {
     public static let name = "correlations"
+
+    public static let operationFailedEvent: (any OperationFailedEvent.Type)? = CorrelationsOperationFailed.self
 
     let store: CorrelationsStore
     let handlers: CorrelationsHandlers

@@ -38,7 +38,7 @@ public struct CorrelationsUpdated: Event {
 }
 
 /// An operation started at the correlations service failed.
-public struct CorrelationsOperationFailed: Event {
+public struct CorrelationsOperationFailed: OperationFailedEvent {
     public static let routingKey = "correlations.events.operation_failed"
 
     public var failure: OperationFailure

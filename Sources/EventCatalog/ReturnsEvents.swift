@@ -37,7 +37,7 @@ public struct ReturnsCalculated: Event {
 }
 
 /// An operation started at the returns service failed.
-public struct ReturnsOperationFailed: Event {
+public struct ReturnsOperationFailed: OperationFailedEvent {
     public static let routingKey = "returns.events.operation_failed"
 
     public var failure: OperationFailure
@@ -46,22 +46,4 @@ public struct ReturnsOperationFailed: Event {
 
     public init(from decoder: any Decoder) throws { failure = try OperationFailure(from: decoder) }
     public func encode(to encoder: any Encoder) throws { try failure.encode(to: encoder) }
-}
-
-/// The payload of every `<service>.events.operation_failed`.
-public struct OperationFailure: Codable, Sendable, Equatable {
-    public var operationId: String
-    public var service: String
-    public var reason: String
-
-    public init(operationId: String, service: String, reason: String) {
-        self.operationId = operationId
-        self.service = service
-        self.reason = reason
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case service, reason
-        case operationId = "operation_id"
-    }
 }

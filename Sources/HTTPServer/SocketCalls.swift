@@ -1,4 +1,4 @@
-import CMicroHTTPD  // <sys/eventfd.h>, which Glibc does not import
+import CSystem
 import Foundation
 import Synchronization
 

@@ -2,7 +2,7 @@
 public struct BusError: Error, CustomStringConvertible, Equatable {
     /// What went wrong.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Value: String { case noHandler, duplicateHandler, undecodable, handlersFailed }
+        private enum Value: String { case noHandler, duplicateHandler, undecodable, handlersFailed, eventsNotStored, undeclaredEvent }
         private let value: Value
         private init(_ value: Value) { self.value = value }
 
@@ -15,6 +15,10 @@ public struct BusError: Error, CustomStringConvertible, Equatable {
         public static let undecodable = Code(.undecodable)
         /// One or more event handlers threw.
         public static let handlersFailed = Code(.handlersFailed)
+        /// A handler raised events and did not store them in its write's transaction.
+        public static let eventsNotStored = Code(.eventsNotStored)
+        /// A handler raised an event it did not declare when it was registered.
+        public static let undeclaredEvent = Code(.undeclaredEvent)
 
         public var description: String { value.rawValue }
     }

@@ -4,9 +4,11 @@ import Synchronization
 
 /// What a handler gets besides its message: the metadata and a place to raise events.
 ///
-/// A handler that keeps state calls ``raise(_:)`` and then stores ``takeRaised()`` in the
-/// same transaction as its state change (the outbox). Whatever is raised and not taken is
-/// forwarded by the bus to its publisher after the handler returns.
+/// A handler raises events with ``raise(_:)`` inside its store's write, which stores
+/// ``takeRaised()`` in the same transaction as the state change (the outbox): that is the only
+/// way events leave a handler. An event raised and not stored makes the bus fail the message
+/// (``BusError/eventsNotStored``), and so does an event the handler did not declare when it
+/// was registered (``BusError/undeclaredEvent``).
 public final class HandlerContext: Sendable {
     /// The ids of the message being handled.
     public let metadata: MessageMetadata
@@ -14,17 +16,24 @@ public final class HandlerContext: Sendable {
     public let appId: String
     /// The id of the event being handled, when it is an event (for the inbox).
     public let handledEventId: UUID?
+    /// The routing keys the handler declared it raises; `nil`: any.
+    private let declared: Set<String>?
     private let raised = Mutex<[EventEnvelope]>([])
 
-    public init(metadata: MessageMetadata, appId: String, handledEventId: UUID? = nil) {
+    public init(metadata: MessageMetadata, appId: String, handledEventId: UUID? = nil, declared: Set<String>? = nil) {
         self.metadata = metadata
         self.appId = appId
         self.handledEventId = handledEventId
+        self.declared = declared
     }
 
-    /// Raises `event` with this context's ids; returns its envelope.
+    /// Raises `event` with this context's ids; returns its envelope. Throws
+    /// ``BusError/undeclaredEvent`` when the handler did not declare `E`.
     @discardableResult
     public func raise<E: Event>(_ event: E) throws -> EventEnvelope {
+        if let declared, !declared.contains(E.routingKey) {
+            throw BusError(.undeclaredEvent, "\(E.routingKey) was raised by a handler that does not declare it")
+        }
         let envelope = try EventEnvelope(
             event, appId: appId, correlationId: metadata.correlationId,
             causationId: metadata.causationId, traceparent: metadata.traceparent)
@@ -32,7 +41,7 @@ public final class HandlerContext: Sendable {
         return envelope
     }
 
-    /// Removes and returns the events raised so far.
+    /// Removes and returns the events raised so far (the store's write calls it).
     public func takeRaised() -> [EventEnvelope] {
         raised.withLock { list in
             defer { list.removeAll() }

@@ -2,7 +2,9 @@ import EventCatalog
 
 /// An in-process broker with the same publisher and consumer protocols as AMQP, for unit
 /// tests of handlers and the bus. Routing follows a topic exchange (`*`, `#`), which is a
-/// superset of a direct exchange for the catalog's keys.
+/// superset of a direct exchange for the catalog's keys. A consumer follows its
+/// ``RetryPolicy`` as the AMQP one does, without the delays: a retry comes back at once, as
+/// the next attempt, until the policy's last attempt; then the delivery is dead-lettered.
 ///
 /// ```swift
 /// let transport = InMemoryTransport()
@@ -18,10 +20,11 @@ public final class InMemoryTransport: EventPublisher {
         await broker.publish(envelopes)
     }
 
-    /// Declares `queue` (if new), binds it to `bindings` and returns a consumer of it.
-    public func consumer(queue: String, bindings: [String]) async -> InMemoryConsumer {
+    /// Declares `queue` (if new), binds it to `bindings` and returns a consumer of it that
+    /// retries and dead-letters as `policy` says.
+    public func consumer(queue: String, bindings: [String], policy: RetryPolicy = RetryPolicy()) async -> InMemoryConsumer {
         await broker.declare(queue: queue, bindings: bindings)
-        return InMemoryConsumer(queue: queue, broker: broker)
+        return InMemoryConsumer(queue: queue, broker: broker, policy: policy)
     }
 
     /// Every envelope published so far, in order.
@@ -34,6 +37,9 @@ public final class InMemoryTransport: EventPublisher {
 
     /// Messages dead-lettered by consumers of `queue`.
     public func deadLettered(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
+
+    /// Removes and returns the messages dead-lettered by consumers of `queue`.
+    public func takeDeadLetters(from queue: String) async -> [Delivery] { await broker.takeRejected(queue) }
 
     actor Broker {
         var log: [EventEnvelope] = []
@@ -80,8 +86,8 @@ public final class InMemoryTransport: EventPublisher {
             waiting.forEach { $0.resume() }
         }
 
-        func settle(_ queue: String, _ delivery: Delivery, _ outcome: DeliveryOutcome) {
-            switch outcome {
+        func settle(_ queue: String, _ delivery: Delivery, _ outcome: DeliveryOutcome, _ policy: RetryPolicy) {
+            switch policy.settlement(of: outcome, attempt: delivery.attempt) {
             case .ack: break
             case .retry:
                 enqueue(queue, Delivery(envelope: delivery.envelope, routingKey: delivery.routingKey,
@@ -92,6 +98,8 @@ public final class InMemoryTransport: EventPublisher {
         }
 
         func depth(of queue: String) -> Int { queues[queue]?.count ?? 0 }
+
+        func takeRejected(_ queue: String) -> [Delivery] { rejected.removeValue(forKey: queue) ?? [] }
     }
 }
 
@@ -99,6 +107,7 @@ public final class InMemoryTransport: EventPublisher {
 public struct InMemoryConsumer: EventConsumer {
     let queue: String
     let broker: InMemoryTransport.Broker
+    let policy: RetryPolicy
 
     /// Always: the queue is declared and bound when the consumer is made.
     public var isReady: Bool { true }
@@ -108,7 +117,7 @@ public struct InMemoryConsumer: EventConsumer {
             while !Task.isCancelled {
                 guard let delivery = await broker.next(queue) else { break }
                 let outcome = await handler(delivery)
-                await broker.settle(queue, delivery, outcome)
+                await broker.settle(queue, delivery, outcome, policy)
             }
             try Task.checkCancellation()
         } onCancel: { [broker, queue] in

@@ -3,42 +3,43 @@ import Foundation
 import Logging
 import Synchronization
 
-/// A service's internal message bus: dispatches commands and events to their handlers,
-/// collects the events they raise and forwards them to a publisher.
+/// A service's internal message bus: dispatches commands and events to their handlers.
 ///
-/// A command's error reaches the caller. An event may have many handlers; a failing one
-/// is logged and counted while the others run, and ``dispatch(_:)`` then throws so the
-/// consumer can retry.
+/// Handlers store the events they raise in the transaction of their write (see
+/// ``HandlerContext``); the bus only checks that they did: an event raised and not stored, or
+/// not declared, fails the message. A command's error reaches the caller. An event may have
+/// many handlers; a failing one is logged and counted while the others run, and
+/// ``dispatch(_:)`` then throws so the consumer can retry.
 public final class MessageBus: Sendable {
     /// The service name, used as `app_id` of raised events.
     public let appId: String
     private let registry: HandlerRegistry
-    private let publisher: any EventPublisher
     private let logger: Logger
     private let failures = Atomic<Int>(0)
 
-    public init(appId: String, registry: HandlerRegistry, publisher: any EventPublisher,
-                logger: Logger = Logger(label: "stega.bus")) {
+    public init(appId: String, registry: HandlerRegistry, logger: Logger = Logger(label: "stega.bus")) {
         self.appId = appId
         self.registry = registry
-        self.publisher = publisher
         self.logger = logger
     }
 
     /// Routing keys with at least one event handler.
     public var routingKeys: [String] { registry.routingKeys }
 
+    /// Routing keys the handlers declare they raise.
+    public var raisedRoutingKeys: [String] { registry.raisedRoutingKeys }
+
     /// How many event handler calls have failed since start.
     public var handlerFailures: Int { failures.load(ordering: .relaxed) }
 
-    /// Runs the one handler of `command`, then forwards the events it raised and did not store.
+    /// Runs the one handler of `command`.
     public func send<C: Command>(_ command: C, metadata: MessageMetadata) async throws {
-        guard let handler = registry.commandHandlers[ObjectIdentifier(C.self)] else {
+        guard let registered = registry.commandHandlers[ObjectIdentifier(C.self)] else {
             throw BusError(.noHandler, "no handler for command \(C.name)")
         }
-        let context = HandlerContext(metadata: metadata, appId: appId)
-        try await handler(command, context)
-        try await forward(context)
+        let context = HandlerContext(metadata: metadata, appId: appId, declared: registered.raises)
+        try await registered.handler(command, context)
+        try Self.checkStored(context, C.name)
     }
 
     /// Runs every handler of `envelope`'s routing key; throws when none exists, when the
@@ -48,12 +49,12 @@ public final class MessageBus: Sendable {
             throw BusError(.noHandler, "no handler for routing key \(envelope.routingKey)")
         }
         var firstError: (any Error)?
-        for handler in handlers {
-            let context = HandlerContext(metadata: MessageMetadata(handling: envelope),
-                                         appId: appId, handledEventId: envelope.eventId)
+        for registered in handlers {
+            let context = HandlerContext(metadata: MessageMetadata(handling: envelope), appId: appId,
+                                         handledEventId: envelope.eventId, declared: registered.raises)
             do {
-                try await handler(envelope, context)
-                try await forward(context)
+                try await registered.handler(envelope, context)
+                try Self.checkStored(context, envelope.routingKey)
             } catch let error as BusError where error.code == .undecodable {
                 throw error
             } catch {
@@ -73,10 +74,11 @@ public final class MessageBus: Sendable {
         }
     }
 
-    private func forward(_ context: HandlerContext) async throws {
-        let raised = context.takeRaised()
-        if !raised.isEmpty {
-            try await publisher.publish(raised)
-        }
+    /// Throws when the handler of `message` raised events it did not store.
+    private static func checkStored(_ context: HandlerContext, _ message: String) throws {
+        let left = context.takeRaised()
+        guard !left.isEmpty else { return }
+        throw BusError(.eventsNotStored, "the handler of \(message) raised \(left.map(\.routingKey)) without storing "
+                       + "them: a handler raises events inside its store's write, which stores them in its transaction")
     }
 }

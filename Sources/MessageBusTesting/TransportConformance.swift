@@ -8,11 +8,26 @@ public protocol TransportFixture: Sendable {
     var name: String { get }
     /// A publisher on the transport's exchange.
     func makePublisher() async throws -> any EventPublisher
-    /// A consumer of a fresh queue bound to `bindings`, delivering at most `prefetch` ahead.
-    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer
-    /// Cuts `consumer`'s and every publisher's connections from the broker's side; `false`
-    /// when the transport has no connections (then the reconnect scenario does not apply).
-    func dropConnections(of consumer: any EventConsumer) async throws -> Bool
+    /// A consumer of a fresh queue bound to `bindings`, delivering at most `prefetch` ahead,
+    /// retrying and dead-lettering as `policy` says.
+    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
+                      policy: RetryPolicy) async throws -> any EventConsumer
+    /// The events dead-lettered from `queue` so far (taken: a second call does not return them).
+    func takeDeadLetters(of queue: String) async throws -> [EventEnvelope]
+}
+
+extension TransportFixture {
+    /// A consumer with the default policy (5 attempts).
+    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
+        try await makeConsumer(queue: queue, bindings: bindings, prefetch: prefetch, policy: RetryPolicy())
+    }
+}
+
+/// A transport with connections a broker can drop (the reconnect scenario): AMQP. The
+/// in-memory transport has none, so it does not run that scenario.
+public protocol ConnectionDroppingFixture: TransportFixture {
+    /// Cuts `consumer`'s and every publisher's connections from the broker's side.
+    func dropConnections(of consumer: any EventConsumer) async throws
 }
 
 /// A scenario failed; the message says how.
@@ -82,6 +97,42 @@ public enum TransportConformance {
         guard await inbox.count == 2 else { throw ConformanceFailure("acked delivery came again") }
     }
 
+    /// A delivery that keeps failing gets exactly the policy's attempts (1, 2, 3), then is
+    /// dead-lettered, intact, and comes no more; the queue goes on with the next delivery.
+    public static func deadLetterAfterAttempts(_ fixture: some TransportFixture) async throws {
+        let queue = uniqueQueue("dead")
+        let policy = RetryPolicy(maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50)
+        let consumer = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 1,
+                                                      policy: policy)
+        let inbox = Inbox()
+        let poison = try EventEnvelope(WindowAdded(window: 13), correlationId: "op-dead")
+        let task = Task {
+            try await consumer.run { delivery in
+                await inbox.add(delivery)
+                // The handler asks for a retry every time: the policy alone ends it.
+                return delivery.envelope == poison ? .retry(reason: "conformance") : .ack
+            }
+        }
+        defer { task.cancel() }
+        try await waitUntil("\(fixture.name) consumer ready") { consumer.isReady }
+        let next = try EventEnvelope(WindowAdded(window: 14))
+        try await fixture.makePublisher().publish([poison, next])
+        let deadLetters = DeadLetters()
+        try await waitUntil("\(fixture.name) dead letter") {
+            await deadLetters.add((try? await fixture.takeDeadLetters(of: queue)) ?? [])
+            return await !deadLetters.items.isEmpty
+        }
+        try await waitUntil("\(fixture.name) the next delivery") { await inbox.items.contains { $0.envelope == next } }
+        try await Task.sleep(for: .milliseconds(300))
+        let attempts = await inbox.items.filter { $0.envelope == poison }.map(\.attempt)
+        guard attempts == [1, 2, 3] else {
+            throw ConformanceFailure("expected attempts [1, 2, 3] before the dead letter, got \(attempts)")
+        }
+        await deadLetters.add(try await fixture.takeDeadLetters(of: queue))
+        let dead = await deadLetters.items
+        guard dead == [poison] else { throw ConformanceFailure("expected the poison event dead-lettered once: \(dead)") }
+    }
+
     /// With prefetch 1, one queue delivers in publish order.
     public static func orderWithPrefetchOne(_ fixture: some TransportFixture, count: Int = 50) async throws {
         let queue = uniqueQueue("order")
@@ -135,7 +186,7 @@ public enum TransportConformance {
     /// After the broker drops the connections, the consumer reconnects, declares its
     /// topology again and resumes; a publish after the drop gets through (a publisher may
     /// fail once while it notices, as the outbox relay expects).
-    public static func reconnect(_ fixture: some TransportFixture) async throws {
+    public static func reconnect(_ fixture: some ConnectionDroppingFixture) async throws {
         let queue = uniqueQueue("reconnect")
         let consumer = try await fixture.makeConsumer(queue: queue, bindings: [WindowAdded.routingKey], prefetch: 10)
         let inbox = Inbox()
@@ -146,7 +197,7 @@ public enum TransportConformance {
         let before = try EventEnvelope(WindowAdded(window: 1))
         try await publisher.publish([before])
         try await waitUntil("\(fixture.name) first delivery") { await inbox.count == 1 }
-        guard try await fixture.dropConnections(of: consumer) else { return }
+        try await fixture.dropConnections(of: consumer)
         let after = try EventEnvelope(WindowAdded(window: 2))
         var published = false
         for _ in 0..<50 where !published {
@@ -163,12 +214,18 @@ public enum TransportConformance {
         }
     }
 
-    /// Runs every scenario.
-    public static func all(_ fixture: some TransportFixture) async throws {
+    /// Runs every scenario that applies to a transport without connections.
+    public static func allWithoutReconnect(_ fixture: some TransportFixture) async throws {
         try await publishConsume(fixture)
         try await retryRedelivers(fixture)
+        try await deadLetterAfterAttempts(fixture)
         try await orderWithPrefetchOne(fixture)
         try await noLossWhileClosing(fixture)
+    }
+
+    /// Runs every scenario, the reconnect one included.
+    public static func all(_ fixture: some ConnectionDroppingFixture) async throws {
+        try await allWithoutReconnect(fixture)
         try await reconnect(fixture)
     }
 
@@ -186,6 +243,12 @@ public enum TransportConformance {
         }
         throw ConformanceFailure("timed out waiting for \(what)")
     }
+}
+
+/// Dead-lettered events, as taken.
+actor DeadLetters {
+    var items: [EventEnvelope] = []
+    func add(_ more: [EventEnvelope]) { items += more }
 }
 
 /// Deliveries in arrival order.

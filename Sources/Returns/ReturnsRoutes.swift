@@ -51,7 +51,7 @@ public struct ReturnsRoutes: Sendable {
 
     /// `POST /prices`: validate, run the command, answer 202 with the operation id.
     func recordPrices(_ request: HTTPRequest) async throws -> HTTPResponse {
-        try await CommandEndpoint.accept(RecordPrices.parse(body: request.body), from: request, bus: bus)
+        try await CommandEndpoint.accept(RecordPricesBody.parse(request.body), from: request, bus: bus)
     }
 
     static func symbol(_ request: HTTPRequest) throws -> String {

@@ -1,3 +1,4 @@
+import EventCatalog
 import Foundation
 import GRDB
 import HTTPServer
@@ -26,6 +27,8 @@ public struct ReturnsService: ServiceModule {
     /// runs, so whichever order handlers run in, the stored returns are the same, and the
     /// outbox holds the events in commit order (a later event never carries older values).
     public static let eventHandlersRunConcurrently = true
+
+    public static let operationFailedEvent: (any OperationFailedEvent.Type)? = ReturnsOperationFailed.self
 
     public static var openAPIDocument: [UInt8] {
         OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))

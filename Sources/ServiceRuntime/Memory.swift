@@ -1,11 +1,12 @@
+import CSystem
 import Foundation
 import ServiceLifecycle
 import Synchronization
 
 /// glibc gives each thread that allocates an arena of its own (up to 8 per core); the
 /// dispatch pool's threads then keep memory the process no longer uses. Two arenas keep the
-/// resident size of the api and worker near their working set (issue 6's RSS target), unless
-/// `MALLOC_ARENA_MAX` says otherwise.
+/// resident size of every process near its working set, unless `MALLOC_ARENA_MAX` says
+/// otherwise (set in the environment, glibc reads it itself).
 ///
 /// Blocks of 128 KiB or more come from `mmap` and go back to the system when freed: glibc's
 /// default starts there but raises the threshold each time such a block is freed (up to
@@ -17,15 +18,15 @@ public enum MemorySetup {
     public static func limitArenas(_ arenas: Int32 = 2, mmapThreshold: Int32 = 128 * 1024) {
         let environment = ProcessInfo.processInfo.environment
         if environment["MALLOC_ARENA_MAX"] == nil {
-            _ = glibcMallopt(-8 /* M_ARENA_MAX, <malloc.h> */, arenas)
+            _ = mallopt(M_ARENA_MAX, arenas)
         }
         if environment["MALLOC_MMAP_THRESHOLD_"] == nil {
-            _ = glibcMallopt(-3 /* M_MMAP_THRESHOLD */, mmapThreshold)
+            _ = mallopt(M_MMAP_THRESHOLD, mmapThreshold)
         }
     }
 
     /// Hands freed memory back to the system (`malloc_trim`).
-    static func trim() { _ = glibcMallocTrim(0) }
+    static func trim() { _ = malloc_trim(0) }
 }
 
 /// Gives memory back to the system once a burst of work is over: every half second it looks
@@ -64,15 +65,9 @@ struct MemoryTrimmer: Service {
 }
 
 /// A counter shared by copies of a struct: an activity signal.
-final class ActivityCount: Sendable {
+public final class ActivityCount: Sendable {
     private let count = Atomic<Int>(0)
-    func increment() { count.add(1, ordering: .relaxed) }
-    var value: Int { count.load(ordering: .relaxed) }
+    public init() {}
+    public func increment() { count.add(1, ordering: .relaxed) }
+    public var value: Int { count.load(ordering: .relaxed) }
 }
-
-// `mallopt(3)` and `malloc_trim(3)`: <malloc.h> is not part of Swift's Glibc module.
-@_silgen_name("mallopt")
-private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
-
-@_silgen_name("malloc_trim")
-private func glibcMallocTrim(_ pad: Int) -> Int32

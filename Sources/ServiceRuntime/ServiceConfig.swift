@@ -1,6 +1,8 @@
 import AMQPTransport
+import EventCatalog
 import Foundation
 import Logging
+import MessageBus
 
 /// Every setting of an api or worker process (DESIGN.md "Configuration").
 public struct ServiceConfig: Sendable {
@@ -66,11 +68,17 @@ public struct ServiceConfig: Sendable {
                                                                LogFormat.allCases.map(\.rawValue)))!
     }
 
-    /// The worker's queue and retry policy.
-    public var queueSpec: AMQPConsumer.QueueSpec {
-        AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch),
-                               retryAttempts: retryAttempts, retryBaseDelayMs: retryDelayMs,
-                               retryMaxDelayMs: retryMaxDelayMs)
+    /// The worker's retry policy (`STEGA_RETRY_*`; no retries in transient mode), whose dead
+    /// letters raise `failureEvent`.
+    public func retryPolicy(failureEvent: (any OperationFailedEvent.Type)?) -> RetryPolicy {
+        guard queueMode == .durable else { return .noRetries(failureEvent: failureEvent) }
+        return RetryPolicy(maxAttempts: retryAttempts, baseDelayMs: retryDelayMs, maxDelayMs: retryMaxDelayMs,
+                           failureEvent: failureEvent)
+    }
+
+    /// The worker's queue, following `policy`.
+    public func queueSpec(policy: RetryPolicy) -> AMQPConsumer.QueueSpec {
+        AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

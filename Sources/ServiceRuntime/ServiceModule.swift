@@ -1,3 +1,4 @@
+import EventCatalog
 import Foundation
 import GRDB
 import HTTPServer
@@ -25,10 +26,14 @@ public protocol ServiceModule: Sendable {
     /// delivery order, and their writes share transactions). Only for handlers whose result
     /// does not depend on the order they run in; `false` unless a service says so.
     static var eventHandlersRunConcurrently: Bool { get }
+    /// The `<service>.events.operation_failed` its worker raises when an event of an
+    /// operation is dead-lettered; `nil`: none.
+    static var operationFailedEvent: (any OperationFailedEvent.Type)? { get }
 }
 
 extension ServiceModule {
     public static var eventHandlersRunConcurrently: Bool { false }
+    public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
 }
 
 /// `GET /openapi.json`.

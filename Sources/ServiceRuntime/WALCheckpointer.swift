@@ -1,7 +1,5 @@
 import Dispatch
-import Glibc
 import GRDB
-import GRDBSQLite
 import Synchronization
 
 /// Checkpoints a database's WAL on a queue of its own, instead of in the commit that found
@@ -26,7 +24,7 @@ final class WALCheckpointer: Sendable {
     /// A checkpoint is asked for and has not started yet.
     private let requested = Atomic<Bool>(false)
     /// The checkpointer's connection, used on `queue` only (opened at the first checkpoint).
-    private let connection = Mutex<OpaquePointer?>(nil)
+    private let connection = Mutex<CheckpointConnection?>(nil)
     private let runs = Atomic<Int>(0)
     /// `threshold`s of frames in the WAL at the last commit.
     private let lastBucket = Atomic<Int>(0)
@@ -45,19 +43,12 @@ final class WALCheckpointer: Sendable {
 
     init(path: String) { self.path = path }
 
-    /// Makes `db` (the writer connection) ask for checkpoints instead of running them.
+    /// Makes `db` (the writer connection) ask for checkpoints instead of running them. The
+    /// queue can fall behind (starved of CPU under a long ingest, or its restarts refused by
+    /// long reads): past `inlineThreshold` frames the commit checkpoints itself, as SQLite's
+    /// own hook did past 1,000, so the WAL stays bounded.
     func install(on db: Database) {
-        sqlite3_wal_hook(db.sqliteConnection, { context, connection, _, frames in
-            // The queue can fall behind (starved of CPU under a long ingest, or its restarts
-            // refused by long reads): past `inlineThreshold` frames the commit checkpoints
-            // itself, as SQLite's own hook did past 1,000 — the WAL then stays bounded as it
-            // was (without this it grew past 150,000 frames in the bench's ingest).
-            if frames >= WALCheckpointer.inlineThreshold {
-                _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
-            }
-            Unmanaged<WALCheckpointer>.fromOpaque(context!).takeUnretainedValue().request(frames: Int(frames))
-            return SQLITE_OK
-        }, Unmanaged.passUnretained(self).toOpaque())
+        WALHook.install(on: db, checkpointer: self, inlineThreshold: Self.inlineThreshold)
     }
 
     /// Asks for a checkpoint once per `threshold` frames the WAL grows by (a WAL that two
@@ -77,61 +68,26 @@ final class WALCheckpointer: Sendable {
     /// Drops the checkpointer connection's page cache.
     func releaseMemory() {
         queue.async { [self] in
-            connection.withLock { connection in
-                if let connection { sqlite3_db_release_memory(connection) }
-            }
+            connection.withLock { $0?.releaseMemory() }
         }
     }
 
     private func checkpoint() {
         connection.withLock { connection in
-            if connection == nil {
-                var opened: OpaquePointer?
-                guard sqlite3_open_v2(path, &opened, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK else {
-                    sqlite3_close_v2(opened)
-                    return
-                }
-                // A restart holds the write lock while it waits for readers: it waits a few
-                // milliseconds at most, in steps as short as the writers' (see `ServiceDatabase`),
-                // then gives up until the next request.
-                sqlite3_busy_handler(opened, { _, tries in
-                    usleep(50)
-                    return tries < 40 ? 1 : 0
-                }, nil)
-                // A connection knows the database is in WAL mode (and checkpoints it) once it
-                // has read it.
-                guard sqlite3_exec(opened, "SELECT 1 FROM sqlite_master LIMIT 1", nil, nil, nil) == SQLITE_OK else {
-                    sqlite3_close_v2(opened)
-                    return
-                }
-                connection = opened
-            }
-            // Passive: as many frames as no reader or writer holds back. A WAL is reset only by
-            // a write that starts once every frame is in the database, which two processes
-            // writing all the time seldom leave room for: past `restartThreshold` frames, the
-            // checkpoint holds the writers back (about a millisecond) until every frame is in
-            // and no reader uses the WAL, and the next write starts it again from its beginning.
+            if connection == nil { connection = CheckpointConnection(path: path) }
+            guard let open = connection.take() else { return }
             // Passive: every frame no reader still needs, without holding anyone back (the
-            // copy and the two syncs: 1.6–2.3 ms at the median under the latency bench's load).
-            // Busy: another process checkpoints; the next request tries again.
-            _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+            // copy and the two syncs). Busy: another process checkpoints; the next request
+            // tries again.
+            open.checkpoint(restart: false)
             // A WAL starts again from its beginning only at a write that begins once every
             // frame is in the database, which two processes writing all the time seldom leave
-            // room for (returns-api's WAL grew past 350 MB in 7 s without this). Past
-            // `restartThreshold` frames, a restart checkpoint copies what came in meanwhile
-            // holding the writers back (1.7 ms at the median, 3.5 at most in the same run) and
-            // waits for the readers of the WAL; the next write then starts it again.
-            if walFrames.load(ordering: .relaxed) >= Self.restartThreshold {
-                _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_RESTART, nil, nil)
-            }
+            // room for. Past `restartThreshold` frames, a restart checkpoint copies what came in
+            // meanwhile holding the writers back (about a millisecond) and waits for the
+            // readers of the WAL; the next write then starts it again.
+            if walFrames.load(ordering: .relaxed) >= Self.restartThreshold { open.checkpoint(restart: true) }
+            connection = consume open
             runs.add(1, ordering: .relaxed)
-        }
-    }
-
-    deinit {
-        connection.withLock { connection in
-            sqlite3_close_v2(connection)
-            connection = nil
         }
     }
 }

@@ -15,7 +15,7 @@ func apiRouter<M: ServiceModule>(_ type: M.Type) throws -> Router {
     let module = M(database: database, logger: Logger(label: "t"))
     var registry = HandlerRegistry()
     try module.registerCommandHandlers(&registry)
-    let bus = MessageBus(appId: M.name, registry: registry, publisher: InMemoryTransport())
+    let bus = MessageBus(appId: M.name, registry: registry)
     var router = Router()
     module.addRoutes(to: &router, bus: bus)
     OpenAPIRoute.add(to: &router, document: M.openAPIDocument)

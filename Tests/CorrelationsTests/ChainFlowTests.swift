@@ -22,23 +22,17 @@ final class Chain: Sendable {
         let transport = InMemoryTransport()
         var routers: [Router] = []
         var tasks: [Task<Void, any Error>] = []
+        // The runtimes' own wiring (ServiceAssembly), with the in-memory transport for AMQP.
         func wire<M: ServiceModule>(_ type: M.Type) async throws {
-            let database = try ServiceDatabase(path: directory.appendingPathComponent("\(M.name).sqlite").path,
-                                               migrations: M.migrate)
-            let module = M(database: database, logger: logger)
-            var api = HandlerRegistry(), worker = HandlerRegistry()
-            try module.registerCommandHandlers(&api)
-            try module.registerEventHandlers(&worker)
-            let apiBus = MessageBus(appId: M.name, registry: api, publisher: OutboxPublisher(database: database))
-            let workerBus = MessageBus(appId: M.name, registry: worker, publisher: OutboxPublisher(database: database))
-            var router = Router()
-            module.addRoutes(to: &router, bus: apiBus)
-            routers.append(router)
-            let relay = OutboxRelay(database: database, publisher: transport)
-            let consumer = await transport.consumer(queue: "\(M.name).events", bindings: workerBus.routingKeys)
-            let service = ConsumerService(consumer: consumer, bus: workerBus, logger: logger)
-            tasks.append(Task { try await relay.run() })
-            tasks.append(Task { try await consumer.run { await service.handle($0) } })
+            let database = try ServiceAssembly<M>.openDatabase(path: directory.appendingPathComponent("\(M.name).sqlite").path)
+            let api = try ServiceAssembly<M>.api(database: database, publisher: transport, logger: logger)
+            let worker = try await ServiceAssembly<M>.worker(
+                database: database, publisher: transport, policy: RetryPolicy(failureEvent: M.operationFailedEvent),
+                logger: logger
+            ) { bindings, policy in await transport.consumer(queue: "\(M.name).events", bindings: bindings, policy: policy) }
+            routers.append(api.router)
+            for relay in [api.relay, worker.relay] { tasks.append(Task { try await relay.run() }) }
+            tasks.append(Task { try await worker.consumer!.run() })
         }
         try await wire(ReturnsService.self)
         try await wire(CorrelationsService.self)

@@ -86,7 +86,7 @@ struct AddWindowParsingTests {
     ])
     func parse(body: String, status: Int, code: String) {
         do {
-            let command = try AddWindow.parse(body: Array(body.utf8))
+            let command = try AddWindowBody.parse(Array(body.utf8))
             #expect(status == 0 && command.window == 60)
         } catch {
             #expect(error.status == status && error.code == code, "\(body)")

@@ -1,6 +1,7 @@
 import Correlations
 import EventCatalog
 import Foundation
+import Logging
 import MessageBus
 import ServiceRuntime
 import Testing
@@ -17,8 +18,9 @@ struct SeriesCacheTests {
                 DatedValue(date: CalendarDate(daysSinceEpoch: 10_000 + $0), value: value($0))
             })
         }
+        let handlers = CorrelationsHandlers(store: store, logger: .init(label: "test"))
         func apply(_ e: ReturnsCalculated) async throws {
-            try await store.apply(e, context: HandlerContext(metadata: .newOperation(), appId: "correlations",
+            try await handlers.returnsCalculated(e, context: HandlerContext(metadata: .newOperation(), appId: "correlations",
                                                              handledEventId: UUID()))
         }
         // A: a return every day for 1,000 days; B: one every 40th day. The worker keeps

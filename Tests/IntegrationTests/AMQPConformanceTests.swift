@@ -6,7 +6,7 @@ import MessageBus
 import MessageBusTesting
 import Testing
 
-final class AMQPFixture: TransportFixture {
+final class AMQPFixture: ConnectionDroppingFixture {
     let settings: AMQPSettings
     let mode: QueueMode
     let publishers = Mutex<[AMQPPublisher]>([])
@@ -23,7 +23,7 @@ final class AMQPFixture: TransportFixture {
         return publisher
     }
 
-    func dropConnections(of consumer: any EventConsumer) async throws -> Bool {
+    func dropConnections(of consumer: any EventConsumer) async throws {
         let amqp = consumer as! AMQPConsumer
         var ports = Set(publishers.withLock { $0.compactMap(\.localPort) })
         if let port = amqp.localPort { ports.insert(port) }
@@ -31,13 +31,16 @@ final class AMQPFixture: TransportFixture {
         guard closed >= 2 else { throw ConformanceFailure("closed \(closed) connections of \(ports)") }
         try await TransportConformance.waitUntil("consumer noticed") { !amqp.isConnected || amqp.reconnectCount > 0 }
         try await TransportConformance.waitUntil("consumer reconnected", seconds: 20) { amqp.reconnectCount >= 1 && amqp.isReady }
-        return true
     }
 
-    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
-        AMQPConsumer(settings: settings,
-                     queue: .init(service: queue, mode: mode, prefetch: prefetch, retryAttempts: 3, retryBaseDelayMs: 50),
+    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
+                      policy: RetryPolicy) async throws -> any EventConsumer {
+        AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch, policy: policy),
                      bindings: bindings)
+    }
+
+    func takeDeadLetters(of queue: String) async throws -> [EventEnvelope] {
+        try drain("\(queue).events.dead", settings: settings).compactMap { try? $0.envelope.get() }
     }
 }
 
@@ -51,6 +54,11 @@ struct AMQPConformanceTests {
     @Test("publish/consume, transient mode (the seed's exclusive auto-ack queue)")
     func publishConsumeTransient() async throws {
         try await TransportConformance.publishConsume(AMQPFixture(settings: Broker.settings(), mode: .transient))
+    }
+
+    @Test("a delivery that keeps failing gets the policy's attempts, then is dead-lettered")
+    func deadLetter() async throws {
+        try await TransportConformance.deadLetterAfterAttempts(AMQPFixture(settings: Broker.settings(), mode: .durable))
     }
 
     @Test("a retried delivery comes back redelivered")

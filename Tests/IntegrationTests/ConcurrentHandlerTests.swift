@@ -12,8 +12,8 @@ struct ConcurrentHandlerTests {
     func concurrentSettledOnce() async throws {
         let settings = try Broker.settings()
         let service = "conc\(UUID().uuidString.prefix(6).lowercased())"
-        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, prefetch: 20, retryAttempts: 1,
-                                          concurrency: 8)
+        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, prefetch: 20,
+                                          policy: .noRetries(), concurrency: 8)
         // The queue is declared and bound by a first consumer, which stops before anything is
         // published: the events are then queued, and the broker pushes a prefetch's worth at
         // once, so the consumer receives several at a time (what it may handle together).

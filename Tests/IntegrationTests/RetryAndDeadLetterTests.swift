@@ -23,8 +23,8 @@ struct RetryAndDeadLetterTests {
 
     func consumer(_ settings: AMQPSettings, attempts: Int = 3) -> AMQPConsumer {
         AMQPConsumer(settings: settings,
-                     queue: .init(service: service, mode: .durable, prefetch: 5, retryAttempts: attempts,
-                                  retryBaseDelayMs: 40, retryMaxDelayMs: 200),
+                     queue: .init(service: service, mode: .durable, prefetch: 5,
+                                  policy: RetryPolicy(maxAttempts: attempts, baseDelayMs: 40, maxDelayMs: 200)),
                      bindings: [WindowAdded.routingKey])
     }
 

@@ -34,7 +34,7 @@ struct EventValidationTests {
         registry.on(PricesRecorded.self) { _, _ in ran.add(1, ordering: .relaxed) }
         registry.on(ReturnsCalculated.self) { _, _ in ran.add(1, ordering: .relaxed) }
         registry.on(CorrelationsUpdated.self) { _, _ in ran.add(1, ordering: .relaxed) }
-        let bus = MessageBus(appId: "test", registry: registry, publisher: InMemoryTransport())
+        let bus = MessageBus(appId: "test", registry: registry)
         let envelope = EventEnvelope(routingKey: routingKey, appId: "x", body: Data(body.utf8))
         do {
             try await bus.dispatch(envelope)
@@ -51,7 +51,7 @@ struct EventValidationTests {
         var registry = HandlerRegistry()
         registry.on(WindowAdded.self) { _, _ in ran.add(1, ordering: .relaxed) }
         registry.on(ReturnsCalculated.self) { _, _ in ran.add(1, ordering: .relaxed) }
-        let bus = MessageBus(appId: "test", registry: registry, publisher: InMemoryTransport())
+        let bus = MessageBus(appId: "test", registry: registry)
         for (key, body) in [(WindowAdded.routingKey, #"{"window":2520}"#),
                             (ReturnsCalculated.routingKey, #"{"symbol":"BRK.B","returns":[{"date":"2024-01-02","value":-1}]}"#)] {
             try await bus.dispatch(EventEnvelope(routingKey: key, appId: "x", body: Data(body.utf8)))

@@ -1,3 +1,4 @@
+import EventCatalog
 import MessageBus
 import MessageBusTesting
 import Testing
@@ -6,10 +7,13 @@ struct InMemoryFixture: TransportFixture {
     let transport = InMemoryTransport()
     var name: String { "in-memory" }
     func makePublisher() async throws -> any EventPublisher { transport }
-    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16) async throws -> any EventConsumer {
-        await transport.consumer(queue: queue, bindings: bindings)
+    func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
+                      policy: RetryPolicy) async throws -> any EventConsumer {
+        await transport.consumer(queue: queue, bindings: bindings, policy: policy)
     }
-    func dropConnections(of consumer: any EventConsumer) async throws -> Bool { false }
+    func takeDeadLetters(of queue: String) async throws -> [EventEnvelope] {
+        await transport.takeDeadLetters(from: queue).compactMap(\.envelope)
+    }
 }
 
 @Suite("In-memory transport conformance")
@@ -22,7 +26,9 @@ struct InMemoryConformanceTests {
     @Test func noLossWhileClosing() async throws {
         try await TransportConformance.noLossWhileClosing(InMemoryFixture())
     }
-    @Test("reconnect (not applicable: no connections)") func reconnect() async throws {
-        try await TransportConformance.reconnect(InMemoryFixture())
+    @Test func deadLetterAfterAttempts() async throws {
+        try await TransportConformance.deadLetterAfterAttempts(InMemoryFixture())
     }
+    // No reconnect scenario: the in-memory transport has no connections to drop
+    // (`InMemoryFixture` is not a `ConnectionDroppingFixture`).
 }

@@ -6,7 +6,7 @@ import Testing
 struct RecordPricesParsingTests {
     func code(_ body: String) -> (Int, String)? {
         do {
-            _ = try RecordPrices.parse(body: Array(body.utf8))
+            _ = try RecordPricesBody.parse(Array(body.utf8))
             return nil
         } catch {
             return (error.status, error.code)
@@ -51,11 +51,11 @@ struct RecordPricesParsingTests {
 
     @Test("single and multi-symbol forms; prices sorted by date")
     func accepted() throws {
-        let one = try RecordPrices.parse(body: Array("""
+        let one = try RecordPricesBody.parse(Array("""
             {"symbol":"BRK.B","prices":[{"date":"2024-01-03","close":2},{"date":"2024-01-02","close":1.5}]}
             """.utf8))
         #expect(one.prices["BRK.B"]!.map(\.date.description) == ["2024-01-02", "2024-01-03"])
-        let many = try RecordPrices.parse(body: Array("""
+        let many = try RecordPricesBody.parse(Array("""
             {"prices":{"AAPL":[{"date":"2024-01-02","close":1}],"MSFT":[{"date":"2024-01-02","close":2}]}}
             """.utf8))
         #expect(Set(many.prices.keys) == ["AAPL", "MSFT"])

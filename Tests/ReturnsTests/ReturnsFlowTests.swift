@@ -21,27 +21,22 @@ final class ReturnsHarness: Sendable {
 
     init() async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("returns-\(UUID().uuidString)")
-        database = try ServiceDatabase(path: directory.appendingPathComponent("returns.sqlite").path,
-                                       migrations: ReturnsService.migrate)
+        database = try ServiceAssembly<ReturnsService>.openDatabase(path: directory.appendingPathComponent("returns.sqlite").path)
         let logger = Logger(label: "test")
-        let service = ReturnsService(database: database, logger: logger)
         store = ReturnsStore(database: database)
-        var api = HandlerRegistry()
-        try service.registerCommandHandlers(&api)
-        apiBus = MessageBus(appId: "returns", registry: api, publisher: OutboxPublisher(database: database))
-        var worker = HandlerRegistry()
-        try service.registerEventHandlers(&worker)
-        workerBus = MessageBus(appId: "returns", registry: worker, publisher: OutboxPublisher(database: database))
-        var router = Router()
-        service.addRoutes(to: &router, bus: apiBus)
-        self.router = router
-
-        let relay = OutboxRelay(database: database, publisher: transport)
-        let consumer = await transport.consumer(queue: "returns.events", bindings: workerBus.routingKeys)
-        let consumerService = ConsumerService(consumer: consumer, bus: workerBus, logger: logger)
+        // The runtimes' own wiring (ServiceAssembly), with the in-memory transport for AMQP.
+        let api = try ServiceAssembly<ReturnsService>.api(database: database, publisher: transport, logger: logger)
+        let worker = try await ServiceAssembly<ReturnsService>.worker(
+            database: database, publisher: transport, policy: RetryPolicy(failureEvent: ReturnsOperationFailed.self),
+            logger: logger
+        ) { [transport] bindings, policy in await transport.consumer(queue: "returns.events", bindings: bindings, policy: policy) }
+        apiBus = api.bus
+        workerBus = worker.bus
+        router = api.router
         tasks = [
-            Task { try await relay.run() },
-            Task { try await consumer.run { delivery in await consumerService.handle(delivery) } },
+            Task { try await api.relay.run() },
+            Task { try await worker.relay.run() },
+            Task { try await worker.consumer!.run() },
         ]
     }
 

@@ -27,6 +27,16 @@ func temporaryDatabase() throws -> (ServiceDatabase, URL) {
     return (try ServiceDatabase(path: dir.appendingPathComponent("t.sqlite").path), dir)
 }
 
+/// Polls `condition` every 10 ms until it holds; fails after `seconds`.
+func waitFor(_ what: String, seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    Issue.record("timed out waiting for \(what)")
+}
+
 @Suite("Outbox and inbox")
 struct OutboxTests {
     @Test("state and raised events commit together; nothing of a failed transaction is published")
@@ -100,7 +110,7 @@ extension OutboxTests {
         defer { task.cancel() }
         let sent = try (0..<count).map { try EventEnvelope(WindowAdded(window: $0)) }
         for start in stride(from: 0, to: count, by: chunk) {
-            try await OutboxPublisher(database: database).publish(Array(sent[start..<min(count, start + chunk)]))
+            try await database.store(Array(sent[start..<min(count, start + chunk)]))
         }
         let deadline = Date().addingTimeInterval(20)
         while publisher.failures.load(ordering: .relaxed) < 2, Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
@@ -122,7 +132,7 @@ extension OutboxTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let claimed = try (0..<5).map { try EventEnvelope(WindowAdded(window: $0)) }
         let unclaimed = try (5..<8).map { try EventEnvelope(WindowAdded(window: $0)) }
-        try await other.enqueue(claimed)  // claimed by `other`'s relay, which never runs
+        try await other.store(claimed)  // claimed by `other`'s relay, which never runs
         // A claim that stays fresh for an hour, whatever the test's pace.
         try await other.pool.write { db in
             try db.execute(sql: "UPDATE outbox SET claimed_at = ?", arguments: [Date().timeIntervalSince1970 + 3600])
@@ -150,22 +160,29 @@ extension OutboxTests {
 struct OperationFailedTests {
     struct Boom: Error {}
 
-    @Test("the last failed attempt raises <service>.events.operation_failed with the operation id; earlier ones do not")
+    @Test("the last failed attempt stores <service>.events.operation_failed with the operation id; earlier ones do not")
     func lastAttempt() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
         var registry = HandlerRegistry()
         registry.on(WindowAdded.self) { _, _ in throw Boom() }
         let transport = InMemoryTransport()
-        let bus = MessageBus(appId: "correlations", registry: registry, publisher: transport)
+        let bus = MessageBus(appId: "correlations", registry: registry)
+        let policy = RetryPolicy(maxAttempts: 3, failureEvent: CorrelationsOperationFailed.self)
         let service = ConsumerService(consumer: await transport.consumer(queue: "x", bindings: []), bus: bus,
-                                      logger: .init(label: "t"), maxAttempts: 3, failures: transport)
+                                      policy: policy, database: database, logger: .init(label: "t"))
         let event = try EventEnvelope(WindowAdded(window: 4), correlationId: "op-7")
         func deliver(_ attempt: Int) async -> DeliveryOutcome {
             await service.handle(Delivery(envelope: event, routingKey: event.routingKey, body: Array(event.body),
                                           redelivered: false, attempt: attempt))
         }
-        if case .retry = await deliver(1) {} else { Issue.record("expected a retry") }
-        #expect(await transport.published.isEmpty)
-        _ = await deliver(3)
+        #expect(await deliver(1) == .retry(reason: "\(BusError(.handlersFailed, "\(Boom())"))"))
+        #expect(await deliver(2) == .retry(reason: "\(BusError(.handlersFailed, "\(Boom())"))"))
+        #expect(try await database.pool.read { db in try Outbox.depth(in: db) } == 0)
+        guard case .deadLetter = await deliver(3) else { Issue.record("expected a dead letter on the last attempt"); return }
+        let relay = Task { try await OutboxRelay(database: database, publisher: transport).run() }
+        defer { relay.cancel() }
+        try await waitFor("operation_failed published") { await !transport.published.isEmpty }
         let failed = try #require(await transport.published.first)
         #expect(failed.routingKey == "correlations.events.operation_failed")
         #expect(failed.correlationId == "op-7")

@@ -60,9 +60,9 @@ struct RelayPipelineTests {
         let task = Task { try await relay.run() }
         defer { task.cancel() }
         let sent = try (0..<10).map { try EventEnvelope(WindowAdded(window: $0)) }
-        try await OutboxPublisher(database: database).publish(Array(sent[0..<5]))
+        try await database.store(Array(sent[0..<5]))
         try await publisher.wait(until: 1)
-        try await OutboxPublisher(database: database).publish(Array(sent[5..<10]))
+        try await database.store(Array(sent[5..<10]))
         try await publisher.wait(until: 2)
         // Both batches are with the publisher at once: the second did not wait for the first.
         #expect(publisher.waiting == 2)

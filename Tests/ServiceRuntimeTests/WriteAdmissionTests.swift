@@ -69,10 +69,10 @@ struct WriteAdmissionTests {
         let task = Task { try await relay.run() }
         defer { task.cancel() }
         let sent = try (0..<10).map { try EventEnvelope(WindowAdded(window: $0)) }
-        try await OutboxPublisher(database: database).publish(Array(sent[0..<5]))
+        try await database.store(Array(sent[0..<5]))
         try await publisher.wait(until: 1)
         #expect(!database.admission.isClosed)  // 5 waiting: below the high mark
-        try await OutboxPublisher(database: database).publish(Array(sent[5..<10]))
+        try await database.store(Array(sent[5..<10]))
         try await publisher.wait(until: 2)
         try await settle()
         #expect(database.admission.isClosed)  // 10 waiting

@@ -1,6 +1,7 @@
 import EventCatalog
 import Logging
 import MessageBus
+import Synchronization
 
 /// The correlations service's handlers, the same code in the api and the worker.
 public struct CorrelationsHandlers: Sendable {
@@ -12,17 +13,98 @@ public struct CorrelationsHandlers: Sendable {
         self.logger = logger
     }
 
+    /// Command: track the window and raise `WindowAdded` (also when it was tracked already,
+    /// so the operation resolves with a fresh backfill).
+    public func addWindow(_ command: AddWindow, context: HandlerContext) async throws {
+        try await store.write(context) { tx in
+            try tx.track(window: command.window)
+            try context.raise(WindowAdded(window: command.window))
+        }
+    }
+
+    /// Event: store the symbol's returns in the projection, recompute every pair that includes
+    /// the symbol for every tracked window, and raise `CorrelationsUpdated`; `nil` when the
+    /// event was handled before.
+    @discardableResult
+    public func returnsCalculated(_ event: ReturnsCalculated, context: HandlerContext) async throws -> CorrelationsUpdated? {
+        let result = Mutex<CorrelationsUpdated?>(nil)
+        try await store.write(context) { tx in
+            let symbol = event.symbol
+            try tx.saveReturns(event.returns, of: symbol)
+            let tracked = try tx.trackedWindows()
+            let all = try tx.latestSeries(windows: tracked)
+            let mine = all[symbol] ?? .init(series: ReturnSeries(), complete: true)
+            let windows = event.returns.isEmpty ? [] : tracked
+            var pairs = 0
+            var whole: [String: ReturnSeries] = [:]
+            for window in windows {
+                for (other, theirs) in all where other != symbol {
+                    try tx.savePair(window: window, symbol, other,
+                                    Self.pair(symbol, mine, other, theirs, window, &whole, tx))
+                    pairs += 1
+                }
+            }
+            let updated = CorrelationsUpdated(
+                symbols: [symbol], windows: windows,
+                asOf: mine.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) }, pairs: pairs)
+            try context.raise(updated)
+            result.withLock { $0 = updated }
+        }
+        return result.withLock { $0 }
+    }
+
+    /// Event: compute every pair of every symbol for the new window (a backfill) and raise
+    /// `CorrelationsUpdated`; `nil` when the event was handled before.
+    @discardableResult
+    public func windowAdded(_ event: WindowAdded, context: HandlerContext) async throws -> CorrelationsUpdated? {
+        let result = Mutex<CorrelationsUpdated?>(nil)
+        try await store.write(context) { tx in
+            try tx.track(window: event.window)
+            let all = try tx.latestSeries(windows: try tx.trackedWindows()).sorted { $0.key < $1.key }
+            var pairs = 0
+            var whole: [String: ReturnSeries] = [:]
+            for i in 0..<all.count {
+                for j in (i + 1)..<all.count {
+                    try tx.savePair(window: event.window, all[i].key, all[j].key,
+                                    Self.pair(all[i].key, all[i].value, all[j].key, all[j].value, event.window, &whole, tx))
+                    pairs += 1
+                }
+            }
+            let asOf = all.compactMap(\.value.series.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
+            let updated = CorrelationsUpdated(symbols: all.map(\.key), windows: [event.window], asOf: asOf, pairs: pairs)
+            try context.raise(updated)
+            result.withLock { $0 = updated }
+        }
+        return result.withLock { $0 }
+    }
+
+    /// The pair's correlation from the latest returns; from the whole series (read once per
+    /// handler into `whole`) when those do not settle it (see `CorrelationMath.pair`).
+    private static func pair(_ x: String, _ a: SeriesCache.Entry, _ y: String, _ b: SeriesCache.Entry, _ window: Int,
+                             _ whole: inout [String: ReturnSeries], _ tx: CorrelationsTransaction) throws -> PairCorrelation {
+        if let c = CorrelationMath.pair(a.series, complete: a.complete, b.series, complete: b.complete, window: window) {
+            return c
+        }
+        func all(_ symbol: String) throws -> ReturnSeries {
+            if let loaded = whole[symbol] { return loaded }
+            let loaded = try tx.wholeSeries(of: symbol)
+            whole[symbol] = loaded
+            return loaded
+        }
+        return CorrelationMath.pair(try all(x), try all(y), window: window)
+    }
+
     /// Registers the api's command handlers.
     public func registerCommands(_ registry: inout HandlerRegistry) throws {
-        try registry.handle(AddWindow.self) { command, context in
-            try await store.addWindow(command.window, context: context)
+        try registry.handle(AddWindow.self, raises: [WindowAdded.self]) { command, context in
+            try await addWindow(command, context: context)
         }
     }
 
     /// Registers the worker's event handlers.
     public func registerEvents(_ registry: inout HandlerRegistry) {
-        registry.on(ReturnsCalculated.self) { event, context in
-            if let updated = try await store.apply(event, context: context) {
+        registry.on(ReturnsCalculated.self, raises: [CorrelationsUpdated.self]) { event, context in
+            if let updated = try await returnsCalculated(event, context: context) {
                 logger.info("correlations updated", metadata: [
                     "symbol": "\(event.symbol)", "returns": "\(event.returns.count)",
                     "windows": "\(updated.windows)", "pairs": "\(updated.pairs)",
@@ -31,8 +113,8 @@ public struct CorrelationsHandlers: Sendable {
                 logger.info("event already handled; nothing changed", metadata: ["symbol": "\(event.symbol)"])
             }
         }
-        registry.on(WindowAdded.self) { event, context in
-            if let updated = try await store.backfill(event, context: context) {
+        registry.on(WindowAdded.self, raises: [CorrelationsUpdated.self]) { event, context in
+            if let updated = try await windowAdded(event, context: context) {
                 logger.info("window backfilled", metadata: ["window": "\(event.window)", "pairs": "\(updated.pairs)"])
             } else {
                 logger.info("event already handled; nothing changed", metadata: ["window": "\(event.window)"])

@@ -50,109 +50,20 @@ public final class CorrelationsStore: Sendable {
         }
     }
 
-    // MARK: - Commands and events
+    // MARK: - Writes
 
-    /// Tracks `window` and raises `WindowAdded` (also when it was tracked already, so the
-    /// operation resolves with a fresh backfill).
-    public func addWindow(_ window: Int, context: HandlerContext) async throws {
-        try await database.write(context) { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [window])
-            try context.raise(WindowAdded(window: window))
-        }
-    }
-
-    /// Stores `event`'s returns in the projection, recomputes every pair that includes its
-    /// symbol for every tracked window, and raises `CorrelationsUpdated`.
+    /// Runs `body` on the service's tables in one transaction that also stores the events
+    /// raised in `context` (outbox) and, for an event, records it handled (inbox). `false`
+    /// when the event was handled before: `body` did not run.
     @discardableResult
-    public func apply(_ event: ReturnsCalculated, context: HandlerContext) async throws -> CorrelationsUpdated? {
-        let result = Mutex<CorrelationsUpdated?>(nil)
-        try await database.write(context) { [self] db in
-            let symbol = event.symbol
-            let upsert = try db.cachedStatement(sql: """
-                INSERT INTO returns (symbol, date, value) VALUES (?, ?, ?)
-                ON CONFLICT (symbol, date) DO UPDATE SET value = excluded.value
-                """)
-            for r in event.returns {
-                try upsert.execute(arguments: [symbol, r.date.daysSinceEpoch, r.value])
-            }
-            try db.cachedStatement(sql: """
-                INSERT INTO symbols (symbol, version) VALUES (?, 1)
-                ON CONFLICT (symbol) DO UPDATE SET version = version + \(event.returns.isEmpty ? 0 : 1)
-                """).execute(arguments: [symbol])
-            let tracked = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
-            let all = try series(in: db, windows: tracked)
-            let mine = all[symbol] ?? .init(series: ReturnSeries(), complete: true)
-            let windows = event.returns.isEmpty ? [] : tracked
-            var pairs = 0
-            var whole: [String: ReturnSeries] = [:]
-            for window in windows {
-                for (other, theirs) in all where other != symbol {
-                    try write(window, symbol, other, pair(symbol, mine, other, theirs, window, &whole, db), db)
-                    pairs += 1
-                }
-            }
-            let updated = CorrelationsUpdated(
-                symbols: [symbol], windows: windows,
-                asOf: mine.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) }, pairs: pairs)
-            try context.raise(updated)
-            result.withLock { $0 = updated }
-        }
-        return result.withLock { $0 }
-    }
-
-    /// Computes every pair of every symbol for `window` (a backfill) and raises `CorrelationsUpdated`.
-    @discardableResult
-    public func backfill(_ event: WindowAdded, context: HandlerContext) async throws -> CorrelationsUpdated? {
-        let result = Mutex<CorrelationsUpdated?>(nil)
-        try await database.write(context) { [self] db in
-            try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [event.window])
-            let tracked = try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
-            let all = try series(in: db, windows: tracked).sorted { $0.key < $1.key }
-            var pairs = 0
-            var whole: [String: ReturnSeries] = [:]
-            for i in 0..<all.count {
-                for j in (i + 1)..<all.count {
-                    try write(event.window, all[i].key, all[j].key,
-                              pair(all[i].key, all[i].value, all[j].key, all[j].value, event.window, &whole, db), db)
-                    pairs += 1
-                }
-            }
-            let asOf = all.compactMap(\.value.series.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
-            let updated = CorrelationsUpdated(symbols: all.map(\.key), windows: [event.window], asOf: asOf, pairs: pairs)
-            try context.raise(updated)
-            result.withLock { $0 = updated }
-        }
-        return result.withLock { $0 }
-    }
-
-    private func write(_ window: Int, _ x: String, _ y: String, _ c: PairCorrelation, _ db: Database) throws {
-        let (a, b) = x < y ? (x, y) : (y, x)
-        try db.cachedStatement(sql: """
-            INSERT INTO correlations (window, a, b, value, observations, as_of) VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (window, a, b) DO UPDATE SET value = excluded.value,
-                observations = excluded.observations, as_of = excluded.as_of
-            """).execute(arguments: [window, a, b, c.value, c.observations, c.asOfDay.map { Int($0) }])
-    }
-
-    /// The pair's correlation from the cached latest returns; from the whole series (read once
-    /// per call into `whole`) when those do not settle it (see `CorrelationMath.pair`).
-    private func pair(_ x: String, _ a: SeriesCache.Entry, _ y: String, _ b: SeriesCache.Entry, _ window: Int,
-                      _ whole: inout [String: ReturnSeries], _ db: Database) throws -> PairCorrelation {
-        if let c = CorrelationMath.pair(a.series, complete: a.complete, b.series, complete: b.complete, window: window) {
-            return c
-        }
-        func all(_ symbol: String) throws -> ReturnSeries {
-            if let loaded = whole[symbol] { return loaded }
-            let loaded = try Self.load(symbol, limit: nil, db).series
-            whole[symbol] = loaded
-            return loaded
-        }
-        return CorrelationMath.pair(try all(x), try all(y), window: window)
+    public func write(_ context: HandlerContext,
+                      _ body: @escaping @Sendable (CorrelationsTransaction) throws -> Void) async throws -> Bool {
+        try await database.write(context) { [self] db in try body(CorrelationsTransaction(db: db, store: self)) }
     }
 
     /// Every symbol's latest returns — enough for `windows` — reloading from `db` only those
     /// whose version changed (and all of them when a larger window needs more).
-    private func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
+    fileprivate func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
         let versions = try Row.fetchAll(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"))
         let keep = SeriesCache.length(for: windows)
         var current = cache.withLock { $0 }
@@ -175,7 +86,7 @@ public final class CorrelationsStore: Sendable {
     }
 
     /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first.
-    private static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
+    fileprivate static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
         var series = ReturnSeries()
         let rows = try Row.fetchCursor(
             db.cachedStatement(sql: """
@@ -302,4 +213,58 @@ struct SeriesCache: Sendable {
 
     /// How many of a symbol's latest returns to keep for `windows`.
     static func length(for windows: [Int]) -> Int { (windows.max() ?? 0) + 64 }
+}
+
+/// The correlations service's tables inside one write's transaction (see
+/// ``CorrelationsStore/write(_:_:)``).
+public struct CorrelationsTransaction {
+    let db: Database
+    let store: CorrelationsStore
+
+    /// Tracks `window` (nothing when it is tracked already).
+    public func track(window: Int) throws {
+        try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [window])
+    }
+
+    /// The tracked windows, ascending.
+    public func trackedWindows() throws -> [Int] {
+        try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
+    }
+
+    /// Stores `returns` of `symbol` in the projection (a date on record is replaced) and, when
+    /// any came, moves the symbol's version on (what tells cached series apart).
+    func saveReturns(_ returns: [DatedValue], of symbol: String) throws {
+        let upsert = try db.cachedStatement(sql: """
+            INSERT INTO returns (symbol, date, value) VALUES (?, ?, ?)
+            ON CONFLICT (symbol, date) DO UPDATE SET value = excluded.value
+            """)
+        for r in returns {
+            try upsert.execute(arguments: [symbol, r.date.daysSinceEpoch, r.value])
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO symbols (symbol, version) VALUES (?, 1)
+            ON CONFLICT (symbol) DO UPDATE SET version = version + \(returns.isEmpty ? 0 : 1)
+            """).execute(arguments: [symbol])
+    }
+
+    /// Every symbol's latest returns, enough for `windows` (from the store's cache when the
+    /// symbol has not changed).
+    func latestSeries(windows: [Int]) throws -> [String: SeriesCache.Entry] {
+        try store.series(in: db, windows: windows)
+    }
+
+    /// Every return of `symbol`, oldest first.
+    func wholeSeries(of symbol: String) throws -> ReturnSeries {
+        try CorrelationsStore.load(symbol, limit: nil, db).series
+    }
+
+    /// Stores the correlation of the pair `x`, `y` over `window`.
+    func savePair(window: Int, _ x: String, _ y: String, _ c: PairCorrelation) throws {
+        let (a, b) = x < y ? (x, y) : (y, x)
+        try db.cachedStatement(sql: """
+            INSERT INTO correlations (window, a, b, value, observations, as_of) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (window, a, b) DO UPDATE SET value = excluded.value,
+                observations = excluded.observations, as_of = excluded.as_of
+            """).execute(arguments: [window, a, b, c.value, c.observations, c.asOfDay.map { Int($0) }])
+    }
 }

@@ -4,8 +4,9 @@ import GRDB
 import MessageBus
 import ServiceRuntime
 
-/// The returns service's state and read views, in its SQLite database. Every write also
-/// stores the events it raises (outbox), in the same transaction.
+/// The returns service's state and read views, in its SQLite database: the SQL, and nothing
+/// of the rules (those are in `ReturnsHandlers`). Every write also stores the events it raises
+/// (outbox), in the same transaction.
 public struct ReturnsStore: Sendable {
     let database: ServiceDatabase
 
@@ -32,68 +33,13 @@ public struct ReturnsStore: Sendable {
         }
     }
 
-    /// Stores the prices of `command` and raises one `PricesRecorded` per symbol.
-    public func record(_ command: RecordPrices, context: HandlerContext) async throws {
-        try await database.write(context) { db in
-            let statement = try db.cachedStatement(sql: """
-                INSERT INTO prices (symbol, date, close) VALUES (?, ?, ?)
-                ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
-                """)
-            for symbol in command.prices.keys.sorted() {
-                let points = command.prices[symbol]!
-                for point in points {
-                    try DirectBinding.execute(statement, in: db) { row in
-                        row.bind(1, symbol)
-                        row.bind(2, point.date.description)
-                        row.bind(3, point.close)
-                    }
-                }
-                try context.raise(PricesRecorded(symbol: symbol, firstDate: points.first!.date,
-                                                 lastDate: points.last!.date, count: points.count))
-            }
-        }
-    }
-
-    /// Recomputes the returns of `event.symbol` from `event.firstDate` on, stores those that
-    /// changed and raises `ReturnsCalculated` with them (possibly none). A redelivered event
-    /// (already in the inbox) changes nothing and raises nothing.
+    /// Runs `body` on the service's tables in one transaction that also stores the events
+    /// raised in `context` (outbox) and, for an event, records it handled (inbox). `false`
+    /// when the event was handled before: `body` did not run.
     @discardableResult
-    public func recalculate(after event: PricesRecorded, context: HandlerContext) async throws -> Bool {
-        try await database.write(context) { db in
-            let first = event.firstDate.description
-            let previous = try String.fetchOne(db.cachedStatement(sql: """
-                SELECT date FROM prices WHERE symbol = ? AND date < ? ORDER BY date DESC LIMIT 1
-                """), arguments: [event.symbol, first])
-            let rows = try Row.fetchAll(db.cachedStatement(sql: """
-                SELECT date, close FROM prices WHERE symbol = ? AND date >= ? ORDER BY date
-                """), arguments: [event.symbol, previous ?? first])
-            let prices = rows.compactMap { row -> PricePoint? in
-                guard let date = CalendarDate(row["date"] as String) else { return nil }
-                return PricePoint(date: date, close: row["close"])
-            }
-            let computed = ReturnsMath.dailyReturns(prices).filter { $0.date >= event.firstDate }
-            var existing: [String: Double] = [:]
-            for row in try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT date, simple FROM returns WHERE symbol = ? AND date >= ?"),
-                arguments: [event.symbol, first]) {
-                existing[row["date"]] = row["simple"]
-            }
-            let upsert = try db.cachedStatement(sql: """
-                INSERT INTO returns (symbol, date, simple, log) VALUES (?, ?, ?, ?)
-                ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
-                """)
-            var changed: [DatedValue] = []
-            for r in computed where existing[r.date.description] != r.simple {
-                try DirectBinding.execute(upsert, in: db) { row in
-                    row.bind(1, event.symbol)
-                    row.bind(2, r.date.description)
-                    row.bind(3, r.simple)
-                    row.bind(4, r.log)
-                }
-                changed.append(DatedValue(date: r.date, value: r.simple))
-            }
-            try context.raise(ReturnsCalculated(symbol: event.symbol, returns: changed))
-        }
+    public func write(_ context: HandlerContext,
+                      _ body: @escaping @Sendable (ReturnsTransaction) throws -> Void) async throws -> Bool {
+        try await database.write(context) { db in try body(ReturnsTransaction(db: db)) }
     }
 
     /// Every symbol with prices, sorted.
@@ -133,5 +79,66 @@ public struct ReturnsStore: Sendable {
 
     private static func known(_ symbol: String, _ db: Database) throws -> Bool {
         try Bool.fetchOne(db, sql: "SELECT 1 FROM prices WHERE symbol = ? LIMIT 1", arguments: [symbol]) ?? false
+    }
+}
+
+/// The returns service's tables inside one write's transaction (see ``ReturnsStore/write(_:_:)``).
+public struct ReturnsTransaction {
+    let db: Database
+
+    /// Inserts `points` of `symbol`, or updates the close of a date on record.
+    public func savePrices(_ points: [PricePoint], of symbol: String) throws {
+        let statement = try db.cachedStatement(sql: """
+            INSERT INTO prices (symbol, date, close) VALUES (?, ?, ?)
+            ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
+            """)
+        for point in points {
+            try DirectBinding.execute(statement, in: db) { row in
+                row.bind(1, symbol)
+                row.bind(2, point.date.description)
+                row.bind(3, point.close)
+            }
+        }
+    }
+
+    /// The prices of `symbol` from `first` on, preceded by the last one before `first` (the
+    /// close the first return of `first` needs), in date order.
+    public func prices(of symbol: String, from first: CalendarDate) throws -> [PricePoint] {
+        let previous = try String.fetchOne(db.cachedStatement(sql: """
+            SELECT date FROM prices WHERE symbol = ? AND date < ? ORDER BY date DESC LIMIT 1
+            """), arguments: [symbol, first.description])
+        let rows = try Row.fetchAll(db.cachedStatement(sql: """
+            SELECT date, close FROM prices WHERE symbol = ? AND date >= ? ORDER BY date
+            """), arguments: [symbol, previous ?? first.description])
+        return rows.compactMap { row in
+            CalendarDate(row[0] as String).map { PricePoint(date: $0, close: row[1]) }
+        }
+    }
+
+    /// The stored simple returns of `symbol` from `first` on, by date.
+    public func simpleReturns(of symbol: String, from first: CalendarDate) throws -> [CalendarDate: Double] {
+        var stored: [CalendarDate: Double] = [:]
+        for row in try Row.fetchAll(
+            db.cachedStatement(sql: "SELECT date, simple FROM returns WHERE symbol = ? AND date >= ?"),
+            arguments: [symbol, first.description]) {
+            if let date = CalendarDate(row[0] as String) { stored[date] = row[1] }
+        }
+        return stored
+    }
+
+    /// Inserts or replaces `returns` of `symbol`.
+    public func saveReturns(_ returns: [DailyReturn], of symbol: String) throws {
+        let upsert = try db.cachedStatement(sql: """
+            INSERT INTO returns (symbol, date, simple, log) VALUES (?, ?, ?, ?)
+            ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
+            """)
+        for r in returns {
+            try DirectBinding.execute(upsert, in: db) { row in
+                row.bind(1, symbol)
+                row.bind(2, r.date.description)
+                row.bind(3, r.simple)
+                row.bind(4, r.log)
+            }
+        }
     }
 }

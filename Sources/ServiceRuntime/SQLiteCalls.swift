@@ -2,6 +2,9 @@ import Foundation
 import GRDB
 import GRDBSQLite
 
+// Every call this project makes to SQLite's C API beside GRDB: the direct binding of the hot
+// write paths, and the WAL checkpointer's hook and connection. Nothing else imports GRDBSQLite.
+
 /// Runs a prepared statement once per row on the hot write paths, binding with SQLite's own
 /// calls on GRDB's `sqliteStatement` instead of building a `StatementArguments` per row (an
 /// array of boxed values, converted and checked again on every call: 3.7% of returns-api's
@@ -79,3 +82,58 @@ public enum DirectBinding {
 /// `SQLITE_TRANSIENT`: SQLite copies the value, so nothing stays bound to Swift memory that
 /// outlives the call.
 private let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+
+/// A connection of SQLite's own for checkpoints (`WALCheckpointer`), outside GRDB's pool.
+/// Used from one queue at a time (the checkpointer's, under its lock).
+struct CheckpointConnection: ~Copyable {
+    private let handle: OpaquePointer
+
+    /// Calls `sqlite3_open_v2` (read-write, no mutex: one user at a time) and
+    /// `sqlite3_busy_handler` (a restart waits for readers in steps of 50 µs, 40 at most, then
+    /// gives up until the next request); reads the schema so the connection knows the file is
+    /// in WAL mode. `nil` when any of it fails.
+    init?(path: String) {
+        var opened: OpaquePointer?
+        guard sqlite3_open_v2(path, &opened, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK,
+              let opened else {
+            sqlite3_close_v2(opened)
+            return nil
+        }
+        sqlite3_busy_handler(opened, { _, tries in
+            usleep(50)
+            return tries < 40 ? 1 : 0
+        }, nil)
+        guard sqlite3_exec(opened, "SELECT 1 FROM sqlite_master LIMIT 1", nil, nil, nil) == SQLITE_OK else {
+            sqlite3_close_v2(opened)
+            return nil
+        }
+        handle = opened
+    }
+
+    deinit { sqlite3_close_v2(handle) }
+
+    /// Calls `sqlite3_wal_checkpoint_v2` (`SQLITE_CHECKPOINT_PASSIVE`, or `RESTART`).
+    func checkpoint(restart: Bool) {
+        _ = sqlite3_wal_checkpoint_v2(handle, nil, restart ? SQLITE_CHECKPOINT_RESTART : SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+    }
+
+    /// Calls `sqlite3_db_release_memory`.
+    func releaseMemory() { sqlite3_db_release_memory(handle) }
+}
+
+/// The WAL hook of a writer connection (`sqlite3_wal_hook`).
+enum WALHook {
+    /// Calls `sqlite3_wal_hook` on `db`: after each commit, `requested` gets the WAL's length in
+    /// frames; past `inlineThreshold` frames the commit also checkpoints (passive) itself.
+    /// Replaces SQLite's automatic checkpoint. `checkpointer` must outlive the connection.
+    static func install(on db: Database, checkpointer: WALCheckpointer, inlineThreshold: Int32) {
+        precondition(inlineThreshold == WALCheckpointer.inlineThreshold)
+        sqlite3_wal_hook(db.sqliteConnection, { context, connection, _, frames in
+            if frames >= WALCheckpointer.inlineThreshold {
+                _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+            }
+            Unmanaged<WALCheckpointer>.fromOpaque(context!).takeUnretainedValue().request(frames: Int(frames))
+            return SQLITE_OK
+        }, Unmanaged.passUnretained(checkpointer).toOpaque())
+    }
+}

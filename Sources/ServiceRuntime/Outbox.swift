@@ -1,0 +1,117 @@
+import EventCatalog
+import Foundation
+import GRDB
+
+/// The outbox table: events waiting to be published.
+public enum Outbox {
+    /// The table (migration `outbox-inbox`, with ``Inbox/schema``).
+    static let schema = """
+        CREATE TABLE IF NOT EXISTS outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            routing_key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            correlation_id TEXT,
+            causation_id TEXT,
+            app_id TEXT NOT NULL,
+            timestamp REAL NOT NULL,
+            schema_version INTEGER NOT NULL,
+            traceparent TEXT,
+            content_type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            claimed_by TEXT,
+            claimed_at REAL
+        );
+        """
+
+    /// Appends `envelopes` (in order) in `db`'s transaction, claimed by `relay` when given,
+    /// and returns them with their sequence numbers.
+    @discardableResult
+    public static func append(_ envelopes: [EventEnvelope], claimedBy relay: String? = nil,
+                              in db: Database) throws -> [(Int64, EventEnvelope)] {
+        guard !envelopes.isEmpty else { return [] }
+        let insert = try db.cachedStatement(sql: """
+            INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
+                                timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        let claimedAt = relay.map { _ in Date().timeIntervalSince1970 }
+        var rows: [(Int64, EventEnvelope)] = []
+        rows.reserveCapacity(envelopes.count)
+        for e in envelopes {
+            try DirectBinding.execute(insert, in: db) { row in
+                row.bind(1, e.eventId.lowercaseText)
+                row.bind(2, e.routingKey)
+                row.bind(3, e.type)
+                row.bind(4, e.correlationId)
+                row.bind(5, e.causationId)
+                row.bind(6, e.appId)
+                row.bind(7, e.timestamp.timeIntervalSince1970)
+                row.bind(8, e.schemaVersion)
+                row.bind(9, e.traceparent)
+                row.bind(10, e.contentType)
+                row.bind(11, e.body)
+                row.bind(12, relay)
+                row.bind(13, claimedAt)
+            }
+            rows.append((db.lastInsertedRowID, e))
+        }
+        return rows
+    }
+
+    /// Claims for a sweep of `relay` up to `limit` rows, oldest first, and returns them: rows
+    /// nobody claimed, rows whose claim is older than `staleAfter` seconds, and — with
+    /// `includeOwn` — every row `relay` claimed (when it wrote them, or in an earlier sweep).
+    /// Swept rows are marked `<relay>.sweep`, apart from the rows the relay has in memory.
+    static func claim(limit: Int, relay: String, includeOwn: Bool, staleAfter: Double,
+                      in db: Database) throws -> [(Int64, EventEnvelope)] {
+        let now = Date().timeIntervalSince1970
+        let sweep = relay + ".sweep"
+        try db.cachedStatement(sql: """
+            UPDATE outbox SET claimed_by = ?, claimed_at = ?
+            WHERE seq IN (SELECT seq FROM outbox
+                          WHERE claimed_by IS NULL
+                             OR (claimed_by IN (?, ?) AND ?)
+                             OR (claimed_by NOT IN (?, ?) AND claimed_at < ?)
+                          ORDER BY seq LIMIT ?)
+            """).execute(arguments: [sweep, now, relay, sweep, includeOwn, relay, sweep, now - staleAfter, limit])
+        // Columns by position, not by name: GRDB lowercases a name on every lookup, which was a
+        // large part of a sweep's CPU with thousands of rows (a backlog after an outage).
+        let rows = try Row.fetchAll(
+            db.cachedStatement(sql: """
+                SELECT seq, event_id, routing_key, type, correlation_id, causation_id, app_id, timestamp,
+                       schema_version, traceparent, content_type, body
+                FROM outbox WHERE claimed_by = ? ORDER BY seq LIMIT ?
+                """),
+            arguments: [sweep, limit])
+        return rows.compactMap { row in
+            guard let id = UUID(text: row[1]) else { return nil }
+            let envelope = EventEnvelope(
+                eventId: id, routingKey: row[2], type: row[3],
+                correlationId: row[4], causationId: row[5], appId: row[6],
+                timestamp: Date(timeIntervalSince1970: row[7]), schemaVersion: row[8],
+                traceparent: row[9], contentType: row[10], body: row[11])
+            return (row[0], envelope)
+        }
+    }
+
+    /// Deletes published rows.
+    static func remove(_ seqs: [Int64], in db: Database) throws {
+        guard !seqs.isEmpty else { return }
+        // One prepared statement whatever the count: the sequence numbers go in as a JSON array.
+        var list = "["
+        list.reserveCapacity(seqs.count * 8 + 2)
+        for (i, seq) in seqs.enumerated() {
+            if i > 0 { list += "," }
+            list += String(seq)
+        }
+        list += "]"
+        try db.cachedStatement(sql: "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .execute(arguments: [list])
+    }
+
+    /// Rows waiting to be published.
+    public static func depth(in db: Database) throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
+    }
+}
