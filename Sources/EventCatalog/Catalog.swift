@@ -24,7 +24,7 @@ public enum Catalog {
     public static let services: [ServiceDeclaration] = [
         ServiceDeclaration(
             name: "returns-api",
-            publishes: [PricesRecorded.routingKey, ReturnsOperationFailed.routingKey],
+            publishes: [PricesRecorded.routingKey],
             consumes: []),
         ServiceDeclaration(
             name: "returns-worker",
@@ -32,7 +32,7 @@ public enum Catalog {
             consumes: [PricesRecorded.routingKey]),
         ServiceDeclaration(
             name: "correlations-api",
-            publishes: [WindowAdded.routingKey, CorrelationsOperationFailed.routingKey],
+            publishes: [WindowAdded.routingKey],
             consumes: []),
         ServiceDeclaration(
             name: "boundary",
