@@ -1,4 +1,4 @@
-"""The messaging scenarios of `make bench` (issue 6), each beside its baseline in the same run:
+"""The messaging scenarios of `make bench`, each beside its baseline in the same run:
 
   http      POST /prices through returns-api (wrk -t2 -c32 -d10s), durable and transient, vs the
             C publisher (bench/baseline/publisher.c: libmicrohttpd + one rabbitmq-c publisher

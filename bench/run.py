@@ -140,7 +140,7 @@ def ingest(symbols=500, years=10):
                "", "", "completes (no target)", done and returns_ok)
         time.sleep(1.5)  # "after the load": the processes give memory back once a burst is over
         for name, (proc, _) in procs.items():
-            record(f"{name} RSS after the ingest (MB)", f"{rss_mb(proc.pid):.1f}", "", "", "<= 40 MB (issue 6)",
+            record(f"{name} RSS after the ingest (MB)", f"{rss_mb(proc.pid):.1f}", "", "", "<= 40 MB",
                    rss_mb(proc.pid) <= 40)
     finally:
         for proc, _ in procs.values():

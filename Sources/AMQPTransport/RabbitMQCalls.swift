@@ -62,8 +62,8 @@ enum ServerFrame {
     case other
 }
 
-/// One rabbitmq-c connection with channel 1 open. Not thread-safe: its owner (a single
-/// thread, see `AMQPLoop`) makes every call.
+/// One rabbitmq-c connection with channel 1 open. Not thread-safe: its owner (the thread of
+/// an `AMQPPublisher` or an `AMQPConsumer`) makes every call.
 final class RabbitMQConnection {
     private let state: amqp_connection_state_t
     private var open = false

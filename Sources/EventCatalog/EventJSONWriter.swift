@@ -2,7 +2,7 @@ import Foundation
 
 /// An event that writes its own JSON: exactly the bytes ``EventJSON/encode(_:)`` gives with
 /// `JSONEncoder` (sorted keys, slashes not escaped), without its containers and boxes — the
-/// encoder was the largest single cost of a write in returns-api's profile. Tests compare
+/// encoder is the largest single cost of a write in returns-api's profile. Tests compare
 /// the two on many values.
 public protocol EventJSONWritable {
     func writeJSON(to writer: inout EventJSONWriter)

@@ -11,8 +11,8 @@ import Synchronization
 /// Blocks of 128 KiB or more come from `mmap` and go back to the system when freed: glibc's
 /// default starts there but raises the threshold each time such a block is freed (up to
 /// 32 MiB), after which large buffers — a 500-symbol matrix document, a batch of decoded
-/// events — are carved from the arenas and stay resident as fragments once freed (the
-/// correlations-api kept 45–65 MB after a 500-symbol ingest; 39 MB with the threshold fixed).
+/// events — are carved from the arenas and stay resident as fragments once freed (after a
+/// 500-symbol ingest, correlations-api keeps 45–65 MB with glibc's default, 39 MB with it fixed).
 /// `MALLOC_MMAP_THRESHOLD_` overrides it.
 public enum MemorySetup {
     public static func limitArenas(_ arenas: Int32 = 2, mmapThreshold: Int32 = 128 * 1024) {

@@ -75,8 +75,8 @@ public enum Outbox {
                              OR (claimed_by NOT IN (?, ?) AND claimed_at < ?)
                           ORDER BY seq LIMIT ?)
             """).execute(arguments: [sweep, now, relay, sweep, includeOwn, relay, sweep, now - staleAfter, limit])
-        // Columns by position, not by name: GRDB lowercases a name on every lookup, which was a
-        // large part of a sweep's CPU with thousands of rows (a backlog after an outage).
+        // Columns by position, not by name: GRDB lowercases a name on every lookup, a large part
+        // of a sweep's CPU with thousands of rows (a backlog after an outage).
         let rows = try Row.fetchAll(
             db.cachedStatement(sql: """
                 SELECT seq, event_id, routing_key, type, correlation_id, causation_id, app_id, timestamp,

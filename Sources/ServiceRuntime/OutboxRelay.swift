@@ -99,9 +99,8 @@ public final class OutboxRelay: Service, Sendable {
     }
 
     /// Keeps the `outbox_depth` gauge current, off the relay's path: every 100 ms while a few
-    /// rows wait (it reads 0 within moments of the outbox emptying; measured once a second by
-    /// the relay's loop, it went on showing the last rows of a burst for up to 2 s), once a
-    /// second when none do or many do (a count of a large backlog is a scan of it).
+    /// rows wait (so it reads 0 within moments of the outbox emptying), once a second when
+    /// none do or many do (a count of a large backlog is a scan of it).
     private func measureDepthUntilCancelled() async {
         while !Task.isCancelled {
             let depth = await measureDepth() ?? 0

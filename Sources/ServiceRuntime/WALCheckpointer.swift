@@ -8,12 +8,12 @@ import Synchronization
 /// SQLite's automatic checkpoint runs inside `COMMIT`, before the commit returns: the copy of
 /// the WAL's pages into the database and two `fdatasync` calls (0.4–0.6 ms each here), while
 /// the writes of that transaction, and the requests waiting for them, wait. The api and the
-/// worker append to one WAL all the time, so it was seldom reset and SQLite checkpointed at
-/// every commit past the threshold: 145 `fdatasync` a second in returns-api at 1,450
-/// requests/s. Installed on the writer connection, the WAL hook replaces the automatic
+/// worker append to one WAL all the time, so it is seldom reset, and SQLite would checkpoint
+/// at every commit past the threshold (145 `fdatasync` a second in returns-api at 1,450
+/// requests/s). Installed on the writer connection, the WAL hook replaces the automatic
 /// checkpoint: each time the WAL grows by `threshold` frames (SQLite's default, 1,000 pages),
 /// a checkpoint runs on this queue, on a connection of its own. Durability does not change:
-/// with `synchronous = NORMAL` commits were never synced, checkpoints are.
+/// with `synchronous = NORMAL` commits are not synced, checkpoints are.
 final class WALCheckpointer: Sendable {
     static let threshold: Int32 = 1_000
     static let restartThreshold = 4_000

@@ -10,9 +10,9 @@ import Synchronization
 /// bound. While the broker is unreachable or the relay sweeps the table (after an outage),
 /// the gate stays open: writes are accepted into the outbox, as DESIGN.md promises.
 ///
-/// The time limit is each command's own: the gate stays closed for the others. (Opening it
-/// for everyone after `maxWait` let a stalled relay's backlog of waiting writers in at once,
-/// past the relay's in-memory limit, and the outbox grew unbounded from there.)
+/// The time limit is each command's own: the gate stays closed for the others (opened for
+/// everyone after `maxWait`, a stalled relay's backlog of waiting writers would come in at
+/// once, past the relay's in-memory limit, and the outbox would grow without bound).
 ///
 /// Event handlers (the worker) are not held here: their pace is the queue's prefetch.
 public final class WriteAdmission: Sendable {

@@ -153,7 +153,13 @@ struct ReturnsFlowTests {
         try await h.waitForCalculated(1)
         let recorded = try #require(await h.transport.published.first { $0.routingKey == PricesRecorded.routingKey })
         try await h.workerBus.dispatch(recorded)
-        try await Task.sleep(for: .milliseconds(300))
+        // What the redelivery raised, if anything, was stored with its transaction, before
+        // `dispatch` returned: once the outbox is empty, it has been published.
+        let deadline = Date().addingTimeInterval(10)
+        while try await h.database.pool.read({ db in try Outbox.depth(in: db) }) > 0 {
+            guard Date() < deadline else { throw ConformanceTimeout() }
+            try await Task.sleep(for: .milliseconds(10))
+        }
         #expect(try await h.calculated().count == 1)
     }
 

@@ -61,8 +61,11 @@ struct ConfigTests {
             Issue.record("accepted \(values)")
         } catch let error as ConfigError {
             #expect(error.message.contains(values.keys.first!))
+        } catch let error as AMQPError {
+            // Only the URL is parsed by the AMQP layer.
+            #expect(values.keys.first == "STEGA_AMQP_URL", "\(error)")
         } catch {
-            #expect(error is AMQPError)
+            Issue.record("\(values): \(error)")
         }
     }
 

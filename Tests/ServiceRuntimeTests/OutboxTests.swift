@@ -216,7 +216,10 @@ struct GroupCommitTests {
                             if n % 7 == 3 { throw Boom() }
                         }
                         return (n, true)
+                    } catch is Boom {
+                        return (n, false)
                     } catch {
+                        Issue.record("write \(n) failed with \(error), not its own Boom")
                         return (n, false)
                     }
                 }

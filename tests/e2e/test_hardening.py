@@ -240,5 +240,15 @@ def test_a_token_file_with_no_token_refuses_to_start(stack_factory, tmp_path):
     empty.write_text(" \n\t\n")
     env = dict(stack.env, STEGA_HTTP_PORT=str(free_port()), STEGA_API_TOKEN_FILE=str(empty))
     result = subprocess.run([str(BIN / "returns-api")], env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode != 0
-    assert "STEGA_API_TOKEN_FILE" in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and "STEGA_API_TOKEN_FILE" in result.stderr
+    # The positive control: the same start with a token in the file serves, and guards writes.
+    good = tmp_path / "good_token"
+    good.write_text("s3cret\n")
+    api = Process("returns-api", dict(env, STEGA_API_TOKEN_FILE=str(good)), tmp_path, alias="returns-api-good")
+    stack.processes["returns-api-good"] = api
+    api.ready()
+    body = {"symbol": "TOKF", "prices": [{"date": "2024-01-02", "close": 1.0}]}
+    assert requests.post(api.url + "/prices", json=body, timeout=5).status_code == 401
+    assert requests.post(api.url + "/prices", json=body, headers={"Authorization": "Bearer s3cret"},
+                         timeout=5).status_code == 202

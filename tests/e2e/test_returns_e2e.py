@@ -134,10 +134,15 @@ def test_bad_input_gets_json_errors_and_nothing_is_published(stack_factory, seed
     status, body = curl("POST", api.url + "/prices", big)
     assert (status, body["error"]["code"]) == (413, "payload_too_large")
 
-    # Still alive, and nothing was published for the rejected writes.
+    # Still alive, and nothing was published for the rejected writes: a valid write after them
+    # arrives (the positive control: the watcher is bound and the relay publishes in commit
+    # order), and it is the only message.
     assert requests.get(api.url + "/healthz", timeout=5).status_code == 200
+    accepted = requests.post(api.url + "/prices", data=ok, headers={"Content-Type": "application/json"}, timeout=5)
+    assert accepted.status_code == 202, accepted.text
+    watcher.wait_for(lambda m: m[1].correlation_id == accepted.json()["operation_id"])
     watcher.conn.process_data_events(time_limit=0.5)
-    assert watcher.messages == []
+    assert [m[1].correlation_id for m in watcher.messages] == [accepted.json()["operation_id"]]
     assert stack.stop() == {"returns-api": 0}
 
 
