@@ -67,11 +67,6 @@ enum ServerFrame {
 final class RabbitMQConnection {
     private let state: amqp_connection_state_t
     private var open = false
-    private let tls: Bool
-    /// Publish frames waiting for ``sendFrames()``.
-    private var frames = FrameBuffer()
-    /// Inside ``batched(_:)``: frames wait for its end.
-    private var batching = false
     /// The strings and header entries of the message being published.
     private var scratch = PublishScratch()
     static let channel: amqp_channel_t = 1
@@ -84,7 +79,6 @@ final class RabbitMQConnection {
         }
         self.state = state
         let url = settings.url
-        tls = url.tls
         let socket: OpaquePointer?
         if url.tls {
             socket = amqp_ssl_socket_new(state)
@@ -157,24 +151,10 @@ final class RabbitMQConnection {
     /// The socket's file descriptor (`amqp_get_sockfd`).
     var socketFD: Int32 { amqp_get_sockfd(state) }
 
-    /// Runs `body` with this connection's publishes batched: they leave together when it returns
-    /// (one `send` per 64 KiB of frames over TCP; over TLS, with the socket corked, in full
-    /// segments). Unbatched, rabbitmq-c sends each of a message's three frames with a system
-    /// call of its own, and a segment per message. Frames not sent when `body` throws are dropped.
-    func batched<T>(_ body: () throws -> T) throws -> T {
-        if tls { return try corked(body) }
-        batching = true
-        defer {
-            batching = false
-            frames.removeAll()
-        }
-        let result = try body()
-        try sendFrames()
-        return result
-    }
-
-    /// `body` with the socket corked (`TCP_CORK`), uncorked after it.
-    private func corked<T>(_ body: () throws -> T) rethrows -> T {
+    /// Runs `body` with the socket corked (`TCP_CORK`), uncorked after it: the frames of its
+    /// publishes (`amqp_basic_publish` sends each of a message's three frames with a system call
+    /// of its own) leave in full segments, not a segment per frame.
+    func batched<T>(_ body: () throws -> T) rethrows -> T {
         let fd = socketFD
         var on: Int32 = 1
         let corked = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
@@ -246,23 +226,15 @@ final class RabbitMQConnection {
         try checkReply(amqp_get_rpc_reply(state), "amqp_confirm_select")
     }
 
-    /// Publishes `message` to `exchange` with its routing key (or `routingKey`). Over TCP its
-    /// frames are encoded with rabbitmq-c's own encoders (`amqp_encode_method`,
-    /// `amqp_encode_properties`) and written with one `send` — at the end of ``batched(_:)``
-    /// when inside one. Over TLS, `amqp_basic_publish`.
+    /// Calls `amqp_basic_publish`: `message` to `exchange` with its routing key (or `routingKey`).
     func publish(_ message: AMQPMessage, exchange: String, routingKey: String? = nil, mandatory: Bool) throws {
         var (props, exchangeBytes, keyBytes) = properties(of: message, exchange: exchange,
                                                           routingKey: routingKey ?? message.routingKey)
         let status = message.body.withUnsafeBytes { raw -> Int32 in
             let body = amqp_bytes_t(len: raw.count, bytes: UnsafeMutableRawPointer(mutating: raw.baseAddress))
-            if tls {
-                return amqp_basic_publish(state, Self.channel, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, &props, body)
-            }
-            return appendPublishFrames(exchange: exchangeBytes, routingKey: keyBytes, mandatory: mandatory,
-                                       properties: &props, body: body)
+            return amqp_basic_publish(state, Self.channel, exchangeBytes, keyBytes, mandatory ? 1 : 0, 0, &props, body)
         }
-        try check(status, tls ? "amqp_basic_publish" : "amqp_encode_method")
-        if !tls, !batching || frames.count >= 64 * 1024 { try sendFrames() }
+        try check(status, "amqp_basic_publish")
     }
 
     /// The message's properties (headers included) for rabbitmq-c, and the exchange and routing
@@ -310,70 +282,6 @@ final class RabbitMQConnection {
         props.headers = amqp_table_t(num_entries: Int32(headers.count), entries: scratch.entries)
         return (props, exchangeBytes, keyBytes)
     }
-
-    /// Appends a `basic.publish` method frame, the content header frame and the body frames
-    /// (at most the negotiated frame size each) to `frames`; a negative rabbitmq-c status
-    /// when an encoder fails.
-    private func appendPublishFrames(exchange: amqp_bytes_t, routingKey: amqp_bytes_t, mandatory: Bool,
-                                     properties: inout amqp_basic_properties_t, body: amqp_bytes_t) -> Int32 {
-        let bodyFrame = max(1, Int(amqp_get_frame_max(state)) - 8)
-        let bodyFrames = (body.len + bodyFrame - 1) / bodyFrame
-        // Room enough for every encoder: the strings twice over covers their length prefixes.
-        frames.reserve(64 + 2 * (exchange.len + routingKey.len) + 256 + 2 * scratch.used + 16 * Int(properties.headers.num_entries)
-                       + body.len + 8 * bodyFrames)
-        var method = amqp_basic_publish_t(ticket: 0, exchange: exchange, routing_key: routingKey,
-                                          mandatory: mandatory ? 1 : 0, immediate: 0)
-        let methodFrame = frames.beginFrame(type: UInt8(AMQP_FRAME_METHOD))
-        frames.append32(Self.basicPublish)
-        let methodSize = amqp_encode_method(Self.basicPublish, &method, frames.room)
-        guard methodSize >= 0 else { return methodSize }
-        frames.count += Int(methodSize)
-        frames.endFrame(methodFrame)
-        let headerFrame = frames.beginFrame(type: UInt8(AMQP_FRAME_HEADER))
-        frames.append16(UInt16(AMQP_BASIC_CLASS))
-        frames.append16(0)  // weight
-        frames.append64(UInt64(body.len))
-        let propertiesSize = amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, frames.room)
-        guard propertiesSize >= 0 else { return propertiesSize }
-        frames.count += Int(propertiesSize)
-        frames.endFrame(headerFrame)
-        var offset = 0
-        while offset < body.len {
-            let n = min(bodyFrame, body.len - offset)
-            let frame = frames.beginFrame(type: UInt8(AMQP_FRAME_BODY))
-            frames.append(body.bytes! + offset, count: n)
-            frames.endFrame(frame)
-            offset += n
-        }
-        return 0
-    }
-
-    /// Writes `frames` to the socket (waiting while it is full, at most 30 s) and empties it.
-    private func sendFrames() throws {
-        defer { frames.removeAll() }
-        let fd = socketFD
-        var offset = 0
-        while offset < frames.count {
-            let n = Glibc.send(fd, frames.base + offset, frames.count - offset, Int32(MSG_NOSIGNAL))
-            if n > 0 {
-                offset += n
-                continue
-            }
-            let error = errno
-            if n < 0, error == EINTR { continue }
-            if n < 0, error == EAGAIN || error == EWOULDBLOCK {
-                var pollfd = Glibc.pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                if poll(&pollfd, 1, 30_000) > 0 { continue }
-                abandon()
-                throw AMQPError(.connection, "the socket took nothing for 30 s", context: "send")
-            }
-            abandon()
-            throw AMQPError(.connection, n == 0 ? "connection closed" : String(cString: strerror(error)), context: "send")
-        }
-    }
-
-    /// `AMQP_BASIC_PUBLISH_METHOD`.
-    private static let basicPublish: UInt32 = 0x003C_0028
 
     /// Calls `amqp_basic_get`, then `amqp_read_message`; `nil` when the queue is empty.
     func get(queue: String) throws -> ReceivedDelivery? {
@@ -606,64 +514,6 @@ final class RabbitMQConnection {
             }
             return try body(amqp_table_t(num_entries: Int32(items.count), entries: entries))
         }
-    }
-}
-
-/// Bytes of AMQP frames being built (see `RabbitMQConnection.publish`). Grows as needed;
-/// shrinks back after a large message, so one big body does not stay in memory.
-private struct FrameBuffer: ~Copyable {
-    private(set) var base: UnsafeMutableRawPointer
-    private var capacity: Int
-    var count = 0
-    private static let usual = 64 * 1024 + 4096
-
-    init() {
-        capacity = Self.usual
-        base = malloc(capacity)!
-    }
-
-    deinit { Glibc.free(base) }
-
-    /// What is left, for an encoder to write into.
-    var room: amqp_bytes_t { amqp_bytes_t(len: capacity - count, bytes: base + count) }
-
-    mutating func reserve(_ more: Int) {
-        guard count + more > capacity else { return }
-        capacity = max(count + more, 2 * capacity)
-        base = realloc(base, capacity)!
-    }
-
-    mutating func removeAll() {
-        count = 0
-        if capacity > 4 * Self.usual {
-            capacity = Self.usual
-            base = realloc(base, capacity)!
-        }
-    }
-
-    mutating func append(_ bytes: UnsafeRawPointer, count n: Int) {
-        (base + count).copyMemory(from: bytes, byteCount: n)
-        count += n
-    }
-
-    mutating func append8(_ v: UInt8) { base.storeBytes(of: v, toByteOffset: count, as: UInt8.self); count += 1 }
-    mutating func append16(_ v: UInt16) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt16.self); count += 2 }
-    mutating func append32(_ v: UInt32) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt32.self); count += 4 }
-    mutating func append64(_ v: UInt64) { base.storeBytes(of: v.bigEndian, toByteOffset: count, as: UInt64.self); count += 8 }
-
-    /// Writes a frame header (type, channel 1, size to come); returns where the frame starts.
-    mutating func beginFrame(type: UInt8) -> Int {
-        let start = count
-        append8(type)
-        append16(RabbitMQConnection.channel)
-        append32(0)
-        return start
-    }
-
-    /// Writes the frame's size into its header and the frame end octet.
-    mutating func endFrame(_ start: Int) {
-        base.storeBytes(of: UInt32(count - start - 7).bigEndian, toByteOffset: start + 3, as: UInt32.self)
-        append8(UInt8(AMQP_FRAME_END))
     }
 }
 
