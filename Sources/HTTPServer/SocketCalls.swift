@@ -2,8 +2,9 @@ import CSystem
 import Foundation
 import Synchronization
 
-/// Every system call of a WebSocket connection's thread: its non-blocking socket, the
-/// eventfd that wakes it when something is queued, and the poll that waits on both.
+/// Every system call of the WebSocket code: a server connection's thread (its non-blocking
+/// socket, the eventfd that wakes it when something is queued, the poll that waits on both)
+/// and the blocking client of the CLI and tests.
 enum SocketCalls {
     /// Calls `eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)`.
     static func eventFD() -> Int32 {
@@ -76,5 +77,47 @@ enum SocketCalls {
         if n > 0 { return .bytes(n) }
         if n < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return .wouldBlock }
         return .closed
+    }
+
+    // MARK: - The blocking client (WebSocketClient)
+
+    /// Calls `getaddrinfo`, `socket(2)` and `connect(2)` for `host:port`, then `setsockopt`
+    /// (`SO_RCVTIMEO`: reads wait at most `receiveTimeout` seconds); `nil` when any fails.
+    static func connect(host: String, port: Int, receiveTimeout: Double) -> Int32? {
+        var hints = addrinfo(ai_flags: 0, ai_family: AF_UNSPEC, ai_socktype: Int32(SOCK_STREAM.rawValue), ai_protocol: 0,
+                             ai_addrlen: 0, ai_addr: nil, ai_canonname: nil, ai_next: nil)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &result) == 0, let info = result else { return nil }
+        defer { freeaddrinfo(result) }
+        let fd = Glibc.socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
+        guard fd >= 0, Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+            if fd >= 0 { Glibc.close(fd) }
+            return nil
+        }
+        var tv = timeval(tv_sec: Int(receiveTimeout), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    /// Calls `send(2)` (`MSG_NOSIGNAL`) on a blocking socket until every byte went; `false`
+    /// when the connection closed.
+    static func sendAll(_ socket: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { return false }
+            sent += n
+        }
+        return true
+    }
+
+    enum WaitingReceive { case bytes([UInt8]), timedOut, failed }
+
+    /// Calls `recv(2)` on a blocking socket for at most `limit` bytes (empty: closed).
+    static func receiveWaiting(_ socket: Int32, upTo limit: Int) -> WaitingReceive {
+        var buffer = [UInt8](repeating: 0, count: limit)
+        let n = buffer.withUnsafeMutableBytes { Glibc.recv(socket, $0.baseAddress, $0.count, 0) }
+        if n < 0 { return errno == EAGAIN ? .timedOut : .failed }
+        return .bytes(Array(buffer[0..<n]))
     }
 }

@@ -1,4 +1,3 @@
-import CMicroHTTPD  // socket constants (MSG_NOSIGNAL)
 import Foundation
 
 /// A small blocking WebSocket client (RFC 6455, text messages) for the `stega` CLI and
@@ -11,21 +10,10 @@ public final class WebSocketClient {
     public init(url: URL, timeout: Double = 10) throws {
         guard url.scheme == "ws", let host = url.host else { throw HTTPServerError("expected ws://host:port/path, got \(url)") }
         let port = url.port ?? 80
-        var hints = addrinfo(ai_flags: 0, ai_family: AF_UNSPEC, ai_socktype: Int32(SOCK_STREAM.rawValue), ai_protocol: 0,
-                             ai_addrlen: 0, ai_addr: nil, ai_canonname: nil, ai_next: nil)
-        var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &result) == 0, let info = result else {
-            throw HTTPServerError("cannot resolve \(host)")
-        }
-        defer { freeaddrinfo(result) }
-        let fd = Glibc.socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
-        guard fd >= 0, connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-            if fd >= 0 { Glibc.close(fd) }
+        guard let fd = SocketCalls.connect(host: host, port: port, receiveTimeout: timeout) else {
             throw HTTPServerError("cannot connect to \(host):\(port)")
         }
         socket = fd
-        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         let path = url.path.isEmpty ? "/" : url.path
         try write(Array("GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8))
@@ -40,12 +28,12 @@ public final class WebSocketClient {
         }
         let text = String(decoding: head, as: UTF8.self)
         guard text.hasPrefix("HTTP/1.1 101"), text.contains(WebSocket.acceptKey(for: key)) else {
-            Glibc.close(fd)
+            SocketCalls.closeFD(fd)
             throw HTTPServerError("the server refused the WebSocket: \(text.split(separator: "\r\n").first ?? "")")
         }
     }
 
-    deinit { Glibc.close(socket) }
+    deinit { SocketCalls.closeFD(socket) }
 
     /// Sends a text message.
     public func send(_ text: String) throws {
@@ -79,19 +67,15 @@ public final class WebSocketClient {
     }
 
     private func write(_ bytes: [UInt8]) throws {
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw HTTPServerError("the connection closed") }
-            sent += n
-        }
+        guard SocketCalls.sendAll(socket, bytes) else { throw HTTPServerError("the connection closed") }
     }
 
     private func read() throws -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-        let n = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
-        if n < 0 { throw HTTPServerError(errno == EAGAIN ? "timed out waiting for the server" : "read failed") }
-        return Array(buffer[0..<n])
+        switch SocketCalls.receiveWaiting(socket, upTo: 16 * 1024) {
+        case .bytes(let bytes): return bytes
+        case .timedOut: throw HTTPServerError("timed out waiting for the server")
+        case .failed: throw HTTPServerError("read failed")
+        }
     }
 }
 
