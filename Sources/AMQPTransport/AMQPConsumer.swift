@@ -32,8 +32,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// Deliveries handled at once, from what the consumer has already received (1: one
         /// after the other). Their outcomes are settled in delivery order.
         public var concurrency: Int
-        /// Attempts and delays: a delay queue per retrying attempt, and a retry past the last
-        /// attempt goes to the dead-letter queue. Transient mode has no retries.
+        /// Attempts and delays (durable mode): a delay queue per retrying attempt, and a retry
+        /// past the last attempt goes to the dead-letter queue. Transient mode (auto-ack) has
+        /// neither: a failed event is logged and dropped.
         public var policy: RetryPolicy
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, policy: RetryPolicy = RetryPolicy(),
@@ -42,7 +43,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             self.concurrency = max(1, concurrency)
             self.mode = mode
             self.prefetch = prefetch
-            self.policy = mode == .durable ? policy : .noRetries(failureEvent: policy.failureEvent)
+            self.policy = policy
         }
 
         /// `<service>.events` in durable mode; empty (server-named) in transient mode.

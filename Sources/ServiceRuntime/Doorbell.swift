@@ -5,15 +5,9 @@ import Synchronization
 ///
 /// A wait costs a lock and a continuation: its timeout comes from one timer shared by every
 /// wait, armed at most once per `timeout`, so a waiter may wake early (nothing rang) — the
-/// caller loops anyway (a timer task per wait would cost two task creations and a
-/// cancellation on every ring: under a steady trickle of writes, a large part of the relay's
-/// CPU). The timers run on a serial queue of their own, which libdispatch gives a thread even
-/// while the global queue's few threads (one per core) are all busy or blocked: a time-out on
-/// `DispatchQueue.global()` then came seconds late.
+/// caller loops anyway. (A timer task per wait cost two task creations and a cancellation
+/// on every ring: under a steady trickle of writes, a large part of the relay's CPU.)
 public final class Doorbell: Sendable {
-    /// Where every doorbell's timers fire.
-    private static let timers = DispatchQueue(label: "stega.doorbell.timers")
-
     private struct State {
         var rung = false
         var waiter: CheckedContinuation<Void, Never>?
@@ -53,7 +47,7 @@ public final class Doorbell: Sendable {
             if armTimer {
                 let (seconds, attoseconds) = timeout.components
                 let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
-                Self.timers.asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
                     let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
                         state.timerArmed = false
                         defer { state.waiter = nil }
