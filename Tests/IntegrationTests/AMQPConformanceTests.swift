@@ -27,7 +27,7 @@ final class AMQPFixture: ConnectionDroppingFixture {
         let amqp = consumer as! AMQPConsumer
         var ports = Set(publishers.withLock { $0.compactMap(\.localPort) })
         if let port = amqp.localPort { ports.insert(port) }
-        let closed = try Broker.closeConnections(clientPorts: ports)
+        let closed = try await Broker.closeConnections(clientPorts: ports)
         guard closed >= 2 else { throw ConformanceFailure("closed \(closed) connections of \(ports)") }
         try await TransportConformance.waitUntil("consumer noticed") { !amqp.isConnected || amqp.reconnectCount > 0 }
         try await TransportConformance.waitUntil("consumer reconnected", seconds: 20) { amqp.reconnectCount >= 1 && amqp.isReady }

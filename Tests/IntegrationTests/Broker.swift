@@ -19,29 +19,39 @@ enum Broker {
                      exchangeType: exchangeType, heartbeatSeconds: 10)
     }
 
-    /// Runs `rabbitmqctl` against the test broker (through scripts/broker.sh).
-    static func ctl(_ arguments: String...) throws -> String {
+    /// Runs `rabbitmqctl` against the test broker (through scripts/broker.sh), on a thread of
+    /// its own: it takes a second or more (an Erlang VM starts), and waiting for it on the
+    /// cooperative pool (two threads on two cores) held up every other suite's tasks.
+    static func ctl(_ arguments: String...) async throws -> String {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent()
-        let process = Process()
-        process.executableURL = root.appendingPathComponent("scripts/broker.sh")
-        process.arguments = ["ctl", directory ?? "", "-q"] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        return try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                let process = Process()
+                process.executableURL = root.appendingPathComponent("scripts/broker.sh")
+                process.arguments = ["ctl", directory ?? "", "-q"] + arguments
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = FileHandle.nullDevice
+                do {
+                    try process.run()
+                    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                    process.waitUntilExit()
+                    continuation.resume(returning: String(decoding: data, as: UTF8.self))
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }.start()
+        }
     }
 
     /// Closes, from the broker's side, the connections whose client port is in `ports`.
-    static func closeConnections(clientPorts ports: Set<Int>) throws -> Int {
+    static func closeConnections(clientPorts ports: Set<Int>) async throws -> Int {
         var closed = 0
-        for line in try ctl("list_connections", "pid", "peer_port").split(separator: "\n") {
+        for line in try await ctl("list_connections", "pid", "peer_port").split(separator: "\n") {
             let fields = line.split(separator: "\t")
             guard fields.count == 2, let port = Int(fields[1]), ports.contains(port) else { continue }
-            _ = try ctl("close_connection", String(fields[0]), "closed by a reconnect test")
+            _ = try await ctl("close_connection", String(fields[0]), "closed by a reconnect test")
             closed += 1
         }
         return closed
