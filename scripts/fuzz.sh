@@ -16,7 +16,7 @@ sources() {
   case $1 in
     json) echo Sources/HTTPServer/JSONValue.swift Sources/HTTPServer/HTTPError.swift ;;
     websocket) echo Sources/HTTPServer/WebSocketFrame.swift ;;
-    topic) echo Sources/EventCatalog/TopicPattern.swift ;;
+    topic) echo Sources/EventCatalog/TopicPattern.swift Tests/EventCatalogTests/TopicPatternReference.swift ;;
     events) echo Sources/EventCatalog/*.swift ;;
   esac
 }

@@ -5,6 +5,12 @@ public protocol OperationFailedEvent: Event {
     init(_ failure: OperationFailure)
 }
 
+extension OperationFailedEvent {
+    /// The payload is the failure itself, not wrapped in a `failure` key.
+    public init(from decoder: any Decoder) throws { self.init(try OperationFailure(from: decoder)) }
+    public func encode(to encoder: any Encoder) throws { try failure.encode(to: encoder) }
+}
+
 /// The payload of every `<service>.events.operation_failed`.
 public struct OperationFailure: Codable, Sendable, Equatable {
     public var operationId: String

@@ -43,7 +43,4 @@ public struct ReturnsOperationFailed: OperationFailedEvent {
     public var failure: OperationFailure
 
     public init(_ failure: OperationFailure) { self.failure = failure }
-
-    public init(from decoder: any Decoder) throws { failure = try OperationFailure(from: decoder) }
-    public func encode(to encoder: any Encoder) throws { try failure.encode(to: encoder) }
 }

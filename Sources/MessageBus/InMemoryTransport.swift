@@ -35,9 +35,6 @@ public final class InMemoryTransport: EventPublisher {
     /// Messages waiting in `queue`.
     public func depth(of queue: String) async -> Int { await broker.depth(of: queue) }
 
-    /// Messages dead-lettered by consumers of `queue`.
-    public func deadLettered(from queue: String) async -> [Delivery] { await broker.rejected[queue] ?? [] }
-
     /// Removes and returns the messages dead-lettered by consumers of `queue`.
     public func takeDeadLetters(from queue: String) async -> [Delivery] { await broker.takeRejected(queue) }
 

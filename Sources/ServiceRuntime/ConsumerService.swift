@@ -20,7 +20,7 @@ public struct ConsumerService: Service {
     let logger: Logger
     let policy: RetryPolicy
     /// Where the `operation_failed` events of dead letters are stored.
-    let database: ServiceDatabase?
+    let database: ServiceDatabase
     /// `handler_duration_seconds` per routing key, made once (a registry lookup per event costs).
     private let timers = HandlerTimers()
     private let handled = ActivityCount()
@@ -28,7 +28,10 @@ public struct ConsumerService: Service {
     /// Deliveries handled since start (whatever their outcome): an activity signal.
     public var handledCount: Int { handled.value }
 
-    public init(consumer: any EventConsumer, bus: MessageBus, policy: RetryPolicy, database: ServiceDatabase?,
+    /// Whether the consumer's queue is bound and consuming.
+    public var isReady: Bool { consumer.isReady }
+
+    public init(consumer: any EventConsumer, bus: MessageBus, policy: RetryPolicy, database: ServiceDatabase,
                 logger: Logger) {
         self.consumer = consumer
         self.bus = bus
@@ -90,7 +93,7 @@ public struct ConsumerService: Service {
     /// Stores the policy's `operation_failed` for the operation of `envelope` (dead-lettered),
     /// so the client learns the outcome.
     func reportFailure(of envelope: EventEnvelope, reason: String) async {
-        guard let database, let event = policy.operationFailed(for: envelope, service: bus.appId, reason: reason)
+        guard let event = policy.operationFailed(for: envelope, service: bus.appId, reason: reason)
         else { return }
         let context = HandlerContext(metadata: MessageMetadata(handling: envelope), appId: bus.appId)
         do {

@@ -37,15 +37,11 @@ public final class OutboxRelay: Service, Sendable {
     private let database: ServiceDatabase
     private let publisher: any EventPublisher
     private let logger: Logger
-    private let batchSize: Int
-    private let maxInFlight: Int
-    private let flushTimeout: Duration
     private let staleAfter: Double
+    /// A fresh state machine with this relay's limits, at a start time.
+    private let makeMachine: @Sendable (ContinuousClock.Instant) -> StateMachine
     private let stopping = Atomic<Bool>(false)
     private let depthGauge = Gauge(label: "outbox_depth")
-    /// See ``admit(lag:)``.
-    private let admissionHigh: Int
-    private let admissionLow: Int
     private let batches = ActivityCount()
 
     /// Batches published since start: an activity signal.
@@ -55,14 +51,13 @@ public final class OutboxRelay: Service, Sendable {
                 maxInFlight: Int = 4, flushTimeout: Duration = .seconds(5), staleAfter: Double = 5,
                 admissionHigh: Int = 1_500, admissionLow: Int = 500,
                 logger: Logger = Logger(label: "stega.outbox")) {
-        self.admissionHigh = admissionHigh
-        self.admissionLow = min(admissionLow, admissionHigh)
         self.database = database
         self.publisher = publisher
-        self.batchSize = batchSize
-        self.maxInFlight = max(1, maxInFlight)
-        self.flushTimeout = flushTimeout
         self.staleAfter = staleAfter
+        makeMachine = { now in
+            StateMachine(batchSize: batchSize, maxInFlight: maxInFlight, feedLimit: OutboxFeed.limit,
+                         admissionHigh: admissionHigh, admissionLow: admissionLow, flushTimeout: flushTimeout, now: now)
+        }
         self.logger = logger
     }
 
@@ -79,7 +74,7 @@ public final class OutboxRelay: Service, Sendable {
 
     /// A published batch's outcome, from the task that awaited its confirms.
     private struct Outcome: Sendable {
-        let batch: [(Int64, EventEnvelope)]
+        let batch: [Row]
         let error: (any Error)?
     }
 
@@ -112,9 +107,7 @@ public final class OutboxRelay: Service, Sendable {
     /// Runs the ``StateMachine`` and does what it decides: the feed, the table, the publisher,
     /// the bell, the clock.
     private func loop(group: inout DiscardingTaskGroup) async {
-        var machine = StateMachine(batchSize: batchSize, maxInFlight: maxInFlight, feedLimit: OutboxFeed.limit,
-                                   admissionHigh: admissionHigh, admissionLow: admissionLow,
-                                   flushTimeout: flushTimeout, now: .now)
+        var machine = makeMachine(.now)
         // Pipelined batches leave their outcomes here and ring the bell.
         let mailbox = Mailbox()
         var stopped = false

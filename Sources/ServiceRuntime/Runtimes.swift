@@ -52,7 +52,7 @@ enum AMQPRuntime {
             ReadinessCheck("broker") { publisher.isConnected },
             ReadinessCheck("store") { await database.isReadable() },
         ]
-        if assembly.consumer != nil { checks.append(ReadinessCheck("consumer", assembly.consumerReady)) }
+        if let consumer = assembly.consumer { checks.append(ReadinessCheck("consumer") { consumer.isReady }) }
         return ProcessRuntime.Plan(
             router: assembly.router, services: [assembly.relay], consumers: assembly.consumer.map { [$0] } ?? [], checks: checks,
             activity: assembly.activity, release: { database.releaseMemory() },

@@ -123,11 +123,11 @@ struct CheckpointConnection: ~Copyable {
 
 /// The WAL hook of a writer connection (`sqlite3_wal_hook`).
 enum WALHook {
-    /// Calls `sqlite3_wal_hook` on `db`: after each commit, `requested` gets the WAL's length in
-    /// frames; past `inlineThreshold` frames the commit also checkpoints (passive) itself.
-    /// Replaces SQLite's automatic checkpoint. `checkpointer` must outlive the connection.
-    static func install(on db: Database, checkpointer: WALCheckpointer, inlineThreshold: Int32) {
-        precondition(inlineThreshold == WALCheckpointer.inlineThreshold)
+    /// Calls `sqlite3_wal_hook` on `db`: after each commit, `checkpointer` gets the WAL's length
+    /// in frames (``WALCheckpointer/request(frames:)``); past ``WALCheckpointer/inlineThreshold``
+    /// frames the commit also checkpoints (passive) itself. Replaces SQLite's automatic
+    /// checkpoint. `checkpointer` must outlive the connection.
+    static func install(on db: Database, checkpointer: WALCheckpointer) {
         sqlite3_wal_hook(db.sqliteConnection, { context, connection, _, frames in
             if frames >= WALCheckpointer.inlineThreshold {
                 _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)

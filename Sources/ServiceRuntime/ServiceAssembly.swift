@@ -25,8 +25,6 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
     public let relay: OutboxRelay
     /// The worker's consumer of its events; `nil` for an api.
     public let consumer: ConsumerService?
-    /// Whether the consumer's queue is bound and consuming (always `true` for an api).
-    public let consumerReady: @Sendable () async -> Bool
 
 
     /// A count that moves while the process works (relay batches, handled events).
@@ -51,7 +49,7 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
         OpenAPIRoute.add(to: &router, document: M.openAPIDocument)
         return ServiceAssembly(module: module, database: database, bus: bus, router: router,
                                relay: OutboxRelay(database: database, publisher: publisher, logger: logger),
-                               consumer: nil, consumerReady: { true })
+                               consumer: nil)
     }
 
     /// A worker: the module's event handlers on the bus, a consumer of their routing keys made
@@ -67,6 +65,6 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
         let service = ConsumerService(consumer: consumer, bus: bus, policy: policy, database: database, logger: logger)
         return ServiceAssembly(module: module, database: database, bus: bus, router: Router(logger: logger),
                                relay: OutboxRelay(database: database, publisher: publisher, logger: logger),
-                               consumer: service, consumerReady: { consumer.isReady })
+                               consumer: service)
     }
 }

@@ -48,7 +48,7 @@ final class WALCheckpointer: Sendable {
     /// long reads): past `inlineThreshold` frames the commit checkpoints itself, as SQLite's
     /// own hook did past 1,000, so the WAL stays bounded.
     func install(on db: Database) {
-        WALHook.install(on: db, checkpointer: self, inlineThreshold: Self.inlineThreshold)
+        WALHook.install(on: db, checkpointer: self)
     }
 
     /// Asks for a checkpoint once per `threshold` frames the WAL grows by (a WAL that two

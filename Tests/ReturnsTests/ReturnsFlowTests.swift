@@ -60,8 +60,13 @@ final class ReturnsHarness: Sendable {
     }
 
     func waitForCalculated(_ count: Int) async throws {
+        try await waitUntil { try await calculated().count >= count }
+    }
+
+    /// Polls `condition` every 10 ms; throws after 10 s.
+    func waitUntil(_ condition: () async throws -> Bool) async throws {
         let deadline = Date().addingTimeInterval(10)
-        while try await calculated().count < count {
+        while try await !condition() {
             guard Date() < deadline else { throw ConformanceTimeout() }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -155,11 +160,7 @@ struct ReturnsFlowTests {
         try await h.workerBus.dispatch(recorded)
         // What the redelivery raised, if anything, was stored with its transaction, before
         // `dispatch` returned: once the outbox is empty, it has been published.
-        let deadline = Date().addingTimeInterval(10)
-        while try await h.database.pool.read({ db in try Outbox.depth(in: db) }) > 0 {
-            guard Date() < deadline else { throw ConformanceTimeout() }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        try await h.waitUntil { try await h.database.pool.read { db in try Outbox.depth(in: db) } == 0 }
         #expect(try await h.calculated().count == 1)
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import GRDBSQLite
 import MessageBus
+import MessageBusTesting
 @testable import ServiceRuntime
 import Synchronization
 import Testing
@@ -25,16 +26,6 @@ final class FlakyPublisher: EventPublisher {
 func temporaryDatabase() throws -> (ServiceDatabase, URL) {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("outbox-\(UUID().uuidString)")
     return (try ServiceDatabase(path: dir.appendingPathComponent("t.sqlite").path), dir)
-}
-
-/// Polls `condition` every 10 ms until it holds; fails after `seconds`.
-func waitFor(_ what: String, seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    Issue.record("timed out waiting for \(what)")
 }
 
 @Suite("Outbox and inbox")
@@ -182,7 +173,7 @@ struct OperationFailedTests {
         guard case .deadLetter = await deliver(3) else { Issue.record("expected a dead letter on the last attempt"); return }
         let relay = Task { try await OutboxRelay(database: database, publisher: transport).run() }
         defer { relay.cancel() }
-        try await waitFor("operation_failed published") { await !transport.published.isEmpty }
+        try await TransportConformance.waitUntil("operation_failed published") { await !transport.published.isEmpty }
         let failed = try #require(await transport.published.first)
         #expect(failed.routingKey == "correlations.events.operation_failed")
         #expect(failed.correlationId == "op-7")
