@@ -149,7 +149,7 @@ let package = Package(
         .testTarget(name: "BoundaryTests", dependencies: ["Boundary", "EventCatalog", "HTTPServer", "Returns", "Correlations", "ServiceRuntime", "MessageBus"]),
         .testTarget(
             name: "ServiceRuntimeTests",
-            dependencies: ["ServiceRuntime", "AMQPTransport", "MessageBus", "MessageBusTesting", "EventCatalog",
+            dependencies: ["ServiceRuntime", "AMQPTransport", "HTTPServer", "MessageBus", "MessageBusTesting", "EventCatalog",
                            .product(name: "GRDB", package: "GRDB.swift"),
                            .product(name: "GRDBSQLite", package: "GRDB.swift")]
         ),
