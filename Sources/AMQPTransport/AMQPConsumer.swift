@@ -27,20 +27,22 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     public struct QueueSpec: Sendable {
         public var service: String
         public var mode: QueueMode
-        /// Unacked deliveries the broker may push ahead (durable mode).
+        /// Unacked deliveries the broker may push ahead (durable mode): at least the batch
+        /// size, for batches to fill (twice it by default: the next batch arrives while one is
+        /// handled).
         public var prefetch: UInt16
-        /// Deliveries handled at once, from what the consumer has already received (1: one
-        /// after the other). Their outcomes are settled in delivery order.
-        public var concurrency: Int
+        /// The most deliveries handed to the handler at once: what has arrived by the time it
+        /// is free (no waiting for more), settled in delivery order.
+        public var batchSize: Int
         /// Attempts and delays (durable mode): a delay queue per retrying attempt, and a retry
         /// past the last attempt goes to the dead-letter queue. Transient mode (auto-ack) has
         /// neither: a failed event is logged and dropped.
         public var policy: RetryPolicy
 
-        public init(service: String, mode: QueueMode, prefetch: UInt16 = 50, policy: RetryPolicy = RetryPolicy(),
-                    concurrency: Int = 1) {
+        public init(service: String, mode: QueueMode, prefetch: UInt16 = 512, policy: RetryPolicy = RetryPolicy(),
+                    batchSize: Int = 256) {
             self.service = service
-            self.concurrency = max(1, concurrency)
+            self.batchSize = max(1, batchSize)
             self.mode = mode
             self.prefetch = prefetch
             self.policy = policy
@@ -115,10 +117,10 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     /// The local TCP port of the current connection (to find it on the broker in tests).
     var localPort: Int? { state.withLock { $0.localPort } }
 
-    public func run(handler: @escaping DeliveryHandler) async throws {
-        // Deliveries cross to the handler's task in batches: everything rabbitmq-c has
-        // already read from the socket goes in one hand-off (one wake-up, not one per message).
-        let (stream, continuation) = AsyncStream<[Incoming]>.makeStream()
+    public func run(batchHandler handler: @escaping DeliveryBatchHandler) async throws {
+        // Deliveries cross from the consumer thread to the handler's task through `mailbox`:
+        // the handler takes everything that arrived while it was busy, up to the batch size.
+        let mailbox = Mailbox()
         let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
         let finished = Atomic<Bool>(false)
         state.withLock {
@@ -126,8 +128,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             $0.draining = false
         }
         let thread = Thread { [self] in
-            self.loop(continuation)
-            continuation.finish()
+            self.loop(mailbox)
+            mailbox.close()
             finished.store(true, ordering: .releasing)
             done.withLock { $0?.resume(); $0 = nil }
         }
@@ -138,36 +140,18 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             // Handlers run where they are woken: on this consumer's thread when deliveries
             // arrive, on the writer when their transaction commits (see `InlineExecutor`).
             await withTaskExecutorPreference(InlineExecutor.shared) {
-            batches: for await batch in stream {
-                // Up to `concurrency` deliveries of a batch are handled at once (their writes
-                // then share a transaction); outcomes are settled in delivery order, once per
-                // batch (a settlement can wake the consumer thread).
-                var settled: [Settlement] = []
-                settled.reserveCapacity(batch.count)
-                var start = 0
-                while start < batch.count {
-                    if spec.concurrency <= 1 {
-                        let incoming = batch[start]
-                        start += 1
-                        settled.append(Settlement(incoming: incoming, outcome: await handler(delivery(incoming))))
-                    } else {
-                        let chunk = batch[start..<min(batch.count, start + spec.concurrency)]
-                        start = chunk.endIndex
-                        settled.append(contentsOf: await handle(chunk, with: handler))
-                    }
-                    // Stopping: what is handled is settled, the rest of the batch is not
-                    // (unacked, the broker delivers it again).
-                    if Task.isCancelled {
-                        settle(settled, unhandled: batch.count - start)
-                        break batches
-                    }
+                while let batch = await mailbox.take(max: spec.batchSize) {
+                    let outcomes = await handler(batch.map(delivery))
+                    settle(zip(batch, outcomes).map { Settlement(incoming: $0, outcome: $1) }, unhandled: 0)
                 }
-                settle(settled, unhandled: 0)
-            }
+                // Stopping: what arrived and was not handled is not settled (unacked, the
+                // broker delivers it again).
+                settle([], unhandled: mailbox.takeAll().count)
             }
         } onCancel: {
-            // Stop taking deliveries; the one being handled finishes and is settled first.
+            // Stop taking deliveries; the batch being handled finishes and is settled first.
             self.state.withLock { $0.draining = true }
+            mailbox.close()
             self.wakeup.signal()
         }
         state.withLock { $0.stopped = true }
@@ -190,17 +174,66 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                         redelivered: incoming.delivery.redelivered, attempt: message.attempt)
     }
 
-    /// Handles `chunk` in child tasks, all at once; outcomes in delivery order.
-    private func handle(_ chunk: ArraySlice<Incoming>, with handler: @escaping DeliveryHandler) async -> [Settlement] {
-        var outcomes = [DeliveryOutcome?](repeating: nil, count: chunk.count)
-        await withTaskGroup(of: (Int, DeliveryOutcome).self) { group in
-            for (index, incoming) in chunk.enumerated() {
-                let d = delivery(incoming)
-                group.addTask { (index, await handler(d)) }
-            }
-            for await (index, outcome) in group { outcomes[index] = outcome }
+    /// Deliveries read by the consumer thread, waiting for the handler's task.
+    private final class Mailbox: Sendable {
+        private struct State {
+            var items: [Incoming] = []
+            var waiter: CheckedContinuation<[Incoming]?, Never>?
+            var max = 1
+            var closed = false
         }
-        return zip(chunk, outcomes).map { Settlement(incoming: $0, outcome: $1!) }
+
+        private let state = Mutex(State())
+
+        /// Adds `items`; a waiting handler gets them (up to its maximum) and runs here, on the
+        /// calling thread, up to its first suspension (see `InlineExecutor`).
+        func put(_ items: [Incoming]) {
+            let resume = state.withLock { state -> (CheckedContinuation<[Incoming]?, Never>, [Incoming])? in
+                state.items.append(contentsOf: items)
+                guard let waiter = state.waiter else { return nil }
+                state.waiter = nil
+                let taken = Array(state.items.prefix(state.max))
+                state.items.removeFirst(taken.count)
+                return (waiter, taken)
+            }
+            if let (waiter, taken) = resume { InlineExecutor.inline { waiter.resume(returning: taken) } }
+        }
+
+        /// Up to `max` deliveries, waiting for at least one; `nil` once closed.
+        func take(max: Int) async -> [Incoming]? {
+            await withCheckedContinuation { continuation in
+                let now = state.withLock { state -> [Incoming]?? in
+                    if state.closed { return .some(nil) }
+                    guard state.items.isEmpty else {
+                        let taken = Array(state.items.prefix(max))
+                        state.items.removeFirst(taken.count)
+                        return .some(taken)
+                    }
+                    state.waiter = continuation
+                    state.max = max
+                    return .none
+                }
+                if case .some(let result) = now { continuation.resume(returning: result) }
+            }
+        }
+
+        /// Whatever is left.
+        func takeAll() -> [Incoming] {
+            state.withLock { state in
+                defer { state.items = [] }
+                return state.items
+            }
+        }
+
+        /// No more batches: a waiting handler gets `nil`.
+        func close() {
+            let waiter = state.withLock { state -> CheckedContinuation<[Incoming]?, Never>? in
+                state.closed = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(returning: nil)
+        }
     }
 
     /// Hands a settlement to the consumer thread; wakes it only when it sleeps (an eventfd
@@ -233,7 +266,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         }
     }
 
-    private func loop(_ output: AsyncStream<[Incoming]>.Continuation) {
+    private func loop(_ output: Mailbox) {
         var session: Session?
         var generation = 0
         var backoff = Backoff(base: 0.25, cap: 5)
@@ -296,7 +329,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                 // Reads also let rabbitmq-c send and check heartbeats, even on a time-out.
                 var batch: [Incoming] = []
                 // The handlers start here, up to their first suspension (see `InlineExecutor`).
-                defer { if !batch.isEmpty { InlineExecutor.inline { _ = output.yield(batch) } } }
+                defer { if !batch.isEmpty { output.put(batch) } }
                 readBuffered: while true {
                 switch try open.connection.read(timeout: 0) {
                 case .delivery(let delivery):
@@ -317,7 +350,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     }
                     batch.append(Incoming(delivery: delivery, generation: open.generation))
                     // More in rabbitmq-c's buffer: take it into this batch (no syscall).
-                    if !open.connection.hasBufferedInput || batch.count >= 256 { break readBuffered }
+                    if !open.connection.hasBufferedInput || batch.count >= spec.batchSize { break readBuffered }
                 case .frame(let frame):
                     try handle(frame, on: open)
                     break readBuffered

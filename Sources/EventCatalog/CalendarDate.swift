@@ -24,6 +24,12 @@ public struct CalendarDate: Hashable, Comparable, Sendable, Codable, CustomStrin
         self.init(year: y, month: m, day: d)
     }
 
+    /// Parses exactly `YYYY-MM-DD` from UTF-8 bytes (a database column read in place).
+    public init?(utf8: UnsafeBufferPointer<UInt8>) {
+        guard let (y, m, d) = Self.parse(utf8) else { return nil }
+        self.init(year: y, month: m, day: d)
+    }
+
     private static func parse(_ u: UnsafeBufferPointer<UInt8>) -> (Int, Int, Int)? {
         guard u.count == 10, u[4] == UInt8(ascii: "-"), u[7] == UInt8(ascii: "-") else { return nil }
         func number(_ range: Range<Int>) -> Int? {

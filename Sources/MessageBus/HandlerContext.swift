@@ -48,4 +48,13 @@ public final class HandlerContext: Sendable {
             return list
         }
     }
+
+    /// Throws ``BusError/eventsNotStored`` when events raised here were not taken by a store's
+    /// write (the handler of `message` broke the rule above).
+    func checkStored(_ message: String) throws {
+        let left = takeRaised()
+        guard !left.isEmpty else { return }
+        throw BusError(.eventsNotStored, "the handler of \(message) raised \(left.map(\.routingKey)) without storing "
+                       + "them: a handler raises events inside its store's write, which stores them in its transaction")
+    }
 }

@@ -7,11 +7,15 @@ import EventCatalog
 /// var registry = HandlerRegistry()
 /// try registry.handle(RecordPrices.self, raises: [PricesRecorded.self]) { command, context in ... }
 /// registry.on(PricesRecorded.self, raises: [ReturnsCalculated.self]) { event, context in ... }
+/// registry.onBatch(ReturnsCalculated.self, raises: [CorrelationsUpdated.self]) { batch in ... }
 /// let bus = MessageBus(appId: "returns", registry: registry)
 /// ```
 public struct HandlerRegistry: Sendable {
     typealias AnyCommandHandler = @Sendable (any Command, HandlerContext) async throws -> Void
-    typealias AnyEventHandler = @Sendable (EventEnvelope, HandlerContext) async throws -> Void
+    /// Runs a handler over consecutive envelopes of one routing key, with a new context for
+    /// envelope `i` from `context(i)`, and checks that what it raised was stored. One error
+    /// (or `nil`) per envelope.
+    typealias AnyEventHandler = @Sendable ([EventEnvelope], _ context: @Sendable (Int) -> HandlerContext) async -> [(any Error)?]
 
     struct Registered<Handler: Sendable>: Sendable {
         let handler: Handler
@@ -41,23 +45,87 @@ public struct HandlerRegistry: Sendable {
         commandHandlers[key] = Registered(handler: typed, raises: Set(raises.map { $0.routingKey }))
     }
 
-    /// Adds a handler for events of type `E`, which raises only events of `raises`. The
-    /// payload is decoded and validated first: one that fails is ``BusError/undecodable``.
+    /// Adds a handler for events of type `E`, called once per event, which raises only
+    /// events of `raises`. The payload is decoded and validated first: one that fails is
+    /// ``BusError/undecodable``.
     public mutating func on<E: Event>(
         _ type: E.Type, raises: [any Event.Type] = [],
         _ handler: @escaping @Sendable (E, HandlerContext) async throws -> Void
     ) {
-        let decoding: AnyEventHandler = { envelope, context in
-            let event: E
-            do {
-                event = try envelope.decode(E.self)
-                try event.validate()
-            } catch {
-                throw BusError(.undecodable, "\(E.routingKey): \(error)")
+        let run: AnyEventHandler = { envelopes, makeContext in
+            var errors = [(any Error)?](repeating: nil, count: envelopes.count)
+            for index in envelopes.indices {
+                do {
+                    let context = makeContext(index)
+                    try await handler(try Self.decode(E.self, envelopes[index]), context)
+                    try context.checkStored(E.routingKey)
+                } catch {
+                    errors[index] = error
+                }
             }
-            try await handler(event, context)
+            return errors
         }
-        eventHandlers[E.routingKey, default: []].append(Registered(handler: decoding, raises: Set(raises.map { $0.routingKey })))
+        eventHandlers[E.routingKey, default: []].append(Registered(handler: run, raises: Set(raises.map { $0.routingKey })))
+    }
+
+    /// Adds a handler for batches of events of type `E`: the consecutive events of that type in
+    /// a worker's delivery batch, in delivery order, each with its own context. It applies them
+    /// in one write (see `ServiceDatabase.write(_:_:)` with several contexts), so a batch costs
+    /// one transaction and the handler can share work among its events. When it throws, each
+    /// event of the batch is handled again alone (a batch of one), so a failing event fails
+    /// alone and the others are applied once. At a low rate the batches are of one event:
+    /// the same code path.
+    public mutating func onBatch<E: Event>(
+        _ type: E.Type, raises: [any Event.Type] = [],
+        _ handler: @escaping @Sendable ([HandledEvent<E>]) async throws -> Void
+    ) {
+        let run: AnyEventHandler = { envelopes, makeContext in
+            var errors = [(any Error)?](repeating: nil, count: envelopes.count)
+            var batch: [HandledEvent<E>] = []
+            var indices: [Int] = []
+            batch.reserveCapacity(envelopes.count)
+            for index in envelopes.indices {
+                do {
+                    batch.append(HandledEvent(event: try Self.decode(E.self, envelopes[index]), context: makeContext(index)))
+                    indices.append(index)
+                } catch {
+                    errors[index] = error
+                }
+            }
+            guard !batch.isEmpty else { return errors }
+            do {
+                try await handler(batch)
+                for (item, index) in zip(batch, indices) {
+                    do { try item.context.checkStored(E.routingKey) } catch { errors[index] = error }
+                }
+            } catch where batch.count > 1 {
+                // Each on its own, with fresh contexts (the batch's may hold raised events).
+                for (item, index) in zip(batch, indices) {
+                    do {
+                        let alone = HandledEvent(event: item.event, context: makeContext(index))
+                        try await handler([alone])
+                        try alone.context.checkStored(E.routingKey)
+                    } catch {
+                        errors[index] = error
+                    }
+                }
+            } catch {
+                errors[indices[0]] = error
+            }
+            return errors
+        }
+        eventHandlers[E.routingKey, default: []].append(Registered(handler: run, raises: Set(raises.map { $0.routingKey })))
+    }
+
+    /// `envelope`'s payload as `E`, validated; ``BusError/undecodable`` otherwise.
+    private static func decode<E: Event>(_ type: E.Type, _ envelope: EventEnvelope) throws -> E {
+        do {
+            let event = try envelope.decode(E.self)
+            try event.validate()
+            return event
+        } catch {
+            throw BusError(.undecodable, "\(E.routingKey): \(error)")
+        }
     }
 
     /// The routing keys that have at least one handler: what a worker binds.
@@ -68,5 +136,17 @@ public struct HandlerRegistry: Sendable {
         let commands = commandHandlers.values.flatMap(\.raises)
         let events = eventHandlers.values.flatMap { $0.flatMap(\.raises) }
         return Set(commands + events).sorted()
+    }
+}
+
+/// One event of a batch given to an ``HandlerRegistry/onBatch(_:raises:_:)`` handler, with the
+/// context its raised events go to.
+public struct HandledEvent<E: Event>: Sendable {
+    public let event: E
+    public let context: HandlerContext
+
+    public init(event: E, context: HandlerContext) {
+        self.event = event
+        self.context = context
     }
 }

@@ -22,9 +22,10 @@ public final class InMemoryTransport: EventPublisher {
 
     /// Declares `queue` (if new), binds it to `bindings` and returns a consumer of it that
     /// retries and dead-letters as `policy` says.
-    public func consumer(queue: String, bindings: [String], policy: RetryPolicy = RetryPolicy()) async -> InMemoryConsumer {
+    public func consumer(queue: String, bindings: [String], policy: RetryPolicy = RetryPolicy(),
+                         batchSize: Int = 256) async -> InMemoryConsumer {
         await broker.declare(queue: queue, bindings: bindings)
-        return InMemoryConsumer(queue: queue, broker: broker, policy: policy)
+        return InMemoryConsumer(queue: queue, broker: broker, policy: policy, batchSize: max(1, batchSize))
     }
 
     /// Every envelope published so far, in order.
@@ -70,12 +71,15 @@ public final class InMemoryTransport: EventPublisher {
             waiting.forEach { $0.resume() }
         }
 
-        func next(_ queue: String) async -> Delivery? {
+        /// What waits in `queue`, up to `max` (waiting for one); empty when cancelled.
+        func next(_ queue: String, max: Int) async -> [Delivery] {
             while queues[queue, default: []].isEmpty {
-                if Task.isCancelled { return nil }
+                if Task.isCancelled { return [] }
                 await withCheckedContinuation { waiters[queue, default: []].append($0) }
             }
-            return queues[queue]!.removeFirst()
+            let taken = Array(queues[queue]!.prefix(max))
+            queues[queue]!.removeFirst(taken.count)
+            return taken
         }
 
         func wake(_ queue: String) {
@@ -83,15 +87,19 @@ public final class InMemoryTransport: EventPublisher {
             waiting.forEach { $0.resume() }
         }
 
-        func settle(_ queue: String, _ delivery: Delivery, _ outcome: DeliveryOutcome, _ policy: RetryPolicy) {
-            switch policy.settlement(of: outcome, attempt: delivery.attempt) {
-            case .ack: break
-            case .retry:
-                enqueue(queue, Delivery(envelope: delivery.envelope, routingKey: delivery.routingKey,
-                                        body: delivery.body, redelivered: true, attempt: delivery.attempt + 1),
-                        front: true)
-            case .deadLetter: rejected[queue, default: []].append(delivery)
+        /// Settles a batch in order; the retried go back to the front of the queue, in order.
+        func settle(_ queue: String, _ settled: [(Delivery, DeliveryOutcome)], _ policy: RetryPolicy) {
+            var retried: [Delivery] = []
+            for (delivery, outcome) in settled {
+                switch policy.settlement(of: outcome, attempt: delivery.attempt) {
+                case .ack: break
+                case .retry:
+                    retried.append(Delivery(envelope: delivery.envelope, routingKey: delivery.routingKey,
+                                            body: delivery.body, redelivered: true, attempt: delivery.attempt + 1))
+                case .deadLetter: rejected[queue, default: []].append(delivery)
+                }
             }
+            for delivery in retried.reversed() { enqueue(queue, delivery, front: true) }
         }
 
         func depth(of queue: String) -> Int { queues[queue]?.count ?? 0 }
@@ -100,21 +108,25 @@ public final class InMemoryTransport: EventPublisher {
     }
 }
 
-/// A consumer of one in-memory queue; prefetch is 1, so order within the queue holds.
+/// A consumer of one in-memory queue: it takes what waits, up to its batch size, and settles
+/// each in order before taking more, so order within the queue holds (a retry comes back
+/// first).
 public struct InMemoryConsumer: EventConsumer {
     let queue: String
     let broker: InMemoryTransport.Broker
     let policy: RetryPolicy
+    let batchSize: Int
 
     /// Always: the queue is declared and bound when the consumer is made.
     public var isReady: Bool { true }
 
-    public func run(handler: @escaping DeliveryHandler) async throws {
+    public func run(batchHandler handler: @escaping DeliveryBatchHandler) async throws {
         try await withTaskCancellationHandler {
             while !Task.isCancelled {
-                guard let delivery = await broker.next(queue) else { break }
-                let outcome = await handler(delivery)
-                await broker.settle(queue, delivery, outcome, policy)
+                let deliveries = await broker.next(queue, max: batchSize)
+                guard !deliveries.isEmpty else { break }
+                let outcomes = await handler(deliveries)
+                await broker.settle(queue, Array(zip(deliveries, outcomes)), policy)
             }
             try Task.checkCancellation()
         } onCancel: { [broker, queue] in

@@ -39,46 +39,61 @@ public final class MessageBus: Sendable {
         }
         let context = HandlerContext(metadata: metadata, appId: appId, declared: registered.raises)
         try await registered.handler(command, context)
-        try Self.checkStored(context, C.name)
+        try context.checkStored(C.name)
     }
 
     /// Runs every handler of `envelope`'s routing key; throws when none exists, when the
     /// event cannot be decoded, or when any handler failed (after all of them ran).
     public func dispatch(_ envelope: EventEnvelope) async throws {
-        guard let handlers = registry.eventHandlers[envelope.routingKey], !handlers.isEmpty else {
-            throw BusError(.noHandler, "no handler for routing key \(envelope.routingKey)")
-        }
-        var firstError: (any Error)?
-        for registered in handlers {
-            let context = HandlerContext(metadata: MessageMetadata(handling: envelope), appId: appId,
-                                         handledEventId: envelope.eventId, declared: registered.raises)
-            do {
-                try await registered.handler(envelope, context)
-                try Self.checkStored(context, envelope.routingKey)
-            } catch let error as BusError where error.code == .undecodable {
-                throw error
-            } catch {
-                failures.add(1, ordering: .relaxed)
-                // Metadata built only here, off the path of events that succeed.
-                logger.error("event handler failed", metadata: [
-                    "amqp.routing_key": "\(envelope.routingKey)",
-                    "bus.event_id": "\(envelope.eventId.lowercaseText)",
-                    "bus.correlation_id": "\(envelope.correlationId ?? "")",
-                    "error": "\(error)",
-                ])
-                if firstError == nil { firstError = error }
-            }
-        }
-        if let firstError {
-            throw BusError(.handlersFailed, "\(firstError)")
-        }
+        if let error = await dispatch([envelope])[0] { throw error }
     }
 
-    /// Throws when the handler of `message` raised events it did not store.
-    private static func checkStored(_ context: HandlerContext, _ message: String) throws {
-        let left = context.takeRaised()
-        guard !left.isEmpty else { return }
-        throw BusError(.eventsNotStored, "the handler of \(message) raised \(left.map(\.routingKey)) without storing "
-                       + "them: a handler raises events inside its store's write, which stores them in its transaction")
+    /// Dispatches a worker's batch of events in delivery order: each run of consecutive events
+    /// of one routing key goes to each handler of that key at once (a batch handler applies it
+    /// in one transaction; a per-event handler is called for each). One result per envelope,
+    /// as ``dispatch(_:)`` would throw it.
+    public func dispatch(_ envelopes: [EventEnvelope]) async -> [(any Error)?] {
+        var results = [(any Error)?](repeating: nil, count: envelopes.count)
+        var start = 0
+        while start < envelopes.count {
+            let key = envelopes[start].routingKey
+            var end = start + 1
+            while end < envelopes.count, envelopes[end].routingKey == key { end += 1 }
+            defer { start = end }
+            let run = Array(envelopes[start..<end])
+            guard let handlers = registry.eventHandlers[key], !handlers.isEmpty else {
+                for index in start..<end { results[index] = BusError(.noHandler, "no handler for routing key \(key)") }
+                continue
+            }
+            var firstErrors = [(any Error)?](repeating: nil, count: run.count)
+            for registered in handlers {
+                let errors = await registered.handler(run) { [appId] index in
+                    HandlerContext(metadata: MessageMetadata(handling: run[index]), appId: appId,
+                                   handledEventId: run[index].eventId, declared: registered.raises)
+                }
+                for (index, error) in errors.enumerated() {
+                    guard let error else { continue }
+                    if firstErrors[index] == nil { firstErrors[index] = error }
+                    if let bus = error as? BusError, bus.code == .undecodable { continue }
+                    failures.add(1, ordering: .relaxed)
+                    // Metadata built only here, off the path of events that succeed.
+                    logger.error("event handler failed", metadata: [
+                        "amqp.routing_key": "\(key)",
+                        "bus.event_id": "\(run[index].eventId.lowercaseText)",
+                        "bus.correlation_id": "\(run[index].correlationId ?? "")",
+                        "error": "\(error)",
+                    ])
+                }
+            }
+            for (index, error) in firstErrors.enumerated() {
+                guard let error else { continue }
+                if let bus = error as? BusError, bus.code == .undecodable {
+                    results[start + index] = bus
+                } else {
+                    results[start + index] = BusError(.handlersFailed, "\(error)")
+                }
+            }
+        }
+        return results
     }
 }

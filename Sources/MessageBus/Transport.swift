@@ -46,11 +46,29 @@ public enum DeliveryOutcome: Sendable, Equatable {
 /// The handler a consumer calls for each delivery.
 public typealias DeliveryHandler = @Sendable (Delivery) async -> DeliveryOutcome
 
-/// Receives the events bound to a queue and hands each to a handler.
+/// The handler a consumer calls with the deliveries at hand, in delivery order: one outcome
+/// per delivery, in the same order.
+public typealias DeliveryBatchHandler = @Sendable ([Delivery]) async -> [DeliveryOutcome]
+
+/// Receives the events bound to a queue and hands them to a handler.
 public protocol EventConsumer: Sendable {
     /// Whether the consumer's queue exists and is bound (a publish now reaches it).
     var isReady: Bool { get }
 
+    /// Consumes until the task is cancelled, calling `handler` with what has arrived (at
+    /// least one delivery, at most the consumer's batch size; one batch at a time, in
+    /// delivery order) and settling each delivery as its outcome says.
+    func run(batchHandler handler: @escaping DeliveryBatchHandler) async throws
+}
+
+extension EventConsumer {
     /// Consumes until the task is cancelled, calling `handler` for each delivery in order.
-    func run(handler: @escaping DeliveryHandler) async throws
+    public func run(handler: @escaping DeliveryHandler) async throws {
+        try await run(batchHandler: { deliveries in
+            var outcomes: [DeliveryOutcome] = []
+            outcomes.reserveCapacity(deliveries.count)
+            for delivery in deliveries { outcomes.append(await handler(delivery)) }
+            return outcomes
+        })
+    }
 }

@@ -23,11 +23,6 @@ public struct ReturnsService: ServiceModule {
         handlers = ReturnsHandlers(store: store, logger: logger)
     }
 
-    /// A handler recomputes a symbol's returns from the prices stored when its transaction
-    /// runs, so whichever order handlers run in, the stored returns are the same, and the
-    /// outbox holds the events in commit order (a later event never carries older values).
-    public static let eventHandlersRunConcurrently = true
-
     public static let operationFailedEvent: (any OperationFailedEvent.Type)? = ReturnsOperationFailed.self
 
     public static var openAPIDocument: [UInt8] {

@@ -42,43 +42,69 @@ public struct ConsumerService: Service {
 
     public func run() async throws {
         try await cancelWhenGracefulShutdown {
-            try await consumer.run { delivery in await handle(delivery) }
+            try await consumer.run(batchHandler: { deliveries in await handle(deliveries) })
         }
     }
 
     /// Dispatches one delivery and decides its fate.
     public func handle(_ delivery: Delivery) async -> DeliveryOutcome {
-        handled.increment()
-        guard let envelope = delivery.envelope else {
-            let reason = delivery.problem ?? ""  // always set when there is no envelope
-            logger.error("dead-lettering a message that is not an event envelope",
-                         metadata: ["amqp.routing_key": "\(delivery.routingKey)", "error": "\(reason)"])
-            return .deadLetter(reason: reason)
+        await handle([delivery])[0]
+    }
+
+    /// Dispatches a batch of deliveries through the bus (``MessageBus/dispatch(_:)-([EventEnvelope])``:
+    /// a batch handler applies its events in one transaction) and decides the fate of each.
+    public func handle(_ deliveries: [Delivery]) async -> [DeliveryOutcome] {
+        handled.increment(by: deliveries.count)
+        var outcomes = [DeliveryOutcome?](repeating: nil, count: deliveries.count)
+        var envelopes: [EventEnvelope] = []
+        var positions: [Int] = []
+        envelopes.reserveCapacity(deliveries.count)
+        for (index, delivery) in deliveries.enumerated() {
+            guard let envelope = delivery.envelope else {
+                let reason = delivery.problem ?? ""  // always set when there is no envelope
+                logger.error("dead-lettering a message that is not an event envelope",
+                             metadata: ["amqp.routing_key": "\(delivery.routingKey)", "error": "\(reason)"])
+                outcomes[index] = .deadLetter(reason: reason)
+                continue
+            }
+            envelopes.append(envelope)
+            positions.append(index)
         }
         let start = ContinuousClock.now
-        let timer = timers.timer(for: envelope.routingKey)
-        defer { timer.record(duration: ContinuousClock.now - start) }
-        do {
-            try await bus.dispatch(envelope)
-            guard logger.logLevel <= .info else { return .ack }
-            let elapsed = ContinuousClock.now - start
-            eventLogger(envelope).info("event handled", metadata: [
-                "handler.duration_ms": "\(String(format: "%.2f", Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000))",
-            ])
-            return .ack
-        } catch {
+        let errors = await bus.dispatch(envelopes)
+        let elapsed = ContinuousClock.now - start
+        // A batch's time, shared among its events (what each cost the worker).
+        let share = elapsed / max(1, envelopes.count)
+        let logHandled = logger.logLevel <= .info
+        for (envelope, (index, error)) in zip(envelopes, zip(positions, errors)) {
+            timers.timer(for: envelope.routingKey).record(duration: share)
+            guard let error else {
+                if logHandled {
+                    eventLogger(envelope).info("event handled", metadata: [
+                        "handler.duration_ms": "\(String(format: "%.2f", Self.milliseconds(share)))",
+                        "batch.size": "\(envelopes.count)",
+                    ])
+                }
+                outcomes[index] = .ack
+                continue
+            }
             let permanent = (error as? BusError).map { $0.code == .undecodable || $0.code == .noHandler } ?? false
-            let outcome = policy.outcome(failing: "\(error)", permanently: permanent, attempt: delivery.attempt)
+            let outcome = policy.outcome(failing: "\(error)", permanently: permanent, attempt: deliveries[index].attempt)
             if case .deadLetter = outcome {
                 eventLogger(envelope).error("dead-lettering an event", metadata: [
-                    "error": "\(error)", "attempt": "\(delivery.attempt)",
+                    "error": "\(error)", "attempt": "\(deliveries[index].attempt)",
                 ])
                 await reportFailure(of: envelope, reason: "\(error)")
             } else {
-                eventLogger(envelope).warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(delivery.attempt)"])
+                eventLogger(envelope).warning("event handler failed", metadata: ["error": "\(error)", "attempt": "\(deliveries[index].attempt)"])
             }
-            return outcome
+            outcomes[index] = outcome
         }
+        return outcomes.map { $0! }
+    }
+
+    private static func milliseconds(_ duration: Duration) -> Double {
+        Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1000
     }
 
     /// The logger of `envelope`'s messages, built only when something is logged.

@@ -14,15 +14,13 @@ public enum Inbox {
 
     /// Records `eventId` as handled in `db`'s transaction; `false` when it was already.
     static func markHandled(_ eventId: UUID, in db: Database) throws -> Bool {
-        let id = eventId.lowercaseText
-        let seen = try Bool.fetchOne(
-            db.cachedStatement(sql: "SELECT 1 FROM inbox WHERE event_id = ?"), arguments: [id]) ?? false
-        if seen { return false }
-        try DirectBinding.execute(db.cachedStatement(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?)"),
-                                  in: db) { row in
-            row.bind(1, id)
+        // One statement: an id on record is ignored, and whether a row went in says which.
+        try DirectBinding.execute(
+            db.cachedStatement(sql: "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING"),
+            in: db) { row in
+            row.bind(1, eventId.lowercaseText)
             row.bind(2, Date().timeIntervalSince1970)
         }
-        return true
+        return db.changesCount == 1
     }
 }

@@ -68,6 +68,6 @@ struct MemoryTrimmer: Service {
 public final class ActivityCount: Sendable {
     private let count = Atomic<Int>(0)
     public init() {}
-    public func increment() { count.add(1, ordering: .relaxed) }
+    public func increment(by amount: Int = 1) { count.add(amount, ordering: .relaxed) }
     public var value: Int { count.load(ordering: .relaxed) }
 }

@@ -28,9 +28,7 @@ public enum WorkerRuntime {
                 database: database, publisher: publisher,
                 policy: config.retryPolicy(failureEvent: M.operationFailedEvent), logger: logger
             ) { bindings, policy in
-                var queue = config.queueSpec(policy: policy)
-                if M.eventHandlersRunConcurrently { queue.concurrency = Int(queue.prefetch) }
-                return AMQPConsumer(settings: config.amqp, queue: queue, bindings: bindings, logger: logger)
+                AMQPConsumer(settings: config.amqp, queue: config.queueSpec(policy: policy), bindings: bindings, logger: logger)
             }
             return AMQPRuntime.plan(worker, publisher: publisher, config: config)
         }

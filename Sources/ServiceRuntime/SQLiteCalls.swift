@@ -61,6 +61,47 @@ public enum DirectBinding {
         public func bindNull(_ index: Int32) { sqlite3_bind_null(statement, index) }
     }
 
+    /// The columns of the current result row of a ``query(_:in:bind:each:)``.
+    public struct Columns {
+        let statement: OpaquePointer
+
+        public func double(_ index: Int32) -> Double { sqlite3_column_double(statement, index) }
+        public func int(_ index: Int32) -> Int { Int(sqlite3_column_int64(statement, index)) }
+        public func isNull(_ index: Int32) -> Bool { sqlite3_column_type(statement, index) == SQLITE_NULL }
+
+        /// The column's UTF-8 bytes, valid only during the call of `body`.
+        public func withText<T>(_ index: Int32, _ body: (UnsafeBufferPointer<UInt8>) throws -> T) rethrows -> T {
+            let count = Int(sqlite3_column_bytes(statement, index))
+            guard let base = sqlite3_column_text(statement, index) else {
+                return try body(UnsafeBufferPointer(start: nil, count: 0))
+            }
+            return try body(UnsafeBufferPointer(start: base, count: count))
+        }
+    }
+
+    /// Binds with `bind`, then calls `each` for every result row, read with SQLite's own
+    /// column calls (no GRDB `Row` per result row: on the worker's hot reads those and their
+    /// boxed values cost more than the query).
+    public static func query(_ statement: Statement, in db: Database, bind: (Row) -> Void,
+                             each: (Columns) throws -> Void) throws {
+        let raw = statement.sqliteStatement
+        defer {
+            sqlite3_reset(raw)
+            sqlite3_clear_bindings(raw)
+        }
+        sqlite3_reset(raw)
+        bind(Row(statement: raw))
+        while true {
+            let code = sqlite3_step(raw)
+            if code == SQLITE_DONE { return }
+            guard code == SQLITE_ROW else {
+                let message = String(cString: sqlite3_errmsg(db.sqliteConnection))
+                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: statement.sql)
+            }
+            try each(Columns(statement: raw))
+        }
+    }
+
     /// Binds with `bind` and steps `statement` to its end; throws SQLite's error as GRDB's
     /// `DatabaseError` (the transaction is then the caller's to roll back, as with GRDB).
     public static func execute(_ statement: Statement, in db: Database, _ bind: (Row) -> Void) throws {

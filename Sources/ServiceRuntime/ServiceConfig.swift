@@ -13,6 +13,7 @@ public struct ServiceConfig: Sendable {
     public var amqp: AMQPSettings
     public var queueMode: QueueMode
     public var prefetch: Int
+    public var batchSize: Int
     public var retryAttempts: Int
     public var retryDelayMs: Int
     public var retryMaxDelayMs: Int
@@ -47,7 +48,9 @@ public struct ServiceConfig: Sendable {
             verifyPeer: try environment.choice("STEGA_AMQP_VERIFY", default: "true", ["true", "false"]) == "true")
         queueMode = QueueMode(rawValue: try environment.choice(
             "STEGA_QUEUE_MODE", default: "durable", QueueMode.allCases.map(\.rawValue)))!
-        prefetch = try environment.int("STEGA_PREFETCH", default: 50, range: 1...65535)
+        batchSize = try environment.int("STEGA_BATCH_SIZE", default: 256, range: 1...65535)
+        // Twice the batch by default: the next batch arrives while one is handled.
+        prefetch = try environment.int("STEGA_PREFETCH", default: min(65535, 2 * batchSize), range: 1...65535)
         retryAttempts = try environment.int("STEGA_RETRY_ATTEMPTS", default: 5, range: 1...100)
         retryDelayMs = try environment.int("STEGA_RETRY_DELAY_MS", default: 1000, range: 1...3_600_000)
         retryMaxDelayMs = try environment.int("STEGA_RETRY_MAX_DELAY_MS", default: 60_000, range: 1...86_400_000)
@@ -78,7 +81,8 @@ public struct ServiceConfig: Sendable {
 
     /// The worker's queue, following `policy`.
     public func queueSpec(policy: RetryPolicy) -> AMQPConsumer.QueueSpec {
-        AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy)
+        AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy,
+                               batchSize: batchSize)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

@@ -81,16 +81,29 @@ public final class ServiceDatabase: Sendable {
     /// event id is recorded in the same transaction.
     @discardableResult
     public func write(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
+        try await write([context]) { db, _ in try body(db) }.first != nil
+    }
+
+    /// A batch handler's write: one transaction records in the inbox the events of `contexts`
+    /// not handled before, runs `body` with their indices (in order; `body` does not run when
+    /// there is none), and stores in the outbox what every context raised. Returns those
+    /// indices. If `body` throws, nothing of the batch is stored.
+    public func write(_ contexts: [HandlerContext],
+                      _ body: @escaping @Sendable (Database, [Int]) throws -> Void) async throws -> [Int] {
         // A command (not an event handler) waits while the relay is behind (``WriteAdmission``).
-        if context.handledEventId == nil { await admission.admit() }
+        if contexts.contains(where: { $0.handledEventId == nil }) { await admission.admit() }
         let written = try await combiner.submit { [relayId] db -> WriteCombiner.Written in
-            if let id = context.handledEventId, try !Inbox.markHandled(id, in: db) {
-                return .init(handled: false, rows: [])
+            var fresh: [Int] = []
+            fresh.reserveCapacity(contexts.count)
+            for (index, context) in contexts.enumerated() {
+                if let id = context.handledEventId, try !Inbox.markHandled(id, in: db) { continue }
+                fresh.append(index)
             }
-            try body(db)
-            return .init(handled: true, rows: try Outbox.append(context.takeRaised(), claimedBy: relayId, in: db))
+            guard !fresh.isEmpty else { return .init(fresh: [], rows: []) }
+            try body(db, fresh)
+            return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: db))
         }
-        return written.handled
+        return written.fresh
     }
 
     /// Stores the events raised in `context` in the outbox, in a transaction of their own (shared
@@ -105,7 +118,7 @@ public final class ServiceDatabase: Sendable {
     func store(_ envelopes: [EventEnvelope]) async throws {
         guard !envelopes.isEmpty else { return }
         _ = try await combiner.submit { [relayId] db in
-            .init(handled: true, rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
+            .init(fresh: [0], rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
         }
     }
 
@@ -140,14 +153,14 @@ public final class ServiceDatabase: Sendable {
     /// relay has published.
     func claimOutboxRows(limit: Int, includeOwn: Bool, staleAfter: Double) async throws -> [(Int64, EventEnvelope)] {
         try await combiner.submit { [relayId] db in
-            .init(handled: false, rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
+            .init(fresh: [], rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
                                                                        staleAfter: staleAfter, in: db))
         }.claimed
     }
 
     /// Returns once every deletion asked for so far is committed.
     func commitOutboxRemovals() async throws {
-        _ = try await combiner.submit { _ in .init(handled: false, rows: []) }
+        _ = try await combiner.submit { _ in .init(fresh: [], rows: []) }
     }
 
     /// Drops what SQLite caches (page caches, prepared statements; reader connections close

@@ -22,17 +22,12 @@ public protocol ServiceModule: Sendable {
     func registerEventHandlers(_ registry: inout HandlerRegistry) throws
     /// The api's OpenAPI 3.1 document (served at `GET /openapi.json`).
     static var openAPIDocument: [UInt8] { get }
-    /// Whether the worker may run several event handlers at once (each still settles in
-    /// delivery order, and their writes share transactions). Only for handlers whose result
-    /// does not depend on the order they run in; `false` unless a service says so.
-    static var eventHandlersRunConcurrently: Bool { get }
     /// The `<service>.events.operation_failed` its worker raises when an event of an
     /// operation is dead-lettered; `nil`: none.
     static var operationFailedEvent: (any OperationFailedEvent.Type)? { get }
 }
 
 extension ServiceModule {
-    public static var eventHandlersRunConcurrently: Bool { false }
     public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
 }
 

@@ -12,8 +12,9 @@ import Synchronization
 /// One batch per turn on the writer queue, so other writes interleave under load.
 final class WriteCombiner: Sendable {
     struct Written: Sendable {
-        /// `false`: the event was already handled (inbox), nothing ran.
-        var handled: Bool
+        /// The indices of the write's contexts that were not handled before (inbox): those
+        /// its body ran for.
+        var fresh: [Int]
         /// Outbox rows added, with their sequence numbers (the relay's feed).
         var rows: [(Int64, EventEnvelope)]
         /// Outbox rows claimed for a sweep of the relay.

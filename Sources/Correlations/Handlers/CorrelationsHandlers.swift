@@ -27,30 +27,53 @@ public struct CorrelationsHandlers: Sendable {
     /// event was handled before.
     @discardableResult
     public func returnsCalculated(_ event: ReturnsCalculated, context: HandlerContext) async throws -> CorrelationsUpdated? {
-        let result = Mutex<CorrelationsUpdated?>(nil)
-        try await store.write(context) { tx in
-            let symbol = event.symbol
-            try tx.saveReturns(event.returns, of: symbol)
+        try await returnsCalculated([HandledEvent(event: event, context: context)])[0]
+    }
+
+    /// A batch of `returns_calculated`, in one transaction: the returns go into the projection
+    /// in delivery order, then every pair that includes a symbol with new returns is recomputed
+    /// once per tracked window (not once per event), from the projection as the batch leaves
+    /// it — what handling the events one after the other would leave stored. Each event raises
+    /// its own `CorrelationsUpdated` (its symbol's pairs). One result per event; `nil` for an
+    /// event handled before.
+    @discardableResult
+    public func returnsCalculated(_ batch: [HandledEvent<ReturnsCalculated>]) async throws -> [CorrelationsUpdated?] {
+        let results = Mutex([CorrelationsUpdated?](repeating: nil, count: batch.count))
+        try await store.write(batch.map(\.context)) { tx, fresh in
+            for index in fresh {
+                try tx.saveReturns(batch[index].event.returns, of: batch[index].event.symbol)
+            }
             let tracked = try tx.trackedWindows()
             let all = try tx.latestSeries(windows: tracked)
-            let mine = all[symbol] ?? .init(series: ReturnSeries(), complete: true)
-            let windows = event.returns.isEmpty ? [] : tracked
-            var pairs = 0
+            let changed = Set(fresh.map { batch[$0].event }.filter { !$0.returns.isEmpty }.map(\.symbol))
             var whole: [String: ReturnSeries] = [:]
-            for window in windows {
-                for (other, theirs) in all where other != symbol {
-                    try tx.savePair(window: window, symbol, other,
-                                    Self.pair(symbol, mine, other, theirs, window, &whole, tx))
-                    pairs += 1
+            let empty = SeriesCache.Entry(series: ReturnSeries(), complete: true)
+            for window in tracked {
+                for symbol in changed.sorted() {
+                    let mine = all[symbol] ?? empty
+                    for (other, theirs) in all where other != symbol {
+                        // A pair of two changed symbols: once.
+                        if other < symbol, changed.contains(other) { continue }
+                        try tx.savePair(window: window, symbol, other,
+                                        Self.pair(symbol, mine, other, theirs, window, &whole, tx))
+                    }
                 }
             }
-            let updated = CorrelationsUpdated(
-                symbols: [symbol], windows: windows,
-                asOf: mine.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) }, pairs: pairs)
-            try context.raise(updated)
-            result.withLock { $0 = updated }
+            var updates = [CorrelationsUpdated?](repeating: nil, count: batch.count)
+            for index in fresh {
+                let event = batch[index].event
+                let windows = event.returns.isEmpty ? [] : tracked
+                let others = all.count - (all[event.symbol] == nil ? 0 : 1)
+                let updated = CorrelationsUpdated(
+                    symbols: [event.symbol], windows: windows,
+                    asOf: all[event.symbol]?.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) },
+                    pairs: others * windows.count)
+                try batch[index].context.raise(updated)
+                updates[index] = updated
+            }
+            results.withLock { $0 = updates }
         }
-        return result.withLock { $0 }
+        return results.withLock { $0 }
     }
 
     /// Event: compute every pair of every symbol for the new window (a backfill) and raise
@@ -103,14 +126,18 @@ public struct CorrelationsHandlers: Sendable {
 
     /// Registers the worker's event handlers.
     public func registerEvents(_ registry: inout HandlerRegistry) {
-        registry.on(ReturnsCalculated.self, raises: [CorrelationsUpdated.self]) { event, context in
-            if let updated = try await returnsCalculated(event, context: context) {
-                logger.info("correlations updated", metadata: [
-                    "symbol": "\(event.symbol)", "returns": "\(event.returns.count)",
-                    "windows": "\(updated.windows)", "pairs": "\(updated.pairs)",
-                ])
-            } else {
-                logger.info("event already handled; nothing changed", metadata: ["symbol": "\(event.symbol)"])
+        registry.onBatch(ReturnsCalculated.self, raises: [CorrelationsUpdated.self]) { batch in
+            let updates = try await returnsCalculated(batch)
+            guard logger.logLevel <= .info else { return }
+            for (item, updated) in zip(batch, updates) {
+                if let updated {
+                    logger.info("correlations updated", metadata: [
+                        "symbol": "\(item.event.symbol)", "returns": "\(item.event.returns.count)",
+                        "windows": "\(updated.windows)", "pairs": "\(updated.pairs)",
+                    ])
+                } else {
+                    logger.info("event already handled; nothing changed", metadata: ["symbol": "\(item.event.symbol)"])
+                }
             }
         }
         registry.on(WindowAdded.self, raises: [CorrelationsUpdated.self]) { event, context in

@@ -61,6 +61,15 @@ public final class CorrelationsStore: Sendable {
         try await database.write(context) { [self] db in try body(CorrelationsTransaction(db: db, store: self)) }
     }
 
+    /// A batch handler's write: one transaction records the events of `contexts` not handled
+    /// before in the inbox, runs `body` with their indices, and stores the events every context
+    /// raised (see `ServiceDatabase.write(_:_:)`). Returns those indices.
+    @discardableResult
+    public func write(_ contexts: [HandlerContext],
+                      _ body: @escaping @Sendable (CorrelationsTransaction, [Int]) throws -> Void) async throws -> [Int] {
+        try await database.write(contexts) { [self] db, fresh in try body(CorrelationsTransaction(db: db, store: self), fresh) }
+    }
+
     /// Every symbol's latest returns — enough for `windows` — reloading from `db` only those
     /// whose version changed (and all of them when a larger window needs more).
     fileprivate func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
@@ -261,10 +270,17 @@ public struct CorrelationsTransaction {
     /// Stores the correlation of the pair `x`, `y` over `window`.
     func savePair(window: Int, _ x: String, _ y: String, _ c: PairCorrelation) throws {
         let (a, b) = x < y ? (x, y) : (y, x)
-        try db.cachedStatement(sql: """
+        try DirectBinding.execute(db.cachedStatement(sql: """
             INSERT INTO correlations (window, a, b, value, observations, as_of) VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (window, a, b) DO UPDATE SET value = excluded.value,
                 observations = excluded.observations, as_of = excluded.as_of
-            """).execute(arguments: [window, a, b, c.value, c.observations, c.asOfDay.map { Int($0) }])
+            """), in: db) { row in
+            row.bind(1, window)
+            row.bind(2, a)
+            row.bind(3, b)
+            row.bind(4, c.value)
+            row.bind(5, c.observations)
+            if let day = c.asOfDay { row.bind(6, Int(day)) } else { row.bindNull(6) }
+        }
     }
 }

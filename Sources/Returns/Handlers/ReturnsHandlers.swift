@@ -25,26 +25,53 @@ public struct ReturnsHandlers: Sendable {
     }
 
     /// Event: recompute the symbol's returns from the event's first date on (from the prices
-    /// on record when the transaction runs, so handlers of one symbol may run in any order),
-    /// store those that changed and raise `ReturnsCalculated` with them (possibly none). A
-    /// redelivered event (in the inbox) changes nothing and raises nothing.
-    public func pricesRecorded(_ event: PricesRecorded, context: HandlerContext) async throws {
-        let applied = try await store.write(context) { tx in
-            let prices = try tx.prices(of: event.symbol, from: event.firstDate)
-            let computed = ReturnsMath.dailyReturns(prices).filter { $0.date >= event.firstDate }
-            let stored = try tx.simpleReturns(of: event.symbol, from: event.firstDate)
-            let changed = computed.filter { stored[$0.date] != $0.simple }
-            try tx.saveReturns(changed, of: event.symbol)
-            try context.raise(ReturnsCalculated(symbol: event.symbol,
-                                                returns: changed.map { DatedValue(date: $0.date, value: $0.simple) }))
+    /// on record when the transaction runs), store those that changed and raise
+    /// `ReturnsCalculated` with them (possibly none). A redelivered event (in the inbox)
+    /// changes nothing and raises nothing.
+    ///
+    /// A batch is applied in one transaction: each symbol's returns are recomputed once, from
+    /// the earliest first date of its events, and each event, in delivery order, carries the
+    /// changed returns from its own first date on that no earlier event of its symbol carried —
+    /// what handling them one after the other would raise.
+    public func pricesRecorded(_ batch: [HandledEvent<PricesRecorded>]) async throws {
+        let applied = try await store.write(batch.map(\.context)) { tx, fresh in
+            var from: [String: CalendarDate] = [:]
+            for index in fresh {
+                let event = batch[index].event
+                from[event.symbol] = min(from[event.symbol] ?? event.firstDate, event.firstDate)
+            }
+            var changed: [String: [DailyReturn]] = [:]
+            for (symbol, first) in from.sorted(by: { $0.key < $1.key }) {
+                let rows = try tx.pricesAndReturns(of: symbol, from: first)
+                var stored: [CalendarDate: Double] = [:]
+                for (point, simple) in rows where point.date >= first { stored[point.date] = simple }
+                let computed = ReturnsMath.dailyReturns(rows.map(\.0)).filter { $0.date >= first }
+                let diff = computed.filter { stored[$0.date] != $0.simple }
+                try tx.saveReturns(diff, of: symbol)
+                changed[symbol] = diff
+            }
+            var carried: [String: Set<CalendarDate>] = [:]
+            for index in fresh {
+                let event = batch[index].event
+                let mine = changed[event.symbol, default: []].filter {
+                    $0.date >= event.firstDate && !(carried[event.symbol]?.contains($0.date) ?? false)
+                }
+                if from.count < fresh.count { carried[event.symbol, default: []].formUnion(mine.map(\.date)) }
+                try batch[index].context.raise(ReturnsCalculated(
+                    symbol: event.symbol, returns: mine.map { DatedValue(date: $0.date, value: $0.simple) }))
+            }
         }
-        if applied {
-            logger.info("returns calculated", metadata: [
-                "symbol": "\(event.symbol)", "first_date": "\(event.firstDate)", "last_date": "\(event.lastDate)",
-                "prices": "\(event.count)",
-            ])
-        } else {
-            logger.info("event already handled; nothing changed", metadata: ["symbol": "\(event.symbol)"])
+        guard logger.logLevel <= .info else { return }
+        let fresh = Set(applied)
+        for (index, item) in batch.enumerated() {
+            if fresh.contains(index) {
+                logger.info("returns calculated", metadata: [
+                    "symbol": "\(item.event.symbol)", "first_date": "\(item.event.firstDate)",
+                    "last_date": "\(item.event.lastDate)", "prices": "\(item.event.count)",
+                ])
+            } else {
+                logger.info("event already handled; nothing changed", metadata: ["symbol": "\(item.event.symbol)"])
+            }
         }
     }
 
@@ -57,8 +84,8 @@ public struct ReturnsHandlers: Sendable {
 
     /// Registers the worker's event handlers.
     public func registerEvents(_ registry: inout HandlerRegistry) {
-        registry.on(PricesRecorded.self, raises: [ReturnsCalculated.self]) { event, context in
-            try await pricesRecorded(event, context: context)
+        registry.onBatch(PricesRecorded.self, raises: [ReturnsCalculated.self]) { batch in
+            try await pricesRecorded(batch)
         }
     }
 }

@@ -42,6 +42,14 @@ public struct ReturnsStore: Sendable {
         try await database.write(context) { db in try body(ReturnsTransaction(db: db)) }
     }
 
+    /// A batch handler's write: one transaction records the events of `contexts` not handled
+    /// before in the inbox, runs `body` with their indices, and stores the events every context
+    /// raised (see `ServiceDatabase.write(_:_:)`). Returns those indices.
+    public func write(_ contexts: [HandlerContext],
+                      _ body: @escaping @Sendable (ReturnsTransaction, [Int]) throws -> Void) async throws -> [Int] {
+        try await database.write(contexts) { db, fresh in try body(ReturnsTransaction(db: db), fresh) }
+    }
+
     /// Every symbol with prices, sorted.
     public func symbols() async throws -> [String] {
         try await database.pool.read { db in
@@ -102,28 +110,26 @@ public struct ReturnsTransaction {
     }
 
     /// The prices of `symbol` from `first` on, preceded by the last one before `first` (the
-    /// close the first return of `first` needs), in date order.
-    public func prices(of symbol: String, from first: CalendarDate) throws -> [PricePoint] {
-        let previous = try String.fetchOne(db.cachedStatement(sql: """
-            SELECT date FROM prices WHERE symbol = ? AND date < ? ORDER BY date DESC LIMIT 1
-            """), arguments: [symbol, first.description])
-        let rows = try Row.fetchAll(db.cachedStatement(sql: """
-            SELECT date, close FROM prices WHERE symbol = ? AND date >= ? ORDER BY date
-            """), arguments: [symbol, previous ?? first.description])
-        return rows.compactMap { row in
-            CalendarDate(row[0] as String).map { PricePoint(date: $0, close: row[1]) }
+    /// close the first return of `first` needs), in date order, each with the simple return
+    /// stored for its date (if any).
+    public func pricesAndReturns(of symbol: String, from first: CalendarDate) throws -> [(PricePoint, Double?)] {
+        let statement = try db.cachedStatement(sql: """
+            SELECT p.date, p.close, r.simple FROM prices p
+            LEFT JOIN returns r ON r.symbol = p.symbol AND r.date = p.date
+            WHERE p.symbol = ?1
+              AND p.date >= coalesce((SELECT max(date) FROM prices WHERE symbol = ?1 AND date < ?2), ?2)
+            ORDER BY p.date
+            """)
+        var points: [(PricePoint, Double?)] = []
+        try DirectBinding.query(statement, in: db) { row in
+            row.bind(1, symbol)
+            row.bind(2, first.description)
+        } each: { columns in
+            if let date = columns.withText(0, CalendarDate.init(utf8:)) {
+                points.append((PricePoint(date: date, close: columns.double(1)), columns.isNull(2) ? nil : columns.double(2)))
+            }
         }
-    }
-
-    /// The stored simple returns of `symbol` from `first` on, by date.
-    public func simpleReturns(of symbol: String, from first: CalendarDate) throws -> [CalendarDate: Double] {
-        var stored: [CalendarDate: Double] = [:]
-        for row in try Row.fetchAll(
-            db.cachedStatement(sql: "SELECT date, simple FROM returns WHERE symbol = ? AND date >= ?"),
-            arguments: [symbol, first.description]) {
-            if let date = CalendarDate(row[0] as String) { stored[date] = row[1] }
-        }
-        return stored
+        return points
     }
 
     /// Inserts or replaces `returns` of `symbol`.

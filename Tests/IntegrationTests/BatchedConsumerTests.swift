@@ -6,19 +6,19 @@ import MessageBusTesting
 import Synchronization
 import Testing
 
-@Suite("Handlers run concurrently (real RabbitMQ)", .enabled(if: Broker.available, Broker.skipReason))
-struct ConcurrentHandlerTests {
-    @Test("with concurrency 8, up to 8 handlers run at once; every delivery is settled once, a dead letter among them included")
-    func concurrentSettledOnce() async throws {
+@Suite("Deliveries handled in batches (real RabbitMQ)", .enabled(if: Broker.available, Broker.skipReason))
+struct BatchedConsumerTests {
+    @Test("with batch size 8, a queued backlog comes in batches of up to 8; every delivery is settled once, a dead letter in the middle of a batch included")
+    func batchesSettledOnce() async throws {
         let settings = try Broker.settings()
         let service = "conc\(UUID().uuidString.prefix(6).lowercased())"
         let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, prefetch: 20,
-                                          policy: .noRetries(), concurrency: 8)
+                                          policy: .noRetries(), batchSize: 8)
         // The queue is declared and bound by a first consumer, which stops before anything is
         // published: the events are then queued, and the broker pushes a prefetch's worth at
-        // once, so the consumer receives several at a time (what it may handle together).
+        // once, so the consumer receives several at a time (what it hands over together).
         let declaring = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
-        let first = Task { try await declaring.run { _ in .ack } }
+        let first = Task { try await declaring.run(handler: { _ in .ack }) }
         try await TransportConformance.waitUntil("declared") { declaring.isReady }
         first.cancel()
         _ = try? await first.value
@@ -26,19 +26,21 @@ struct ConcurrentHandlerTests {
         try await AMQPPublisher(settings: settings).publish(envelopes)
 
         let consumer = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
-        let running = Atomic<Int>(0)
-        let most = Atomic<Int>(0)
+        let batches = Mutex<[Int]>([])
         let seen = Received()
         let task = Task {
-            try await consumer.run { delivery in
-                let now = running.add(1, ordering: .relaxed).newValue
-                _ = most.max(now, ordering: .relaxed)
+            try await consumer.run(batchHandler: { deliveries in
+                batches.withLock { $0.append(deliveries.count) }
+                // Slow enough that the next deliveries arrive meanwhile and make a batch.
                 try? await Task.sleep(for: .milliseconds(20))
-                running.subtract(1, ordering: .relaxed)
-                await seen.add(delivery)
-                let window = (try? delivery.envelope?.decode(WindowAdded.self))?.window
-                return window == 13 ? .deadLetter(reason: "thirteen") : .ack
-            }
+                var outcomes: [DeliveryOutcome] = []
+                for delivery in deliveries {
+                    await seen.add(delivery)
+                    let window = (try? delivery.envelope?.decode(WindowAdded.self))?.window
+                    outcomes.append(window == 13 ? .deadLetter(reason: "thirteen") : .ack)
+                }
+                return outcomes
+            })
         }
         defer { task.cancel() }
         try await TransportConformance.waitUntil("60 handled") { await seen.count >= 60 }
@@ -48,7 +50,9 @@ struct ConcurrentHandlerTests {
         try await Task.sleep(for: .milliseconds(300))
         let ids = await seen.items.compactMap { $0.envelope?.eventId }
         #expect(ids.count == 60 && Set(ids) == Set(envelopes.map(\.eventId)))
-        #expect((2...8).contains(most.load(ordering: .relaxed)), "at most \(most.load(ordering: .relaxed)) ran at once")
+        let sizes = batches.withLock { $0 }
+        #expect(sizes.reduce(0, +) == 60 && sizes.allSatisfy { $0 <= 8 } && sizes.contains { $0 > 1 },
+                "batch sizes \(sizes)")
         task.cancel()
         _ = try? await task.value
         #expect(try drain("\(service).events", settings: settings).isEmpty, "a delivery was left unacked")
