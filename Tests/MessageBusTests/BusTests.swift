@@ -140,9 +140,66 @@ struct BusTests {
             #expect(error.code == .noHandler)
         }
     }
+
+    @Test("a batch handler gets each run of consecutive events of its type at once, in delivery order; a per-event handler each event")
+    func batchRuns() async throws {
+        let calls = Calls()
+        var registry = HandlerRegistry()
+        registry.onBatch(WindowAdded.self) { batch in await calls.add(batch.map(\.event.window)) }
+        registry.on(CorrelationsUpdated.self) { event, _ in await calls.add([-event.pairs]) }
+        let bus = MessageBus(appId: "correlations", registry: registry)
+        let envelopes = try [
+            EventEnvelope(WindowAdded(window: 10)), EventEnvelope(WindowAdded(window: 2)),
+            EventEnvelope(CorrelationsUpdated(symbols: [], windows: [], asOf: nil, pairs: 3)),
+            EventEnvelope(CorrelationsUpdated(symbols: [], windows: [], asOf: nil, pairs: 4)),
+            EventEnvelope(WindowAdded(window: 5)), EventEnvelope(WindowAdded(window: 6)), EventEnvelope(WindowAdded(window: 7)),
+        ]
+        let errors = await bus.dispatch(envelopes)
+        #expect(errors.allSatisfy { $0 == nil })
+        #expect(await calls.list == [[10, 2], [-3], [-4], [5, 6, 7]])
+    }
+
+    @Test("a failing batch is handled again event by event: the poison event fails alone, the others succeed once; an undecodable one never reaches the handler")
+    func poisonInBatch() async throws {
+        let calls = Calls()
+        let applied = Calls()
+        var registry = HandlerRegistry()
+        registry.onBatch(WindowAdded.self) { batch in
+            await calls.add(batch.map(\.event.window))
+            // All or nothing, as a batch's transaction is.
+            if batch.contains(where: { $0.event.window == 13 }) { throw Boom() }
+            await applied.add(batch.map(\.event.window))
+        }
+        let bus = MessageBus(appId: "correlations", registry: registry)
+        var envelopes = try [11, 12, 13, 14].map { try EventEnvelope(WindowAdded(window: $0)) }
+        envelopes.insert(EventEnvelope(routingKey: WindowAdded.routingKey, appId: "x", body: Data("{\"window\":\"x\"}".utf8)),
+                         at: 1)
+        let errors = await bus.dispatch(envelopes)
+        #expect(errors.map { ($0 as? BusError)?.code } == [nil, .undecodable, nil, .handlersFailed, nil])
+        #expect(await calls.list == [[11, 12, 13, 14], [11], [12], [13], [14]])
+        #expect(await applied.list == [[11], [12], [14]])
+        #expect(bus.handlerFailures == 1)
+    }
+
+    @Test("a batch handler that raises events and does not store them fails those events")
+    func batchEventsNotStored() async throws {
+        var registry = HandlerRegistry()
+        registry.onBatch(WindowAdded.self, raises: [CorrelationsUpdated.self]) { batch in
+            try batch[0].context.raise(CorrelationsUpdated(symbols: [], windows: [], asOf: nil, pairs: 0))
+        }
+        let bus = MessageBus(appId: "correlations", registry: registry)
+        let errors = await bus.dispatch(try [20, 60].map { try EventEnvelope(WindowAdded(window: $0)) })
+        #expect(errors.map { ($0 as? BusError)?.code } == [.handlersFailed, nil])
+        #expect("\(errors[0]!)".contains("without storing"))
+    }
 }
 
 actor Counter {
     var value = 0
     func add(_ n: Int) { value += n }
+}
+
+actor Calls {
+    var list: [[Int]] = []
+    func add(_ call: [Int]) { list.append(call) }
 }

@@ -40,8 +40,19 @@ public struct CorrelationsHandlers: Sendable {
     public func returnsCalculated(_ batch: [HandledEvent<ReturnsCalculated>]) async throws -> [CorrelationsUpdated?] {
         let results = Mutex([CorrelationsUpdated?](repeating: nil, count: batch.count))
         try await store.write(batch.map(\.context)) { tx, fresh in
+            // Each event's `as_of` and pair count as handling them one by one gives: the
+            // symbol's last day and the symbols known once its returns are stored.
+            var known = try tx.knownSymbols()
+            var lastDay: [String: Int32?] = [:]
+            var seen = [(asOf: Int32?, others: Int)](repeating: (nil, 0), count: batch.count)
             for index in fresh {
-                try tx.saveReturns(batch[index].event.returns, of: batch[index].event.symbol)
+                let event = batch[index].event
+                let before = try lastDay[event.symbol] ?? tx.lastDay(of: event.symbol)
+                try tx.saveReturns(event.returns, of: event.symbol)
+                known.insert(event.symbol)
+                let after = event.returns.map { Int32($0.date.daysSinceEpoch) }.max().map { max($0, before ?? $0) } ?? before
+                lastDay[event.symbol] = after
+                seen[index] = (after, known.count - 1)
             }
             let tracked = try tx.trackedWindows()
             let all = try tx.latestSeries(windows: tracked)
@@ -63,11 +74,10 @@ public struct CorrelationsHandlers: Sendable {
             for index in fresh {
                 let event = batch[index].event
                 let windows = event.returns.isEmpty ? [] : tracked
-                let others = all.count - (all[event.symbol] == nil ? 0 : 1)
                 let updated = CorrelationsUpdated(
                     symbols: [event.symbol], windows: windows,
-                    asOf: all[event.symbol]?.series.lastDay.map { CalendarDate(daysSinceEpoch: Int($0)) },
-                    pairs: others * windows.count)
+                    asOf: seen[index].asOf.map { CalendarDate(daysSinceEpoch: Int($0)) },
+                    pairs: seen[index].others * windows.count)
                 try batch[index].context.raise(updated)
                 updates[index] = updated
             }

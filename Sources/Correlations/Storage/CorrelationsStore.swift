@@ -256,6 +256,17 @@ public struct CorrelationsTransaction {
             """).execute(arguments: [symbol])
     }
 
+    /// The symbols in the projection.
+    func knownSymbols() throws -> Set<String> {
+        Set(try String.fetchAll(db.cachedStatement(sql: "SELECT symbol FROM symbols")))
+    }
+
+    /// The day of `symbol`'s latest return in the projection, if any.
+    func lastDay(of symbol: String) throws -> Int32? {
+        try Int.fetchOne(db.cachedStatement(sql: "SELECT max(date) FROM returns WHERE symbol = ?"),
+                         arguments: [symbol]).map(Int32.init)
+    }
+
     /// Every symbol's latest returns, enough for `windows` (from the store's cache when the
     /// symbol has not changed).
     func latestSeries(windows: [Int]) throws -> [String: SeriesCache.Entry] {
