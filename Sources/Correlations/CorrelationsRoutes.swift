@@ -55,7 +55,7 @@ public struct CorrelationsRoutes: Sendable {
             let window = try await trackedWindow(request)
             try await requireKnown([a, b])
             let c = a == b ? try await store.diagonal(a, window: window)
-                : try await store.pairs(among: [a, b], window: window)[Pair(a, b)]
+                : try await store.pair(a, b, window: window)
             return try .json(PairBody(a: a, b: b, window: window, value: c?.value, observations: c?.observations ?? 0,
                                       asOf: c?.asOfDay.map { CalendarDate(daysSinceEpoch: Int($0)) }))
         }

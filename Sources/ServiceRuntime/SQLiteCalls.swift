@@ -58,6 +58,17 @@ public enum DirectBinding {
             }
         }
 
+        /// Binds a blob (an empty one for no bytes: never NULL).
+        public func bind(_ index: Int32, _ value: [UInt8]) {
+            _ = value.withUnsafeBytes { bytes in
+                if let base = bytes.baseAddress, !bytes.isEmpty {
+                    sqlite3_bind_blob(statement, index, base, Int32(bytes.count), transient)
+                } else {
+                    sqlite3_bind_zeroblob(statement, index, 0)
+                }
+            }
+        }
+
         public func bindNull(_ index: Int32) { sqlite3_bind_null(statement, index) }
     }
 

@@ -34,13 +34,13 @@ struct SeriesCacheTests {
         }
         let expected = CorrelationMath.pair(whole(a), whole(b), window: 20)
         #expect(expected.observations == 20 && expected.value != nil)
-        var got = try await store.pairs(among: ["A", "B"], window: 20)[Pair("A", "B")]
+        var got = try await store.pair("A", "B", window: 20)
         #expect(got == expected)
-        #expect(try await store.pairs(among: ["A", "B"], window: 60)[Pair("A", "B")]?.observations == 25)
+        #expect(try await store.pair("A", "B", window: 60)?.observations == 25)
         // A changes again (A's side now the symbol of the event): the same pair, the same answer.
         let more = event("A", [1_000]) { _ in 0.002 }
         try await apply(more)
-        got = try await store.pairs(among: ["A", "B"], window: 20)[Pair("A", "B")]
+        got = try await store.pair("A", "B", window: 20)
         #expect(got == expected)
         // The dense matrix read agrees.
         let matrix = try await store.matrix(of: ["B", "A"], window: 20)

@@ -55,20 +55,11 @@ public struct CorrelationsHandlers: Sendable {
                 seen[index] = (after, known.count - 1)
             }
             let tracked = try tx.trackedWindows()
-            let all = try tx.latestSeries(windows: tracked)
             let changed = Set(fresh.map { batch[$0].event }.filter { !$0.returns.isEmpty }.map(\.symbol))
-            var whole: [String: ReturnSeries] = [:]
-            let empty = SeriesCache.Entry(series: ReturnSeries(), complete: true)
-            for window in tracked {
-                for symbol in changed.sorted() {
-                    let mine = all[symbol] ?? empty
-                    for (other, theirs) in all where other != symbol {
-                        // A pair of two changed symbols: once.
-                        if other < symbol, changed.contains(other) { continue }
-                        try tx.savePair(window: window, symbol, other,
-                                        Self.pair(symbol, mine, other, theirs, window, &whole, tx))
-                    }
-                }
+            if !changed.isEmpty {
+                let view = try View(tx, windows: tracked)
+                let moved = view.symbols.map { changed.contains($0) }
+                for window in tracked { try view.update(window: window, moved: moved, tx) }
             }
             var updates = [CorrelationsUpdated?](repeating: nil, count: batch.count)
             for index in fresh {
@@ -93,27 +84,62 @@ public struct CorrelationsHandlers: Sendable {
         let result = Mutex<CorrelationsUpdated?>(nil)
         try await store.write(context) { tx in
             try tx.track(window: event.window)
-            let all = try tx.latestSeries(windows: try tx.trackedWindows()).sorted { $0.key < $1.key }
-            var pairs = 0
-            var whole: [String: ReturnSeries] = [:]
-            for i in 0..<all.count {
-                for j in (i + 1)..<all.count {
-                    try tx.savePair(window: event.window, all[i].key, all[j].key,
-                                    Self.pair(all[i].key, all[i].value, all[j].key, all[j].value, event.window, &whole, tx))
-                    pairs += 1
-                }
-            }
-            let asOf = all.compactMap(\.value.series.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
-            let updated = CorrelationsUpdated(symbols: all.map(\.key), windows: [event.window], asOf: asOf, pairs: pairs)
+            let view = try View(tx, windows: try tx.trackedWindows())
+            try view.update(window: event.window, moved: view.symbols.map { _ in true }, tx)
+            let n = view.symbols.count
+            let asOf = view.entries.compactMap(\.series.lastDay).max().map { CalendarDate(daysSinceEpoch: Int($0)) }
+            let updated = CorrelationsUpdated(symbols: view.symbols.sorted(), windows: [event.window], asOf: asOf,
+                                              pairs: n * (n - 1) / 2)
             try context.raise(updated)
             result.withLock { $0 = updated }
         }
         return result.withLock { $0 }
     }
 
+    /// Every symbol of the projection by stored index, with its latest returns: what the
+    /// stored rows of a window are computed from.
+    private struct View {
+        let symbols: [String]
+        let entries: [SeriesCache.Entry]
+
+        init(_ tx: CorrelationsTransaction, windows: [Int]) throws {
+            symbols = try tx.symbolsByIndex()
+            let all = try tx.latestSeries(windows: windows)
+            entries = symbols.map { all[$0] ?? SeriesCache.Entry(series: ReturnSeries(), complete: true) }
+        }
+
+        /// Recomputes, for `window`, every stored pair that includes a symbol whose `moved`
+        /// flag is set, and stores the rows holding them (see `CorrelationRow`): the row of a
+        /// moved symbol whole, a later row in the cells of the moved symbols.
+        func update(window: Int, moved: [Bool], _ tx: CorrelationsTransaction) throws {
+            guard let first = moved.firstIndex(of: true) else { return }
+            let fast = WindowPairs(window: window, series: entries.map(\.series))
+            let movedIndices = moved.indices.filter { moved[$0] }
+            var whole: [String: ReturnSeries] = [:]
+            func pair(_ i: Int, _ j: Int) throws -> PairCorrelation {
+                if let c = fast.aligned(i, j) { return c }
+                return try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
+            }
+            for i in max(1, first)..<symbols.count {  // row 0 holds no pair
+                var row: CorrelationRow
+                if moved[i] {
+                    row = CorrelationRow(capacity: i)
+                    for j in 0..<i { row.append(try pair(i, j)) }
+                } else {
+                    row = try tx.row(window: window, index: i) ?? CorrelationRow(count: i)
+                    for j in movedIndices {
+                        if j >= i { break }
+                        row[j] = try pair(i, j)
+                    }
+                }
+                try tx.saveRow(window: window, index: i, row)
+            }
+        }
+    }
+
     /// The pair's correlation from the latest returns; from the whole series (read once per
     /// handler into `whole`) when those do not settle it (see `CorrelationMath.pair`).
-    private static func pair(_ x: String, _ a: SeriesCache.Entry, _ y: String, _ b: SeriesCache.Entry, _ window: Int,
+    fileprivate static func pair(_ x: String, _ a: SeriesCache.Entry, _ y: String, _ b: SeriesCache.Entry, _ window: Int,
                              _ whole: inout [String: ReturnSeries], _ tx: CorrelationsTransaction) throws -> PairCorrelation {
         if let c = CorrelationMath.pair(a.series, complete: a.complete, b.series, complete: b.complete, window: window) {
             return c

@@ -48,6 +48,42 @@ public final class CorrelationsStore: Sendable {
                 try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [window])
             }
         }
+        // The view in rows of cells (see `CorrelationRow`): symbols get an index (in name
+        // order for those already known, then in order of arrival), and the pairs on record
+        // move into the rows.
+        migrator.registerMigration("correlations-v2-rows") { db in
+            try db.execute(sql: """
+                ALTER TABLE symbols ADD COLUMN idx INTEGER;
+                CREATE TABLE correlation_rows (
+                    window INTEGER NOT NULL,
+                    idx INTEGER NOT NULL,
+                    cells BLOB NOT NULL,
+                    PRIMARY KEY (window, idx)
+                ) WITHOUT ROWID;
+                """)
+            let names = try String.fetchAll(db, sql: "SELECT symbol FROM symbols ORDER BY symbol")
+            var index: [String: Int] = [:]
+            for (i, name) in names.enumerated() {
+                index[name] = i
+                try db.execute(sql: "UPDATE symbols SET idx = ? WHERE symbol = ?", arguments: [i, name])
+            }
+            try db.execute(sql: "CREATE UNIQUE INDEX symbols_by_idx ON symbols (idx)")
+            for window in try Int.fetchAll(db, sql: "SELECT DISTINCT window FROM correlations") {
+                var rows = names.indices.map { CorrelationRow(count: $0) }
+                let pairs = try Row.fetchCursor(db, sql: "SELECT a, b, value, observations, as_of FROM correlations WHERE window = ?",
+                                                arguments: [window])
+                while let pair = try pairs.next() {
+                    guard let a = index[pair[0]], let b = index[pair[1]], a != b else { continue }
+                    rows[max(a, b)][min(a, b)] = PairCorrelation(value: pair[2], observations: pair[3],
+                                                                 asOfDay: (pair[4] as Int?).map(Int32.init))
+                }
+                for (i, row) in rows.enumerated() where i > 0 {
+                    try db.execute(sql: "INSERT INTO correlation_rows (window, idx, cells) VALUES (?, ?, ?)",
+                                   arguments: [window, i, Data(row.bytes)])
+                }
+            }
+            try db.execute(sql: "DROP TABLE correlations")
+        }
     }
 
     // MARK: - Writes
@@ -73,14 +109,15 @@ public final class CorrelationsStore: Sendable {
     /// Every symbol's latest returns — enough for `windows` — reloading from `db` only those
     /// whose version changed (and all of them when a larger window needs more).
     fileprivate func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
-        let versions = try Row.fetchAll(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"))
+        var versions: [(String, Int64)] = []
+        try DirectBinding.query(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"), in: db) { _ in } each: { columns in
+            versions.append((columns.withText(0) { String(decoding: $0, as: UTF8.self) }, Int64(columns.int(1))))
+        }
         let keep = SeriesCache.length(for: windows)
         var current = cache.withLock { $0 }
         if current.length < keep { current = SeriesCache(length: keep) }
         var out: [String: SeriesCache.Entry] = [:]
-        for row in versions {
-            let symbol: String = row[0]
-            let version: Int64 = row[1]
+        for (symbol, version) in versions {
             if let cached = current.entries[symbol], cached.version == version {
                 out[symbol] = cached
                 continue
@@ -94,21 +131,54 @@ public final class CorrelationsStore: Sendable {
         return out
     }
 
-    /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first.
-    fileprivate static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
-        var series = ReturnSeries()
-        let rows = try Row.fetchCursor(
-            db.cachedStatement(sql: """
-                SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
-                ORDER BY date
-                """),
-            arguments: [symbol, limit ?? -1])
-        while let r = try rows.next() {
-            series.days.append(Int32(r[0] as Int))
-            series.values.append(r[1])
+    /// Moves the cached series of `symbol` from version `old` to `new` by appending `returns`,
+    /// when they all come after its last return (the usual case: a new day); otherwise the
+    /// next ``series(in:windows:)`` reloads it (its version no longer matches). Done inside
+    /// the write's transaction: if it rolls back, `new` is never stored, so the entry is never
+    /// used.
+    fileprivate func appended(_ returns: [DatedValue], of symbol: String, from old: Int64?, to new: Int64) {
+        cache.withLock { cache in
+            guard let old, var entry = cache.entries[symbol], entry.version == old else { return }
+            var last = entry.series.lastDay ?? .min
+            for r in returns {
+                let day = Int32(r.date.daysSinceEpoch)
+                guard day > last else { return }
+                last = day
+            }
+            for r in returns {
+                entry.series.days.append(Int32(r.date.daysSinceEpoch))
+                entry.series.values.append(r.value)
+            }
+            let excess = entry.series.count - cache.length
+            if excess > 0 {
+                entry.series.days.removeFirst(excess)
+                entry.series.values.removeFirst(excess)
+                entry.complete = false
+            }
+            entry.version = new
+            cache.entries[symbol] = entry
         }
-        // Kept as long as the symbol does not change: no room left from the appends' doublings.
-        series = ReturnSeries(days: Array(series.days[...]), values: Array(series.values[...]))
+    }
+
+    /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first. Read
+    /// with SQLite's column calls: a batch reloads a few hundred series.
+    fileprivate static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
+        var days: [Int32] = [], values: [Double] = []
+        if let limit {
+            days.reserveCapacity(limit)
+            values.reserveCapacity(limit)
+        }
+        try DirectBinding.query(db.cachedStatement(sql: """
+            SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
+            ORDER BY date
+            """), in: db) { row in
+            row.bind(1, symbol)
+            row.bind(2, limit ?? -1)
+        } each: { columns in
+            days.append(Int32(truncatingIfNeeded: columns.int(0)))
+            values.append(columns.double(1))
+        }
+        let series = ReturnSeries(days: days, values: values)
         return SeriesCache.Entry(series: series, complete: limit.map { series.count < $0 } ?? true)
     }
 
@@ -125,55 +195,59 @@ public final class CorrelationsStore: Sendable {
         try await database.pool.read { db in Set(try String.fetchAll(db, sql: "SELECT symbol FROM symbols")) }
     }
 
-    /// The stored pair correlations among `symbols` for `window`, keyed by the sorted pair.
-    public func pairs(among symbols: [String], window: Int) async throws -> [Pair: PairCorrelation] {
+    /// The stored correlation of the pair `a`, `b` (two symbols) for `window`; `nil` when
+    /// either is unknown.
+    public func pair(_ a: String, _ b: String, window: Int) async throws -> PairCorrelation? {
         try await database.pool.read { db in
-            var out: [Pair: PairCorrelation] = [:]
-            let rows = try Self.pairRows(among: Array(Set(symbols)), window: window, db)
-            while let row = try rows.next() {
-                out[Pair(row[0], row[1])] = PairCorrelation(
-                    value: row[2], observations: row[3], asOfDay: (row[4] as Int?).map(Int32.init))
-            }
-            return out
+            let index = try Self.indices(of: [a, b], db)
+            guard let i = index[a], let j = index[b], i != j else { return nil }
+            return try Self.row(window: window, index: max(i, j), db)?[min(i, j)]
+                ?? PairCorrelation(value: nil, observations: 0, asOfDay: nil)
         }
     }
 
     /// The stored correlations among `symbols` (each once) for `window`, as a row-major
-    /// `n × n` matrix with an empty diagonal, and the latest `as_of` day of the pairs. Rows are
-    /// read with a cursor straight into the matrix: 500 symbols are 124,750 rows, which as GRDB
-    /// `Row`s and a dictionary of pairs took tens of megabytes per request.
+    /// `n × n` matrix with an empty diagonal, and the latest `as_of` day of the pairs: one
+    /// stored row read per symbol (see `CorrelationRow`).
     public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double?], asOfDay: Int32?) {
         try await database.pool.read { db in
             let n = symbols.count
-            var index: [String: Int] = [:]
-            index.reserveCapacity(n)
-            for (i, symbol) in symbols.enumerated() { index[symbol] = i }
             var values = [Double?](repeating: nil, count: n * n)
             var asOf: Int32?
             guard n > 1 else { return (values, asOf) }
-            let rows = try Self.pairRows(among: symbols, window: window, db)
-            while let row = try rows.next() {
-                guard let i = index[row[0]], let j = index[row[1]] else { continue }
-                let value: Double? = row[2]
-                values[i * n + j] = value
-                values[j * n + i] = value
-                if let day: Int = row[4] { asOf = max(asOf ?? Int32(day), Int32(day)) }
+            let index = try Self.indices(of: symbols, db)
+            // The requested symbols by stored index: row `i` holds the pairs with lower ones.
+            let known = symbols.enumerated().compactMap { position, symbol in index[symbol].map { (index: $0, position: position) } }
+                .sorted { $0.index < $1.index }
+            for (k, mine) in known.enumerated() where k > 0 {
+                guard let row = try Self.row(window: window, index: mine.index, db) else { continue }
+                for other in known[..<k] {
+                    let cell = row[other.index]
+                    values[mine.position * n + other.position] = cell.value
+                    values[other.position * n + mine.position] = cell.value
+                    if let day = cell.asOfDay { asOf = max(asOf ?? day, day) }
+                }
             }
             return (values, asOf)
         }
     }
 
-    /// The stored rows `a, b, value, observations, as_of` of the pairs among `symbols` (each
-    /// once) for `window`.
-    private static func pairRows(among symbols: [String], window: Int, _ db: Database) throws -> RowCursor {
-        let marks = symbols.map { _ in "?" }.joined(separator: ",")
-        var arguments: [any DatabaseValueConvertible] = [window]
-        arguments += symbols
-        arguments += symbols
-        return try Row.fetchCursor(db, sql: """
-            SELECT a, b, value, observations, as_of FROM correlations
-            WHERE window = ? AND a IN (\(marks)) AND b IN (\(marks))
-            """, arguments: StatementArguments(arguments))
+    /// The stored index of each of `symbols` that is known.
+    private static func indices(of symbols: [String], _ db: Database) throws -> [String: Int] {
+        let wanted = Set(symbols)
+        var index: [String: Int] = [:]
+        let rows = try Row.fetchCursor(db.cachedStatement(sql: "SELECT symbol, idx FROM symbols"))
+        while let row = try rows.next() {
+            let symbol: String = row[0]
+            if wanted.contains(symbol) { index[symbol] = row[1] }
+        }
+        return index
+    }
+
+    /// The stored row of symbol `index` for `window`.
+    fileprivate static func row(window: Int, index: Int, _ db: Database) throws -> CorrelationRow? {
+        try Data.fetchOne(db.cachedStatement(sql: "SELECT cells FROM correlation_rows WHERE window = ? AND idx = ?"),
+                          arguments: [window, index]).map { CorrelationRow(bytes: Array($0)) }
     }
 
     /// The diagonal of `symbol` for `window`, from its latest returns.
@@ -189,15 +263,6 @@ public final class CorrelationsStore: Sendable {
             }
             return CorrelationMath.diagonal(series, window: window)
         }
-    }
-}
-
-/// A pair of symbols in sorted order.
-public struct Pair: Hashable, Sendable {
-    public let a: String
-    public let b: String
-    public init(_ x: String, _ y: String) {
-        (a, b) = x < y ? (x, y) : (y, x)
     }
 }
 
@@ -241,19 +306,29 @@ public struct CorrelationsTransaction {
     }
 
     /// Stores `returns` of `symbol` in the projection (a date on record is replaced) and, when
-    /// any came, moves the symbol's version on (what tells cached series apart).
+    /// any came, gives the symbol a new version (what tells cached series apart): a random
+    /// one, so that the version of a transaction that rolled back — whose series the cache
+    /// may have read — never comes back with other returns.
     func saveReturns(_ returns: [DatedValue], of symbol: String) throws {
+        let old = try Int64.fetchOne(db.cachedStatement(sql: "SELECT version FROM symbols WHERE symbol = ?"),
+                                     arguments: [symbol])
+        let version = returns.isEmpty ? old ?? 1 : Int64.random(in: 1...Int64.max)
         let upsert = try db.cachedStatement(sql: """
             INSERT INTO returns (symbol, date, value) VALUES (?, ?, ?)
             ON CONFLICT (symbol, date) DO UPDATE SET value = excluded.value
             """)
         for r in returns {
-            try upsert.execute(arguments: [symbol, r.date.daysSinceEpoch, r.value])
+            try DirectBinding.execute(upsert, in: db) { row in
+                row.bind(1, symbol)
+                row.bind(2, r.date.daysSinceEpoch)
+                row.bind(3, r.value)
+            }
         }
         try db.cachedStatement(sql: """
-            INSERT INTO symbols (symbol, version) VALUES (?, 1)
-            ON CONFLICT (symbol) DO UPDATE SET version = version + \(returns.isEmpty ? 0 : 1)
-            """).execute(arguments: [symbol])
+            INSERT INTO symbols (symbol, version, idx) VALUES (?1, ?2, (SELECT coalesce(max(idx) + 1, 0) FROM symbols))
+            ON CONFLICT (symbol) DO UPDATE SET version = ?2
+            """).execute(arguments: [symbol, version])
+        if !returns.isEmpty { store.appended(returns, of: symbol, from: old, to: version) }
     }
 
     /// The symbols in the projection.
@@ -278,20 +353,25 @@ public struct CorrelationsTransaction {
         try CorrelationsStore.load(symbol, limit: nil, db).series
     }
 
-    /// Stores the correlation of the pair `x`, `y` over `window`.
-    func savePair(window: Int, _ x: String, _ y: String, _ c: PairCorrelation) throws {
-        let (a, b) = x < y ? (x, y) : (y, x)
+    /// Every symbol of the projection, by stored index (see `CorrelationRow`).
+    func symbolsByIndex() throws -> [String] {
+        try String.fetchAll(db.cachedStatement(sql: "SELECT symbol FROM symbols ORDER BY idx"))
+    }
+
+    /// The stored row of symbol `index` for `window`.
+    func row(window: Int, index: Int) throws -> CorrelationRow? {
+        try CorrelationsStore.row(window: window, index: index, db)
+    }
+
+    /// Stores the row of symbol `index` for `window`.
+    func saveRow(window: Int, index: Int, _ row: CorrelationRow) throws {
         try DirectBinding.execute(db.cachedStatement(sql: """
-            INSERT INTO correlations (window, a, b, value, observations, as_of) VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (window, a, b) DO UPDATE SET value = excluded.value,
-                observations = excluded.observations, as_of = excluded.as_of
-            """), in: db) { row in
-            row.bind(1, window)
-            row.bind(2, a)
-            row.bind(3, b)
-            row.bind(4, c.value)
-            row.bind(5, c.observations)
-            if let day = c.asOfDay { row.bind(6, Int(day)) } else { row.bindNull(6) }
+            INSERT INTO correlation_rows (window, idx, cells) VALUES (?, ?, ?)
+            ON CONFLICT (window, idx) DO UPDATE SET cells = excluded.cells
+            """), in: db) { statement in
+            statement.bind(1, window)
+            statement.bind(2, index)
+            statement.bind(3, row.bytes)
         }
     }
 }
