@@ -189,3 +189,10 @@ enum WALHook {
         }, Unmanaged.passUnretained(checkpointer).toOpaque())
     }
 }
+
+/// SQLite's own memory accounting (every connection of the process).
+enum SQLiteMemory {
+    static var usage: (used: Int, highwater: Int) {
+        (Int(sqlite3_memory_used()), Int(sqlite3_memory_highwater(0)))
+    }
+}
