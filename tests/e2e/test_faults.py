@@ -5,6 +5,7 @@ import concurrent.futures as futures
 import datetime as dt
 import os
 import pathlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -156,18 +157,20 @@ def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factor
     assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
 
 
-def test_b_worker_sigkilled_mid_stream_loses_nothing_and_applies_nothing_twice(stack_factory, seed_consumer):
-    stack = stack_factory()
+def test_b_worker_sigkilled_mid_batch_loses_nothing_and_applies_nothing_twice(stack_factory, seed_consumer):
+    # Batches of 64 out of a backlog of 1,200: the worker is killed once one batch has
+    # committed, while the next ones are being handled (a transaction open, deliveries unacked).
+    stack = stack_factory(extra_env={"STEGA_BATCH_SIZE": "64"})
     watcher = seed_consumer(stack.exchange, ["returns.events.returns_calculated"])
     # The worker declares its durable queue, then stops: the events queue up meanwhile.
     assert stack.start("returns-worker").terminate() == 0
     api = stack.start("returns-api")
-    symbols, days = 5, 80
+    symbols, days = 5, 240
     all_dates = dates(days)
     accepted, _ = run_load(api.url, writes(symbols, days), all_dates)
     assert len(accepted) == symbols * days
     worker = stack.start("returns-worker")
-    wait_until("some handled", lambda: inbox_count(stack) >= 40, timeout=60, interval=0.005)
+    wait_until("a full batch handled", lambda: inbox_count(stack) >= 64, timeout=60, interval=0.002)
     worker.proc.kill()
     worker.proc.wait()
     handled_before = inbox_count(stack)
@@ -237,6 +240,43 @@ def test_c_poison_messages_land_in_the_dead_letter_queue_and_valid_events_keep_f
     assert "moved 4" in out.stdout
     wait_until("dead again", lambda: dead_count(amqp_url) == 4, timeout=30)
     assert requests.get(stack.worker.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_c2_a_poison_event_in_the_middle_of_a_batch_is_dead_lettered_alone(stack_factory, amqp_url):
+    stack = stack_factory()
+    assert stack.start("returns-worker").terminate() == 0
+    api = stack.start("returns-api")
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = conn.channel()
+    ch.queue_purge("returns.events.dead")  # the queue is the service's, shared with earlier tests
+    symbols, days = 4, 50
+    all_dates = dates(days)
+    items = writes(symbols, days)
+    # Half the writes, the poison (an envelope whose payload breaks the event's rules), the rest:
+    # the worker finds it in the middle of one batch.
+    accepted, _ = run_load(api.url, items[:100], all_dates)
+    wait_until("the outbox published", lambda: requests.get(api.url + "/metrics", timeout=5).text.count("outbox_depth 0") == 1,
+               timeout=30)
+    poison_id = str(uuid.uuid4())
+    ch.basic_publish(exchange=stack.exchange, routing_key="returns.events.prices_recorded",
+                     body=b'{"symbol":"BAD","first_date":"2024-01-05","last_date":"2024-01-02","count":1}',
+                     properties=pika.BasicProperties(message_id=poison_id, type="prices_recorded",
+                                                     content_type="application/json", delivery_mode=2))
+    more, _ = run_load(api.url, items[100:], all_dates)
+    assert len(accepted) + len(more) == symbols * days
+    stack.start("returns-worker")
+    check_views(stack, symbols, days, all_dates)
+    wait_until("one dead letter", lambda: dead_count(amqp_url) == 1, timeout=30)
+    method, props, body = ch.basic_get("returns.events.dead", auto_ack=True)
+    assert props.message_id == poison_id and props.headers["x-stega-attempts"] == 1, props
+    # Every valid event applied once; the poison not at all.
+    wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=30)
+    with db(stack) as c:
+        assert c.execute("SELECT COUNT(*) FROM inbox WHERE event_id = ?", (poison_id,)).fetchone()[0] == 0
+    # The backlog was handled in batches (each handled event logs the size of its batch).
+    sizes = [int(n) for n in re.findall(r"batch\.size=(\d+)", stack.worker.log_text())]
+    assert sizes and max(sizes) > 1, sizes
+    conn.close()
 
 
 def dead_count(amqp_url):
