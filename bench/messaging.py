@@ -220,13 +220,14 @@ def http(record, broker, rounds=3):
     return results
 
 
-def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=None):
+def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=None, burst=False):
     """POST /prices -> returns-worker -> returns_calculated at a consumer, paced at `rate` (half
     of `max_rps` if not given); with `target`, judged against p50 <= 3 ms, p99 <= 20 ms, else a
     reference. Due times come from bench/tools/pace.c,
     arrival times from the C consumer (bench/baseline/consumer.c --arrivals), both on
-    CLOCK_MONOTONIC. Returns the rate at which returns_calculated arrived (per second, first
-    to last): what the pipeline sustained."""
+    CLOCK_MONOTONIC. With `burst`, the 10 s durable wrk burst comes first, and the paced
+    requests start as it ends (the worker possibly still behind). Returns the rate at which
+    returns_calculated arrived (per second, first to last): what the pipeline sustained."""
     rate = rate or max(50.0, max_rps / 2)
     total = int(rate * seconds)
     data = pathlib.Path(tempfile.mkdtemp(prefix="stega-bench-data."))
@@ -249,9 +250,15 @@ def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=Non
         while metric(f"http://127.0.0.1:{worker_port}", "events_consumed_total") < len(symbols):
             assert time.time() < deadline, "the warm-up events were not handled"
             time.sleep(0.1)
+        # After a burst, the consumer also sees the burst's events the worker still applies.
+        behind = 0
+        if burst:
+            burst_result = wrk(f"http://127.0.0.1:{api_port}")
+            behind = burst_result["requests"] - burst_result["non2xx"]
         consumer = subprocess.Popen([str(BASELINES / "consumer"), "--amqp-port", str(broker.port), "--bind",
                                      "returns.events.returns_calculated", "--no-ack", "--arrivals", "--count",
-                                     str(total), "--timeout", str(seconds + 30)], stdout=subprocess.PIPE, text=True)
+                                     str(total + behind), "--timeout", str(seconds + (15 if burst else 30))],
+                                    stdout=subprocess.PIPE, text=True)
         assert "ready" in consumer.stdout.readline()
         # bench/tools/pace.c sends them (open loop, keep-alive connections, a thread each):
         # Python posters cost as much CPU as the services they measure.
@@ -273,7 +280,7 @@ def latency(record, broker, max_rps, seconds=10, rate=None, target=True, why=Non
                 for k, t in sorted(sent.items(), key=lambda kv: kv[1]):
                     f.write(f"{t} {(int(arrived[k]) - t) / 1e6 if k in arrived else 'lost'}\n")
         p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-        stamps = sorted(int(v) for v in arrived.values())
+        stamps = sorted(int(arrived[k]) for k in sent if k in arrived)
         sustained = len(stamps) / max(1e-9, (stamps[-1] - stamps[0]) / 1e9) if len(stamps) > 1 else 0.0
         paced = why or f"half of {max_rps:.0f}"
         record(f"POST -> returns-worker -> returns_calculated at a consumer, {rate:.0f} req/s asked ({paced}), "

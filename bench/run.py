@@ -6,6 +6,9 @@ Scenarios (release build; load only on 127.0.0.1, bounded in count and time):
     end-to-end latency, the worker's consume rate vs raw C and the seed's pika consumer);
   - correlation matrix 500 x 252 and 2000 x 252: stega-bench vs numpy.corrcoef on the same
     data (median of 15), and the two results compared to 1e-9;
+  - drain, burst, backfill: bench/workers.py (the real workers draining backlogs vs raw C,
+    catching up after the durable burst, the latency at 200 req/s idle and right after the
+    burst, the correlations backfill of a new window vs numpy, GET /correlations);
   - ingest 500 symbols x 10 years of daily prices through returns-api, until every return
     and every default-window correlation (20, 60, 252) is computed and readable.
 
@@ -227,7 +230,7 @@ def fanout(subscribers=1000, rounds=5):
 def main():
     print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
-    which = sys.argv[1:] or ["http", "latency", "consume", "matrix", "ingest", "fanout"]
+    which = sys.argv[1:] or ["http", "latency", "consume", "drain", "burst", "backfill", "matrix", "ingest", "fanout"]
     if {"http", "latency", "consume"} & set(which):
         import messaging
         broker = messaging.Broker()
@@ -250,9 +253,16 @@ def main():
                 messaging.latency(record, broker, max_rps or 2000, rate=max_rate / 2, target=True,
                                   why=f"half the path's max rate of {max_rate:.0f}/s" if saturated
                                   else f"half of {offered:.0f}/s, which the path sustained (its max is higher)")
-                messaging.latency(record, broker, max_rps or 2000, rate=200, target=False, why="a light, steady load")
             if "consume" in which:
                 messaging.consume(record, broker)
+        finally:
+            broker.stop()
+    if {"drain", "burst", "backfill"} & set(which):
+        import messaging
+        import workers
+        broker = messaging.Broker()
+        try:
+            workers.run(record, broker, which)
         finally:
             broker.stop()
     if "matrix" in which:
