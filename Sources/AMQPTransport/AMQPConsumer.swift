@@ -34,15 +34,19 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// The most deliveries handed to the handler at once: what has arrived by the time it
         /// is free (no waiting for more), settled in delivery order.
         public var batchSize: Int
+        /// The consumer stops reading deliveries while this many bytes of bodies are received
+        /// and not yet settled (at least one delivery is always taken).
+        public var maxInFlightBytes: Int
         /// Attempts and delays (durable mode): a delay queue per retrying attempt, and a retry
         /// past the last attempt goes to the dead-letter queue. Transient mode (auto-ack) has
         /// neither: a failed event is logged and dropped.
         public var policy: RetryPolicy
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 512, policy: RetryPolicy = RetryPolicy(),
-                    batchSize: Int = 256) {
+                    batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20) {
             self.service = service
             self.batchSize = max(1, batchSize)
+            self.maxInFlightBytes = max(1, maxInFlightBytes)
             self.mode = mode
             self.prefetch = prefetch
             self.policy = policy
@@ -87,6 +91,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     private let wakeup = Wakeup()
     private let connectedFlag = Atomic<Bool>(false)
     private let inFlight = Atomic<Int>(0)
+    /// The bodies' bytes of the deliveries in flight.
+    private let inFlightBytes = Atomic<Int>(0)
     private let reconnects = Atomic<Int>(0)
     private let counters = Counters()
 
@@ -142,11 +148,11 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             await withTaskExecutorPreference(InlineExecutor.shared) {
                 while let batch = await mailbox.take(max: spec.batchSize) {
                     let outcomes = await handler(batch.map(delivery))
-                    settle(zip(batch, outcomes).map { Settlement(incoming: $0, outcome: $1) }, unhandled: 0)
+                    settle(zip(batch, outcomes).map { Settlement(incoming: $0, outcome: $1) }, unhandled: [])
                 }
                 // Stopping: what arrived and was not handled is not settled (unacked, the
                 // broker delivers it again).
-                settle([], unhandled: mailbox.takeAll().count)
+                settle([], unhandled: mailbox.takeAll())
             }
         } onCancel: {
             // Stop taking deliveries; the batch being handled finishes and is settled first.
@@ -238,9 +244,12 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
     /// Hands a settlement to the consumer thread; wakes it only when it sleeps (an eventfd
     /// write per message costs more than the rest of the hand-off).
-    private func settle(_ settlements: [Settlement], unhandled: Int) {
+    private func settle(_ settlements: [Settlement], unhandled: [Incoming]) {
+        let bytes = settlements.reduce(0) { $0 + $1.incoming.delivery.message.body.count }
+            + unhandled.reduce(0) { $0 + $1.delivery.message.body.count }
         let wake = state.withLock { state -> Bool in
-            inFlight.subtract(settlements.count + unhandled, ordering: .relaxed)
+            inFlight.subtract(settlements.count + unhandled.count, ordering: .relaxed)
+            inFlightBytes.subtract(bytes, ordering: .relaxed)
             state.settlements.append(contentsOf: settlements)
             defer { state.sleeping = false }
             return state.sleeping
@@ -251,6 +260,14 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     // MARK: - The consumer thread
 
     private var maxInFlight: Int { spec.mode == .durable ? max(1, Int(spec.prefetch)) : 1000 }
+
+    /// Whether the handler has as much as it may: the prefetch's count, or `maxInFlightBytes`
+    /// of bodies (big events — a symbol's whole history — would otherwise all be held at once:
+    /// 500 of 80 KB took the worker past 140 MB). One delivery always goes through.
+    private var full: Bool {
+        let count = inFlight.load(ordering: .relaxed)
+        return count >= maxInFlight || (count > 0 && inFlightBytes.load(ordering: .relaxed) >= spec.maxInFlightBytes)
+    }
 
     /// The thread's view of one open connection.
     private final class Session {
@@ -272,6 +289,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         var backoff = Backoff(base: 0.25, cap: 5)
         var stopDeadline: Date?
         var consumedCounters: [String: Counter] = [:]
+        var lastRead = ContinuousClock.now
         while true {
             let (settlements, stopped, draining) = state.withLock { state in
                 defer { state.settlements.removeAll() }
@@ -297,6 +315,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     generation += 1
                     session = Session(connection: try connect(), generation: generation)
                     inFlight.store(0, ordering: .relaxed)
+                    inFlightBytes.store(0, ordering: .relaxed)
                     if generation > 1 {
                         reconnects.add(1, ordering: .relaxed)
                         Counter(label: "amqp_reconnects_total", dimensions: [("role", "consumer")]).increment()
@@ -310,8 +329,10 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                 }
                 continue
             }
-            let paused = stopped || draining || inFlight.load(ordering: .relaxed) >= maxInFlight
-            if !open.connection.hasBufferedInput {
+            let paused = stopped || draining || full
+            // Paused with no confirm due: nothing to read, even what rabbitmq-c holds.
+            let idle = paused && open.awaitingConfirm.isEmpty
+            if !open.connection.hasBufferedInput || idle {
                 // Sleep only when no settlement came in meanwhile (settle wakes a sleeper).
                 let mayWait = state.withLock { state -> Bool in
                     guard state.settlements.isEmpty else { return false }
@@ -320,11 +341,13 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                 }
                 if mayWait {
                     // Paused: still watch the socket when confirms are due, so acks go out.
-                    let watch = !paused || !open.awaitingConfirm.isEmpty
-                    wakeup.wait(socket: watch ? open.connection.socketFD : nil, timeout: stopped ? 0.05 : 1)
+                    wakeup.wait(socket: idle ? nil : open.connection.socketFD, timeout: stopped ? 0.05 : 1)
                     state.withLock { $0.sleeping = false }
                 }
+                // A read a second all the same: it sends and checks heartbeats.
+                if idle, ContinuousClock.now - lastRead < .seconds(1) { continue }
             }
+            lastRead = .now
             do {
                 // Reads also let rabbitmq-c send and check heartbeats, even on a time-out.
                 var batch: [Incoming] = []
@@ -333,13 +356,17 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                 readBuffered: while true {
                 switch try open.connection.read(timeout: 0) {
                 case .delivery(let delivery):
-                    let full = inFlight.load(ordering: .relaxed) >= maxInFlight
-                    if (paused || full) && spec.mode == .durable {
-                        // Not ours to handle now: give it back at once.
+                    // Stopping, or past the prefetch (a delivery the broker should not have
+                    // sent): not ours to handle now, given back at once. Past the bytes
+                    // limit, a delivery already read is kept (given back, the broker would
+                    // send it straight again); reading stops after it.
+                    let stopping = state.withLock { $0.stopped || $0.draining }
+                    if (stopping || inFlight.load(ordering: .relaxed) >= maxInFlight) && spec.mode == .durable {
                         try open.connection.nack(delivery.deliveryTag, requeue: true)
                         break readBuffered
                     }
                     inFlight.add(1, ordering: .relaxed)
+                    inFlightBytes.add(delivery.message.body.count, ordering: .relaxed)
                     let key = delivery.message.originalRoutingKey
                     if let counter = consumedCounters[key] {
                         counter.increment()
@@ -350,7 +377,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     }
                     batch.append(Incoming(delivery: delivery, generation: open.generation))
                     // More in rabbitmq-c's buffer: take it into this batch (no syscall).
-                    if !open.connection.hasBufferedInput || batch.count >= spec.batchSize { break readBuffered }
+                    if !open.connection.hasBufferedInput || batch.count >= spec.batchSize || full { break readBuffered }
                 case .frame(let frame):
                     try handle(frame, on: open)
                     break readBuffered

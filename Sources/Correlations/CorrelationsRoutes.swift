@@ -38,13 +38,8 @@ public struct CorrelationsRoutes: Sendable {
                 position[symbol] = unique.count
                 unique.append(symbol)
             }
-            var (values, asOf) = try await store.matrix(of: unique, window: window)
+            let (values, asOf) = try await store.matrix(of: unique, window: window)
             let n = unique.count
-            for (i, symbol) in unique.enumerated() {
-                let c = try await store.diagonal(symbol, window: window)
-                values[i * n + i] = c.value
-                if let day = c.asOfDay { asOf = max(asOf ?? day, day) }
-            }
             let rows = symbols.map { position[$0]! }
             return .json(bytes: MatrixBody.json(symbols: symbols, window: window,
                                                 asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) },
@@ -54,8 +49,7 @@ public struct CorrelationsRoutes: Sendable {
             let a = request.parameters["a"] ?? "", b = request.parameters["b"] ?? ""
             let window = try await trackedWindow(request)
             try await requireKnown([a, b])
-            let c = a == b ? try await store.diagonal(a, window: window)
-                : try await store.pair(a, b, window: window)
+            let c = try await store.pair(a, b, window: window)
             return try .json(PairBody(a: a, b: b, window: window, value: c?.value, observations: c?.observations ?? 0,
                                       asOf: c?.asOfDay.map { CalendarDate(daysSinceEpoch: Int($0)) }))
         }
@@ -92,20 +86,45 @@ public struct CorrelationsRoutes: Sendable {
         /// through `JSONEncoder` built a tree of 250,000 boxed values first.
         static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double?],
                          size: Int) -> [UInt8] {
-            var writer = EventJSONWriter(capacity: 64 + 24 * rows.count * (rows.count + 1))
-            writer.object { w in
-                w.key("as_of")
-                if let asOf { w.date(asOf) } else { w.null() }
-                w.key("matrix")
-                w.array(rows) { w, i in
-                    w.array(rows) { w, j in
-                        if let value = values[i * size + j], value.isFinite { w.double(value) } else { w.null() }
-                    }
+            // Each cell on or below the diagonal is formatted once, for itself and for its mirror
+            // when that holds the same value (a correlation matrix is symmetric): turning
+            // doubles into text is most of the document's cost.
+            var cells = EventJSONWriter(capacity: 12 * size * (size + 1))
+            var start = [Int](repeating: 0, count: size * (size + 1) / 2 + 1)
+            var k = 0
+            for i in 0..<size {
+                for j in 0...i {
+                    if let value = values[i * size + j], value.isFinite { cells.double(value) } else { cells.null() }
+                    k += 1
+                    start[k] = cells.bytes.count
                 }
-                w.key("symbols")
-                w.array(symbols) { w, symbol in w.string(symbol) }
-                w.key("window")
-                w.int(window)
+            }
+            var writer = EventJSONWriter(capacity: 64 + 24 * rows.count * (rows.count + 1))
+            cells.bytes.withUnsafeBytes { formatted in
+                writer.object { w in
+                    w.key("as_of")
+                    if let asOf { w.date(asOf) } else { w.null() }
+                    w.key("matrix")
+                    w.array(rows) { w, i in
+                        w.array(rows) { w, j in
+                            let value = values[i * size + j]
+                            // Above the diagonal, the mirror's text when the value is the same
+                            // (always, for the store's matrices).
+                            guard i >= j || value.map(\.bitPattern) == values[j * size + i].map(\.bitPattern) else {
+                                if let value, value.isFinite { w.double(value) } else { w.null() }
+                                return
+                            }
+                            let cell = i >= j ? i * (i + 1) / 2 + j : j * (j + 1) / 2 + i
+                            // Past the separator `cells` put before every cell but the first.
+                            let from = start[cell] + (cell > 0 ? 1 : 0)
+                            w.raw(UnsafeRawBufferPointer(rebasing: formatted[from..<start[cell + 1]]))
+                        }
+                    }
+                    w.key("symbols")
+                    w.array(symbols) { w, symbol in w.string(symbol) }
+                    w.key("window")
+                    w.int(window)
+                }
             }
             return writer.bytes
         }

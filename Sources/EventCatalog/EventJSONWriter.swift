@@ -110,6 +110,13 @@ public struct EventJSONWriter {
         bytes.append(contentsOf: text.utf8)
     }
 
+    /// A JSON value already written (by another writer's ``bytes``), as is.
+    public mutating func raw(_ value: UnsafeRawBufferPointer) {
+        separate()
+        defer { needsComma = true }
+        bytes.append(contentsOf: value)
+    }
+
     /// `"YYYY-MM-DD"`.
     public mutating func date(_ value: CalendarDate) {
         separate()

@@ -14,6 +14,7 @@ public struct ServiceConfig: Sendable {
     public var queueMode: QueueMode
     public var prefetch: Int
     public var batchSize: Int
+    public var maxInFlightBytes: Int
     public var retryAttempts: Int
     public var retryDelayMs: Int
     public var retryMaxDelayMs: Int
@@ -49,6 +50,7 @@ public struct ServiceConfig: Sendable {
         queueMode = QueueMode(rawValue: try environment.choice(
             "STEGA_QUEUE_MODE", default: "durable", QueueMode.allCases.map(\.rawValue)))!
         batchSize = try environment.int("STEGA_BATCH_SIZE", default: 256, range: 1...65535)
+        maxInFlightBytes = try environment.int("STEGA_BATCH_BYTES", default: 4 << 20, range: 1024...(1 << 30))
         // Twice the batch by default: the next batch arrives while one is handled.
         prefetch = try environment.int("STEGA_PREFETCH", default: min(65535, 2 * batchSize), range: 1...65535)
         retryAttempts = try environment.int("STEGA_RETRY_ATTEMPTS", default: 5, range: 1...100)
@@ -82,7 +84,7 @@ public struct ServiceConfig: Sendable {
     /// The worker's queue, following `policy`.
     public func queueSpec(policy: RetryPolicy) -> AMQPConsumer.QueueSpec {
         AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy,
-                               batchSize: batchSize)
+                               batchSize: batchSize, maxInFlightBytes: maxInFlightBytes)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

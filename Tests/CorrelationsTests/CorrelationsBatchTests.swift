@@ -61,11 +61,11 @@ struct CorrelationsBatchTests {
         let oneByOne = try await run(events, batched: false)
         #expect(batched == oneByOne)
         #expect(batched.events.count == events.count - 1)
-        // 5 symbols, 3 default windows: rows 1...4 of each (row 0 holds no pair), and the
-        // 20-day matrix with a value in every cell off the diagonal.
-        #expect(batched.pairs.count == 3 * 4 + 3)
+        // 5 symbols, 3 default windows: 5 rows of each, and the 20-day matrix with a value in
+        // every cell (each symbol has at least 20 returns).
+        #expect(batched.pairs.count == 3 * 5 + 3)
         let matrix20 = try #require(batched.pairs.first { $0.hasPrefix("20: ") })
-        #expect(matrix20.components(separatedBy: "Optional(").count - 1 == 20 + 1)  // and the as-of day
+        #expect(matrix20.components(separatedBy: "Optional(").count - 1 == 25 + 1)  // and the as-of day
     }
 }
 

@@ -44,7 +44,11 @@ struct SeriesCacheTests {
         #expect(got == expected)
         // The dense matrix read agrees.
         let matrix = try await store.matrix(of: ["B", "A"], window: 20)
-        #expect(matrix.values[1] == expected.value && matrix.values[2] == expected.value && matrix.values[0] == nil)
-        #expect(matrix.asOfDay == expected.asOfDay)
+        #expect(matrix.values[1] == expected.value && matrix.values[2] == expected.value)
+        // Its diagonal: each symbol's own latest 20 returns; the as-of day the latest of every cell.
+        let aMore = ReturnSeries(days: whole(a).days + [11_000], values: whole(a).values + [0.002])
+        #expect(matrix.values[0] == CorrelationMath.diagonal(whole(b), window: 20).value && matrix.values[0] == 1)
+        #expect(matrix.values[3] == CorrelationMath.diagonal(aMore, window: 20).value && matrix.values[3] == 1)
+        #expect(matrix.asOfDay == 11_000)
     }
 }

@@ -60,4 +60,39 @@ struct BatchedConsumerTests {
         let window = try dead.first?.envelope.get().decode(WindowAdded.self).window
         #expect(dead.count == 1 && window == 13)
     }
+
+    @Test("past its bytes limit the consumer stops reading: 20 queued events of 700 bytes come at most 2 at a time under a 1 KiB limit, each settled once")
+    func bytesLimit() async throws {
+        let settings = try Broker.settings()
+        let service = "bytes\(UUID().uuidString.prefix(6).lowercased())"
+        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, prefetch: 100, policy: .noRetries(),
+                                          batchSize: 100, maxInFlightBytes: 1024)
+        let declaring = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
+        let first = Task { try await declaring.run(handler: { _ in .ack }) }
+        try await TransportConformance.waitUntil("declared") { declaring.isReady }
+        first.cancel()
+        _ = try? await first.value
+        let envelopes = (0..<20).map { _ in
+            EventEnvelope(routingKey: WindowAdded.routingKey, appId: "test", body: Data(repeating: UInt8(ascii: " "), count: 700))
+        }
+        try await AMQPPublisher(settings: settings).publish(envelopes)
+
+        let consumer = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
+        let batches = Mutex<[Int]>([])
+        let task = Task {
+            try await consumer.run(batchHandler: { deliveries in
+                batches.withLock { $0.append(deliveries.count) }
+                try? await Task.sleep(for: .milliseconds(10))
+                return deliveries.map { _ in .ack }
+            })
+        }
+        defer { task.cancel() }
+        try await TransportConformance.waitUntil("20 handled") { batches.withLock { $0.reduce(0, +) } >= 20 }
+        try await Task.sleep(for: .milliseconds(300))
+        let sizes = batches.withLock { $0 }
+        #expect(sizes.reduce(0, +) == 20 && sizes.allSatisfy { $0 <= 2 }, "batch sizes \(sizes)")
+        task.cancel()
+        _ = try? await task.value
+        #expect(try drain("\(service).events", settings: settings).isEmpty, "a delivery was left unacked")
+    }
 }

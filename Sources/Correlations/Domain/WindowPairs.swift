@@ -23,8 +23,10 @@ struct WindowPairs {
         var end: [Int32]
     }
 
-    /// At most this many cuts get unit vectors (each costs a vector per symbol).
-    static let maxCuts = 4
+    /// At most this many cuts get unit vectors (each costs a vector per symbol: 1 MB for 500
+    /// symbols over 252 days); two cover a day coming in (the symbols that have it and those
+    /// that do not yet).
+    static let maxCuts = 2
 
     init(window: Int, series: [ReturnSeries]) {
         self.window = window

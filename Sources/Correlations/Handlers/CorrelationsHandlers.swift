@@ -110,7 +110,7 @@ public struct CorrelationsHandlers: Sendable {
 
         /// Recomputes, for `window`, every stored pair that includes a symbol whose `moved`
         /// flag is set, and stores the rows holding them (see `CorrelationRow`): the row of a
-        /// moved symbol whole, a later row in the cells of the moved symbols.
+        /// moved symbol whole (its diagonal too), a later row in the cells of the moved symbols.
         func update(window: Int, moved: [Bool], _ tx: CorrelationsTransaction) throws {
             guard let first = moved.firstIndex(of: true) else { return }
             let fast = WindowPairs(window: window, series: entries.map(\.series))
@@ -120,13 +120,14 @@ public struct CorrelationsHandlers: Sendable {
                 if let c = fast.aligned(i, j) { return c }
                 return try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
             }
-            for i in max(1, first)..<symbols.count {  // row 0 holds no pair
+            for i in first..<symbols.count {
                 var row: CorrelationRow
                 if moved[i] {
-                    row = CorrelationRow(capacity: i)
+                    row = CorrelationRow(capacity: i + 1)
                     for j in 0..<i { row.append(try pair(i, j)) }
+                    row.append(CorrelationMath.diagonal(entries[i].series, window: window))
                 } else {
-                    row = try tx.row(window: window, index: i) ?? CorrelationRow(count: i)
+                    row = try tx.row(window: window, index: i) ?? CorrelationRow(count: i + 1)
                     for j in movedIndices {
                         if j >= i { break }
                         row[j] = try pair(i, j)

@@ -1,6 +1,6 @@
 /// One row of the stored correlations view: the correlations of the symbol with index `i`
 /// (``CorrelationsTransaction/symbolsByIndex()``) with every symbol of a lower index, over
-/// one window — cell `j` is the pair `(i, j)`. One row per (window, symbol) instead of one
+/// one window — cell `j` is the pair `(i, j)` — and, in cell `i`, its diagonal. One row per (window, symbol) instead of one
 /// per pair: a batch that moves a few hundred symbols rewrites a few hundred rows per window
 /// rather than a hundred thousand pairs, each an upsert of its own (what made the worker
 /// apply about 200 `returns_calculated`/s on 500 symbols).

@@ -69,7 +69,7 @@ public final class CorrelationsStore: Sendable {
             }
             try db.execute(sql: "CREATE UNIQUE INDEX symbols_by_idx ON symbols (idx)")
             for window in try Int.fetchAll(db, sql: "SELECT DISTINCT window FROM correlations") {
-                var rows = names.indices.map { CorrelationRow(count: $0) }
+                var rows = names.indices.map { CorrelationRow(count: $0 + 1) }
                 let pairs = try Row.fetchCursor(db, sql: "SELECT a, b, value, observations, as_of FROM correlations WHERE window = ?",
                                                 arguments: [window])
                 while let pair = try pairs.next() {
@@ -77,7 +77,8 @@ public final class CorrelationsStore: Sendable {
                     rows[max(a, b)][min(a, b)] = PairCorrelation(value: pair[2], observations: pair[3],
                                                                  asOfDay: (pair[4] as Int?).map(Int32.init))
                 }
-                for (i, row) in rows.enumerated() where i > 0 {
+                for (i, var row) in rows.enumerated() {
+                    row[i] = CorrelationMath.diagonal(try CorrelationsStore.load(names[i], limit: window, db).series, window: window)
                     try db.execute(sql: "INSERT INTO correlation_rows (window, idx, cells) VALUES (?, ?, ?)",
                                    arguments: [window, i, Data(row.bytes)])
                 }
@@ -195,33 +196,32 @@ public final class CorrelationsStore: Sendable {
         try await database.pool.read { db in Set(try String.fetchAll(db, sql: "SELECT symbol FROM symbols")) }
     }
 
-    /// The stored correlation of the pair `a`, `b` (two symbols) for `window`; `nil` when
-    /// either is unknown.
+    /// The stored correlation of the pair `a`, `b` for `window` (the diagonal when `a == b`);
+    /// `nil` when either is unknown.
     public func pair(_ a: String, _ b: String, window: Int) async throws -> PairCorrelation? {
         try await database.pool.read { db in
             let index = try Self.indices(of: [a, b], db)
-            guard let i = index[a], let j = index[b], i != j else { return nil }
+            guard let i = index[a], let j = index[b] else { return nil }
             return try Self.row(window: window, index: max(i, j), db)?[min(i, j)]
                 ?? PairCorrelation(value: nil, observations: 0, asOfDay: nil)
         }
     }
 
     /// The stored correlations among `symbols` (each once) for `window`, as a row-major
-    /// `n × n` matrix with an empty diagonal, and the latest `as_of` day of the pairs: one
-    /// stored row read per symbol (see `CorrelationRow`).
+    /// `n × n` matrix, and the latest `as_of` day of its cells: one stored row read per symbol
+    /// (see `CorrelationRow`).
     public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double?], asOfDay: Int32?) {
         try await database.pool.read { db in
             let n = symbols.count
             var values = [Double?](repeating: nil, count: n * n)
             var asOf: Int32?
-            guard n > 1 else { return (values, asOf) }
             let index = try Self.indices(of: symbols, db)
             // The requested symbols by stored index: row `i` holds the pairs with lower ones.
             let known = symbols.enumerated().compactMap { position, symbol in index[symbol].map { (index: $0, position: position) } }
                 .sorted { $0.index < $1.index }
-            for (k, mine) in known.enumerated() where k > 0 {
+            for (k, mine) in known.enumerated() {
                 guard let row = try Self.row(window: window, index: mine.index, db) else { continue }
-                for other in known[..<k] {
+                for other in known[...k] {
                     let cell = row[other.index]
                     values[mine.position * n + other.position] = cell.value
                     values[other.position * n + mine.position] = cell.value
@@ -248,21 +248,6 @@ public final class CorrelationsStore: Sendable {
     fileprivate static func row(window: Int, index: Int, _ db: Database) throws -> CorrelationRow? {
         try Data.fetchOne(db.cachedStatement(sql: "SELECT cells FROM correlation_rows WHERE window = ? AND idx = ?"),
                           arguments: [window, index]).map { CorrelationRow(bytes: Array($0)) }
-    }
-
-    /// The diagonal of `symbol` for `window`, from its latest returns.
-    public func diagonal(_ symbol: String, window: Int) async throws -> PairCorrelation {
-        try await database.pool.read { db in
-            var series = ReturnSeries()
-            for r in try Row.fetchAll(db, sql: """
-                SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
-                ORDER BY date
-                """, arguments: [symbol, window]) {
-                series.days.append(Int32(r["date"] as Int))
-                series.values.append(r["value"])
-            }
-            return CorrelationMath.diagonal(series, window: window)
-        }
     }
 }
 
