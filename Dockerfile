@@ -15,7 +15,7 @@ FROM ${BUILDER_IMAGE} AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      librabbitmq-dev libmicrohttpd-dev libsqlite3-dev libopenblas-dev libcurl4-openssl-dev pkg-config \
+      librabbitmq-dev libmicrohttpd-dev libsqlite3-dev libcurl4-openssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The manifest first: resolving packages is its own layer, reused while only Sources change.

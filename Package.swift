@@ -36,11 +36,6 @@ let package = Package(
 
         // glibc's <malloc.h> and <sys/eventfd.h>, which Swift's Glibc module leaves out.
         .systemLibrary(name: "CSystem"),
-        .systemLibrary(
-            name: "COpenBLAS",
-            pkgConfig: "openblas",
-            providers: [.apt(["libopenblas-dev"])]
-        ),
 
         .target(name: "EventCatalog"),
         .target(name: "Handoff"),
@@ -100,9 +95,6 @@ let package = Package(
             ],
             resources: [.copy("openapi.json")]
         ),
-        // The dense correlation kernel (OpenBLAS): only stega-bench uses it, so the services do
-        // not load OpenBLAS and its thread pool.
-        .target(name: "CorrelationKernel", dependencies: ["COpenBLAS"]),
         .target(
             name: "Boundary",
             dependencies: [
@@ -123,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "stega-bench",
             dependencies: [
-                "CorrelationKernel", "ServiceRuntime", "MessageBus", "EventCatalog", "HTTPServer",
+                "ServiceRuntime", "MessageBus", "EventCatalog", "HTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -141,7 +133,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CorrelationsTests",
-            dependencies: ["Correlations", "CorrelationKernel", "Returns", "MessageBus", "EventCatalog", "HTTPServer",
+            dependencies: ["Correlations", "Returns", "MessageBus", "EventCatalog", "HTTPServer",
                            "ServiceRuntime"],
             exclude: ["Fixtures"]
         ),

@@ -4,8 +4,6 @@
 Scenarios (release build; load only on 127.0.0.1, bounded in count and time):
   - http, latency, consume: bench/messaging.py (POST /prices vs C and the seed design, the
     end-to-end latency, the worker's consume rate vs raw C and the seed's pika consumer);
-  - correlation matrix 500 x 252 and 2000 x 252: stega-bench vs numpy.corrcoef on the same
-    data (median of 15), and the two results compared to 1e-9;
   - drain, burst, backfill: bench/workers.py (the real workers draining backlogs vs raw C,
     catching up after the durable burst, the latency at 200 req/s idle and right after the
     burst, the correlations backfill of a new window vs numpy, GET /correlations);
@@ -39,47 +37,6 @@ def record(scenario, project, baseline="", ratio="", target="", ok=None):
     verdict = "" if ok is None else ("pass" if ok else "FAIL")
     ROWS.append((scenario, project, baseline, ratio, target, verdict))
     print(f"  {scenario}: {project}  {baseline}  {ratio}  {verdict}", flush=True)
-
-
-def median_ms(fn, repeats=15):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2]
-
-
-def matrix(n, k=252, rounds=7):
-    rng = np.random.default_rng(n)
-    common = rng.normal(0, 0.01, k)
-    x = 0.4 * common + rng.normal(0, 0.01, (n, k))
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = pathlib.Path(tmp, "in.bin"), pathlib.Path(tmp, "out.bin")
-        x.astype("<f8").tofile(src)
-        # Rounds alternate between the two, so a noisy moment hits both; each figure is the
-        # median over the rounds of each round's median of 15.
-        baselines, projects = [], []
-        for _ in range(rounds):
-            baselines.append(median_ms(lambda: np.corrcoef(x)))
-            # numpy's OpenBLAS pool spins for a while after each call: let it go idle first, as
-            # the project's run would otherwise share its cores with it.
-            time.sleep(0.5)
-            # The project runs OpenBLAS single-threaded and splits the work over threads of its
-            # own; OPENBLAS_NUM_THREADS=1 keeps OpenBLAS from starting an idle pool whose
-            # spinning thread would take the second core (as run.sh and the images set it).
-            out = subprocess.run([str(BIN / "stega-bench"), "matrix", "--input", str(src), "--rows", str(n),
-                                  "--cols", str(k), "--output", str(dst)], capture_output=True, text=True, check=True,
-                                 env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-            projects.append(float(out.stdout.split('"median_ms": ')[1].split(",")[0]))
-        baseline, project = sorted(baselines)[rounds // 2], sorted(projects)[rounds // 2]
-        ours = np.fromfile(dst, dtype="<f8").reshape(n, n)
-        diff = np.nanmax(np.abs(ours - np.corrcoef(x)))
-    ok = project <= baseline and diff <= 1e-9
-    record(f"correlation matrix {n} x {k} (ms, median of {rounds} rounds x 15)", f"{project:.2f}", f"numpy corrcoef {baseline:.2f}",
-           f"{project / baseline:.2f}x", "<= 1.0x numpy, max abs diff <= 1e-9", ok)
-    print(f"    max |stega - numpy| = {diff:.2e}")
 
 
 def ingest(symbols=500, years=10):
@@ -230,7 +187,7 @@ def fanout(subscribers=1000, rounds=5):
 def main():
     print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
-    which = sys.argv[1:] or ["http", "latency", "consume", "drain", "burst", "backfill", "matrix", "ingest", "fanout"]
+    which = sys.argv[1:] or ["http", "latency", "consume", "drain", "burst", "backfill", "ingest", "fanout"]
     if {"http", "latency", "consume"} & set(which):
         import messaging
         broker = messaging.Broker()
@@ -265,9 +222,6 @@ def main():
             workers.run(record, broker, which)
         finally:
             broker.stop()
-    if "matrix" in which:
-        matrix(500)
-        matrix(2000)
     if "ingest" in which:
         ingest()
     if "fanout" in which:

@@ -80,6 +80,13 @@ public enum DirectBinding {
         public func int(_ index: Int32) -> Int { Int(sqlite3_column_int64(statement, index)) }
         public func isNull(_ index: Int32) -> Bool { sqlite3_column_type(statement, index) == SQLITE_NULL }
 
+        /// The column's bytes as a blob, valid only during the call of `body`.
+        public func withBlob<T>(_ index: Int32, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+            let base = sqlite3_column_blob(statement, index)
+            let count = Int(sqlite3_column_bytes(statement, index))
+            return try body(UnsafeRawBufferPointer(start: base, count: base == nil ? 0 : count))
+        }
+
         /// The column's UTF-8 bytes, valid only during the call of `body`.
         public func withText<T>(_ index: Int32, _ body: (UnsafeBufferPointer<UInt8>) throws -> T) rethrows -> T {
             let count = Int(sqlite3_column_bytes(statement, index))

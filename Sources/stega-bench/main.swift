@@ -1,5 +1,4 @@
 import ArgumentParser
-import CorrelationKernel
 import EventCatalog
 import Foundation
 import GRDB
@@ -8,13 +7,12 @@ import Logging
 import MessageBus
 import ServiceRuntime
 
-/// Benchmarks of the project's own kernels, driven by bench/run.py, which runs the
-/// baselines (numpy) on the same data in the same run.
+/// What bench/run.py runs beside the services: the worker runtime with a no-op handler.
 @main
 struct StegaBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "stega-bench", abstract: "Kernels of stega events, timed.",
-        subcommands: [Matrix.self, NoopWorker.self])
+        commandName: "stega-bench", abstract: "Parts of stega events, for make bench.",
+        subcommands: [NoopWorker.self])
 
     struct NoopWorker: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -25,36 +23,6 @@ struct StegaBench: AsyncParsableCommand {
         func run() async throws {
             let code = await WorkerRuntime.run(NoopModule.self)
             if code != 0 { throw ExitCode(code) }
-        }
-    }
-
-    struct Matrix: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Dense correlation matrix of float64 rows read from a file (row-major).")
-
-        @Option(help: "Input file: rows × cols float64, little-endian.") var input: String
-        @Option(help: "Rows (symbols).") var rows: Int
-        @Option(help: "Columns (dates).") var cols: Int
-        @Option(help: "Timed repetitions.") var repeats: Int = 15
-        @Option(help: "Where to write the matrix (float64), for the numeric check.") var output: String?
-
-        func run() throws {
-            let data = try Data(contentsOf: URL(fileURLWithPath: input))
-            guard data.count == rows * cols * 8 else { throw ValidationError("input has \(data.count) bytes") }
-            let flat = data.withUnsafeBytes { Array($0.bindMemory(to: Double.self)) }
-            let matrix = (0..<rows).map { Array(flat[($0 * cols)..<($0 * cols + cols)]) }
-            var result = CorrelationMatrix.compute(matrix)  // warm-up
-            var times: [Double] = []
-            for _ in 0..<repeats {
-                let start = DispatchTime.now().uptimeNanoseconds
-                result = CorrelationMatrix.compute(matrix)
-                times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-            }
-            if let output {
-                try result.withUnsafeBytes { Data($0) }.write(to: URL(fileURLWithPath: output))
-            }
-            times.sort()
-            print("{\"median_ms\": \(times[times.count / 2]), \"min_ms\": \(times[0])}")
         }
     }
 }

@@ -1,5 +1,4 @@
-import Correlations
-import CorrelationKernel
+@testable import Correlations
 import EventCatalog
 import Foundation
 import HTTPServer
@@ -94,31 +93,46 @@ struct AddWindowParsingTests {
     }
 }
 
-@Suite("Dense correlation matrix")
-struct CorrelationMatrixTests {
-    @Test("equals pairwise Pearson on every cell; a constant row gives nan; ±1 and the diagonal exact")
+@Suite("Pairs of a batch through unit vectors (WindowPairs)")
+struct WindowPairsTests {
+    @Test("a pair it settles equals CorrelationMath.pair to 1e-12 (value, observations, as-of day): shared calendars, symbols a day ahead, gaps, a constant series, ±1; the others it leaves to CorrelationMath")
     func matchesPairwise() {
-        var generator = SystemRandomNumberGenerator()
-        // 300 rows: the Gram matrix and the mirror pass each split over two threads.
-        for (n, k) in [(1, 5), (3, 7), (9, 33), (17, 252), (300, 40)] {
-            var rows = (0..<n).map { _ in (0..<k).map { _ in Double.random(in: -0.05...0.05, using: &generator) } }
-            if n > 2 { rows[1] = [Double](repeating: 0.25, count: k) }
-            if n > 3 { rows[3] = rows[0].map { -3 * $0 + 1 } }
-            let m = CorrelationMatrix.compute(rows)
+        var random = SystemRandomNumberGenerator()
+        var settled = 0
+        for _ in 0..<200 {
+            let window = Int.random(in: 2...40, using: &random)
+            let days = Int.random(in: 1...80, using: &random)
+            let n = Int.random(in: 1...12, using: &random)
+            var series = (0..<n).map { _ -> ReturnSeries in
+                // Most symbols on one calendar; some a day or two ahead or behind, some with gaps.
+                let end = days - [0, 0, 0, 1, 2][Int.random(in: 0..<5, using: &random)]
+                let gappy = Int.random(in: 0..<5, using: &random) == 0
+                var s = ReturnSeries()
+                for d in 0..<max(0, end) where !gappy || Int.random(in: 0..<4, using: &random) > 0 {
+                    s.days.append(Int32(10_000 + d))
+                    s.values.append(Double.random(in: -0.05...0.05, using: &random))
+                }
+                return s
+            }
+            if n > 2 { series[1].values = series[1].values.map { _ in 0.25 } }
+            if n > 3 { series[3] = ReturnSeries(days: series[0].days, values: series[0].values.map { -3 * $0 + 1 }) }
+            let pairs = WindowPairs(window: window, series: series)
             for i in 0..<n {
-                for j in 0..<n {
-                    let value = m[i * n + j]
-                    if i == j {
-                        #expect(n > 2 && i == 1 ? value.isNaN : value == 1)
-                    } else if let expected = CorrelationMath.pearson(rows[i], rows[j]) {
-                        #expect(abs(value - expected) <= 1e-12, "\(n)x\(k) [\(i),\(j)]")
-                    } else {
-                        #expect(value.isNaN)
+                for j in 0..<n where i != j {
+                    let expected = CorrelationMath.pair(series[i], series[j], window: window)
+                    guard let got = pairs.aligned(i, j) else { continue }
+                    settled += 1
+                    #expect(got.observations == expected.observations && got.asOfDay == expected.asOfDay)
+                    switch (got.value, expected.value) {
+                    case (nil, nil): break
+                    case let (a?, b?): #expect(abs(a - b) <= 1e-12, "window \(window) [\(i),\(j)]: \(a) vs \(b)")
+                    default: Issue.record("window \(window) [\(i),\(j)]: \(String(describing: got.value)) vs \(String(describing: expected.value))")
                     }
                 }
             }
-            if n > 3 { #expect(abs(m[0 * n + 3] + 1) < 1e-12) }
+            if n > 3, let anti = pairs.aligned(0, 3)?.value { #expect(abs(anti + 1) < 1e-12) }
         }
+        #expect(settled > 1_000, "only \(settled) pairs went through the unit vectors")
     }
 }
 

@@ -246,8 +246,15 @@ public final class CorrelationsStore: Sendable {
 
     /// The stored row of symbol `index` for `window`.
     fileprivate static func row(window: Int, index: Int, _ db: Database) throws -> CorrelationRow? {
-        try Data.fetchOne(db.cachedStatement(sql: "SELECT cells FROM correlation_rows WHERE window = ? AND idx = ?"),
-                          arguments: [window, index]).map { CorrelationRow(bytes: Array($0)) }
+        var row: CorrelationRow?
+        try DirectBinding.query(db.cachedStatement(sql: "SELECT cells FROM correlation_rows WHERE window = ? AND idx = ?"),
+                                in: db) { statement in
+            statement.bind(1, window)
+            statement.bind(2, index)
+        } each: { columns in
+            row = CorrelationRow(bytes: columns.withBlob(0) { Array($0) })
+        }
+        return row
     }
 }
 
