@@ -1,3 +1,4 @@
+import Dispatch
 import EventCatalog
 import Logging
 import MessageBus
@@ -115,26 +116,43 @@ public struct CorrelationsHandlers: Sendable {
             guard let first = moved.firstIndex(of: true) else { return }
             let fast = WindowPairs(window: window, series: entries.map(\.series))
             let movedIndices = moved.indices.filter { moved[$0] }
-            var whole: [String: ReturnSeries] = [:]
-            func pair(_ i: Int, _ j: Int) throws -> PairCorrelation {
-                if let c = fast.aligned(i, j) { return c }
-                return try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
+            // The rows to write: a moved symbol's whole (its diagonal too), a later one's
+            // stored row with the cells of the moved symbols to fill.
+            var rows = try (first..<symbols.count).map { i in
+                moved[i] ? CorrelationRow(count: i + 1) : try tx.row(window: window, index: i) ?? CorrelationRow(count: i + 1)
             }
-            for i in first..<symbols.count {
-                var row: CorrelationRow
-                if moved[i] {
-                    row = CorrelationRow(capacity: i + 1)
-                    for j in 0..<i { row.append(try pair(i, j)) }
-                    row.append(CorrelationMath.diagonal(entries[i].series, window: window))
-                } else {
-                    row = try tx.row(window: window, index: i) ?? CorrelationRow(count: i + 1)
-                    for j in movedIndices {
-                        if j >= i { break }
-                        row[j] = try pair(i, j)
+            // The pairs the unit vectors settle, on two threads (rows alternate between them:
+            // each writes only its own rows); the others after, one by one.
+            let entries = self.entries
+            let left = rows.withUnsafeMutableBufferPointer { buffer -> [(Int, Int)] in
+                let base = UInt(bitPattern: buffer.baseAddress)
+                let lists = Mutex<[[(Int, Int)]]>([])
+                DispatchQueue.concurrentPerform(iterations: 2) { part in
+                    let rows = UnsafeMutablePointer<CorrelationRow>(bitPattern: base)!
+                    var unsettled: [(Int, Int)] = []
+                    for i in Swift.stride(from: first + part, to: symbols.count, by: 2) {
+                        func fill(_ j: Int) {
+                            if let c = fast.aligned(i, j) { rows[i - first][j] = c } else { unsettled.append((i, j)) }
+                        }
+                        if moved[i] {
+                            for j in 0..<i { fill(j) }
+                            rows[i - first][i] = CorrelationMath.diagonal(entries[i].series, window: window)
+                        } else {
+                            for j in movedIndices {
+                                if j >= i { break }
+                                fill(j)
+                            }
+                        }
                     }
+                    lists.withLock { $0.append(unsettled) }
                 }
-                try tx.saveRow(window: window, index: i, row)
+                return lists.withLock { $0.flatMap { $0 } }
             }
+            var whole: [String: ReturnSeries] = [:]
+            for (i, j) in left {
+                rows[i - first][j] = try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
+            }
+            for (offset, row) in rows.enumerated() { try tx.saveRow(window: window, index: first + offset, row) }
         }
     }
 

@@ -17,9 +17,12 @@ public struct CorrelationRow: Sendable {
 
     /// A row of `count` cells never computed.
     init(count: Int) {
-        bytes = []
-        bytes.reserveCapacity(count * Self.cellSize)
-        for _ in 0..<count { Self.append(PairCorrelation(value: nil, observations: 0, asOfDay: nil), to: &bytes) }
+        bytes = [UInt8](unsafeUninitializedCapacity: count * Self.cellSize) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            let never = PairCorrelation(value: nil, observations: 0, asOfDay: nil)
+            for j in 0..<count { Self.store(never, at: j * Self.cellSize, in: raw) }
+            initialized = count * Self.cellSize
+        }
     }
 
     /// An empty row with room for `capacity` cells, to ``append(_:)`` them.
