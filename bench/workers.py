@@ -47,6 +47,12 @@ def peak_mb(pid):
     return float("nan")
 
 
+def start(name, broker, data, port, wait=True):
+    """A durable-mode process of the project on `port`, ready (unless `wait` is off)."""
+    return Proc([str(BIN / name)], env=service_env(broker, data, "durable", port),
+                ready_url=f"http://127.0.0.1:{port}/readyz" if wait else None)
+
+
 def timed_drain(url, count, timeout=600):
     """Polls the worker from its start: events per second from the first delivery to the
     `count`-th event handled."""
@@ -100,11 +106,9 @@ def returns_drain_once(broker, count):
     data = pathlib.Path(tempfile.mkdtemp(prefix="stega-bench-data."))
     api_port, worker_port = free_port(), free_port()
     broker.delete_queues("returns.events", "returns.events.dead")
-    worker_env = service_env(broker, data, "durable", worker_port)
     # The worker declares its queue, then stops: the backlog builds up meanwhile.
-    Proc([str(BIN / "returns-worker")], env=worker_env, ready_url=f"http://127.0.0.1:{worker_port}/readyz").stop()
-    api = Proc([str(BIN / "returns-api")], env=service_env(broker, data, "durable", api_port),
-               ready_url=f"http://127.0.0.1:{api_port}/readyz")
+    start("returns-worker", broker, data, worker_port).stop()
+    api = start("returns-api", broker, data, api_port)
     worker = None
     try:
         # A first price per symbol, then `count` writes of one price each (pace.c: symbol
@@ -120,7 +124,7 @@ def returns_drain_once(broker, count):
         while metric(f"http://127.0.0.1:{api_port}", "outbox_depth") > 0:
             assert time.time() < deadline, "returns-api's outbox did not empty"
             time.sleep(0.05)
-        worker = Proc([str(BIN / "returns-worker")], env=worker_env)
+        worker = start("returns-worker", broker, data, worker_port, wait=False)
         rate = timed_drain(f"http://127.0.0.1:{worker_port}", count + 500)
         peak = peak_mb(worker.pid)
     finally:
@@ -154,10 +158,9 @@ def correlations_drain(record, broker, count, symbols=500, history=300):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     broker.delete_queues("correlations.events", "correlations.events.dead")
-    env = service_env(broker, data, "durable", port)
     rng = np.random.default_rng(11)
     days = business_days(dt.date(2020, 1, 1), history + count // symbols + 1)
-    worker = Proc([str(BIN / "correlations-worker")], env=env, ready_url=url + "/readyz")
+    worker = start("correlations-worker", broker, data, port)
     conn, channel = broker.channel()
     try:
         publish_returns(channel, [(f"S{i:03d}", list(zip(days[:history], rng.normal(0, 0.01, history).tolist())))
@@ -170,7 +173,7 @@ def correlations_drain(record, broker, count, symbols=500, history=300):
         worker = None
         publish_returns(channel, [(f"S{i % symbols:03d}", [(days[history + i // symbols], float(rng.normal(0, 0.01)))])
                                   for i in range(count)])
-        worker = Proc([str(BIN / "correlations-worker")], env=env)
+        worker = start("correlations-worker", broker, data, port, wait=False)
         rate = timed_drain(url, count)
         peak = peak_mb(worker.pid)
     finally:
@@ -192,10 +195,8 @@ def burst(record, broker, seconds=10):
     data = pathlib.Path(tempfile.mkdtemp(prefix="stega-bench-data."))
     api_port, worker_port = free_port(), free_port()
     broker.delete_queues("returns.events", "returns.events.dead")
-    worker = Proc([str(BIN / "returns-worker")], env=service_env(broker, data, "durable", worker_port),
-                  ready_url=f"http://127.0.0.1:{worker_port}/readyz")
-    api = Proc([str(BIN / "returns-api")], env=service_env(broker, data, "durable", api_port),
-               ready_url=f"http://127.0.0.1:{api_port}/readyz")
+    worker = start("returns-worker", broker, data, worker_port)
+    api = start("returns-api", broker, data, api_port)
     try:
         api_url, worker_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{worker_port}"
         result = wrk(api_url)
@@ -233,10 +234,8 @@ def backfill(record, broker, symbols=500, years=10, window=120):
     data = pathlib.Path(tempfile.mkdtemp(prefix="stega-bench-data."))
     worker_port, api_port = free_port(), free_port()
     broker.delete_queues("correlations.events", "correlations.events.dead")
-    worker = Proc([str(BIN / "correlations-worker")], env=service_env(broker, data, "durable", worker_port),
-                  ready_url=f"http://127.0.0.1:{worker_port}/readyz")
-    api = Proc([str(BIN / "correlations-api")], env=service_env(broker, data, "durable", api_port),
-               ready_url=f"http://127.0.0.1:{api_port}/readyz")
+    worker = start("correlations-worker", broker, data, worker_port)
+    api = start("correlations-api", broker, data, api_port)
     api_url, worker_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{worker_port}"
     conn, channel = broker.channel()
     try:

@@ -2,8 +2,9 @@ import Foundation
 import GRDB
 import GRDBSQLite
 
-// Every call this project makes to SQLite's C API beside GRDB: the direct binding of the hot
-// write paths, and the WAL checkpointer's hook and connection. Nothing else imports GRDBSQLite.
+// Every call this project makes to SQLite's C API beside GRDB: the direct binding and column
+// reads of the hot paths, the WAL checkpointer's hook and connection, and SQLite's memory
+// counters. Nothing else imports GRDBSQLite.
 
 /// Runs a prepared statement once per row on the hot write paths, binding with SQLite's own
 /// calls on GRDB's `sqliteStatement` instead of building a `StatementArguments` per row (an
@@ -18,8 +19,9 @@ import GRDBSQLite
 /// }
 /// ```
 ///
-/// Only for statements that return no rows (`INSERT`, `UPDATE`, upserts) in a transaction GRDB
-/// opened; every parameter must be bound each time (the bindings are cleared after each row).
+/// `query` reads the rows of a statement the same way, with SQLite's column calls. Both run in
+/// a transaction GRDB opened; every parameter must be bound each time (the bindings are
+/// cleared after each execution).
 public enum DirectBinding {
     /// The parameters of one execution.
     public struct Row {
@@ -123,18 +125,7 @@ public enum DirectBinding {
     /// Binds with `bind` and steps `statement` to its end; throws SQLite's error as GRDB's
     /// `DatabaseError` (the transaction is then the caller's to roll back, as with GRDB).
     public static func execute(_ statement: Statement, in db: Database, _ bind: (Row) -> Void) throws {
-        let raw = statement.sqliteStatement
-        defer {
-            sqlite3_reset(raw)
-            sqlite3_clear_bindings(raw)
-        }
-        sqlite3_reset(raw)
-        bind(Row(statement: raw))
-        let code = sqlite3_step(raw)
-        guard code == SQLITE_DONE else {
-            let message = String(cString: sqlite3_errmsg(db.sqliteConnection))
-            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: statement.sql)
-        }
+        try query(statement, in: db, bind: bind) { _ in }
     }
 }
 
