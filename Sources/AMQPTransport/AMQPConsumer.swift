@@ -360,8 +360,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
                     // sent): not ours to handle now, given back at once. Past the bytes
                     // limit, a delivery already read is kept (given back, the broker would
                     // send it straight again); reading stops after it.
-                    let stopping = state.withLock { $0.stopped || $0.draining }
-                    if (stopping || inFlight.load(ordering: .relaxed) >= maxInFlight) && spec.mode == .durable {
+                    if (stopped || draining || inFlight.load(ordering: .relaxed) >= maxInFlight) && spec.mode == .durable {
                         try open.connection.nack(delivery.deliveryTag, requeue: true)
                         break readBuffered
                     }

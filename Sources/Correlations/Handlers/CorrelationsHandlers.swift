@@ -43,17 +43,16 @@ public struct CorrelationsHandlers: Sendable {
         try await store.write(batch.map(\.context)) { tx, fresh in
             // Each event's `as_of` and pair count as handling them one by one gives: the
             // symbol's last day and the symbols known once its returns are stored.
-            var known = try tx.knownSymbols()
+            var known = try tx.symbolCount()
             var lastDay: [String: Int32?] = [:]
             var seen = [(asOf: Int32?, others: Int)](repeating: (nil, 0), count: batch.count)
             for index in fresh {
                 let event = batch[index].event
                 let before = try lastDay[event.symbol] ?? tx.lastDay(of: event.symbol)
-                try tx.saveReturns(event.returns, of: event.symbol)
-                known.insert(event.symbol)
+                if try tx.saveReturns(event.returns, of: event.symbol) { known += 1 }
                 let after = event.returns.map { Int32($0.date.daysSinceEpoch) }.max().map { max($0, before ?? $0) } ?? before
                 lastDay[event.symbol] = after
-                seen[index] = (after, known.count - 1)
+                seen[index] = (after, known - 1)
             }
             let tracked = try tx.trackedWindows()
             let changed = Set(fresh.map { batch[$0].event }.filter { !$0.returns.isEmpty }.map(\.symbol))

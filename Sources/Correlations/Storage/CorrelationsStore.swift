@@ -300,8 +300,9 @@ public struct CorrelationsTransaction {
     /// Stores `returns` of `symbol` in the projection (a date on record is replaced) and, when
     /// any came, gives the symbol a new version (what tells cached series apart): a random
     /// one, so that the version of a transaction that rolled back — whose series the cache
-    /// may have read — never comes back with other returns.
-    func saveReturns(_ returns: [DatedValue], of symbol: String) throws {
+    /// may have read — never comes back with other returns. `true` when the symbol is new.
+    @discardableResult
+    func saveReturns(_ returns: [DatedValue], of symbol: String) throws -> Bool {
         let old = try Int64.fetchOne(db.cachedStatement(sql: "SELECT version FROM symbols WHERE symbol = ?"),
                                      arguments: [symbol])
         let version = returns.isEmpty ? old ?? 1 : Int64.random(in: 1...Int64.max)
@@ -321,11 +322,12 @@ public struct CorrelationsTransaction {
             ON CONFLICT (symbol) DO UPDATE SET version = ?2
             """).execute(arguments: [symbol, version])
         if !returns.isEmpty { store.appended(returns, of: symbol, from: old, to: version) }
+        return old == nil
     }
 
-    /// The symbols in the projection.
-    func knownSymbols() throws -> Set<String> {
-        Set(try String.fetchAll(db.cachedStatement(sql: "SELECT symbol FROM symbols")))
+    /// How many symbols the projection holds.
+    func symbolCount() throws -> Int {
+        try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM symbols")) ?? 0
     }
 
     /// The day of `symbol`'s latest return in the projection, if any.
