@@ -76,8 +76,11 @@ public struct ConsumerService: Service {
         // A batch's time, shared among its events (what each cost the worker).
         let share = elapsed / max(1, envelopes.count)
         let logHandled = logger.logLevel <= .info
+        var timer: (key: String, timer: Timer)?
         for (envelope, (index, error)) in zip(envelopes, zip(positions, errors)) {
-            timers.timer(for: envelope.routingKey).record(duration: share)
+            // One lookup per run of a routing key, not one (and a lock) per event.
+            if timer?.key != envelope.routingKey { timer = (envelope.routingKey, timers.timer(for: envelope.routingKey)) }
+            timer?.timer.record(duration: share)
             guard let error else {
                 if logHandled {
                     eventLogger(envelope).info("event handled", metadata: [
