@@ -18,6 +18,12 @@ public struct CorrelationsService: ServiceModule {
 
     public static let operationFailedEvent: (any OperationFailedEvent.Type)? = CorrelationsOperationFailed.self
 
+    /// 16 KiB pages: a row of the view (`CorrelationRow`, up to 8 bytes per symbol when
+    /// compact) fits in one page up to about 2,000 symbols instead of spilling into overflow
+    /// pages past 500, and a backfill's commit writes a quarter as many WAL frames (measured:
+    /// the rows of a 500-symbol window written in about 3 ms instead of 5).
+    public static let databasePageSize: Int? = 16_384
+
     let store: CorrelationsStore
     let handlers: CorrelationsHandlers
 

@@ -34,7 +34,7 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
 
     /// Opens (creating and migrating) the service's SQLite file.
     public static func openDatabase(path: String) throws -> ServiceDatabase {
-        try ServiceDatabase(path: path, migrations: M.migrate)
+        try ServiceDatabase(path: path, pageSize: M.databasePageSize, migrations: M.migrate)
     }
 
     /// An api: the module's command handlers on the bus, its routes, the relay to `publisher`.

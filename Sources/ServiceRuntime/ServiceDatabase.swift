@@ -31,8 +31,11 @@ public final class ServiceDatabase: Sendable {
     /// Checkpoints the WAL off the commit path.
     let checkpointer: WALCheckpointer
 
-    /// - Parameter admissionMaxWait: the longest a command waits at ``admission``.
-    public init(path: String, admissionMaxWait: DispatchTimeInterval = .seconds(1),
+    /// - Parameters:
+    ///   - admissionMaxWait: the longest a command waits at ``admission``.
+    ///   - pageSize: the page size of the file when it is created (SQLite's 4,096 bytes when
+    ///     `nil`; a file on record keeps its own).
+    public init(path: String, admissionMaxWait: DispatchTimeInterval = .seconds(1), pageSize: Int? = nil,
                 migrations: (inout DatabaseMigrator) -> Void = { _ in }) throws {
         admission = WriteAdmission(maxWait: admissionMaxWait)
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -48,6 +51,8 @@ public final class ServiceDatabase: Sendable {
             return tries < 20_000
         }
         configuration.prepareDatabase { db in
+            // The page size of a new file (an existing one keeps its own).
+            if let pageSize, !db.configuration.readonly { try db.execute(sql: "PRAGMA page_size = \(pageSize)") }
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
             // Savepoint (statement) journals in memory: group commit opens one per write.
             try db.execute(sql: "PRAGMA temp_store = MEMORY")

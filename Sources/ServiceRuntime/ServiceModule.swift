@@ -25,10 +25,13 @@ public protocol ServiceModule: Sendable {
     /// The `<service>.events.operation_failed` its worker raises when an event of an
     /// operation is dead-lettered; `nil`: none.
     static var operationFailedEvent: (any OperationFailedEvent.Type)? { get }
+    /// The page size of the service's SQLite file when it is created; `nil`: SQLite's 4,096.
+    static var databasePageSize: Int? { get }
 }
 
 extension ServiceModule {
     public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
+    public static var databasePageSize: Int? { nil }
 }
 
 /// `GET /openapi.json`.

@@ -134,6 +134,90 @@ struct WindowPairsTests {
         }
         #expect(settled > 1_000, "only \(settled) pairs went through the unit vectors")
     }
+
+    @Test("a whole row filled at once (four pairs per pass of the row's vector) equals CorrelationMath.pair cell by cell; the cells it leaves are listed and untouched")
+    func wholeRows() {
+        var random = SystemRandomNumberGenerator()
+        var settled = 0
+        for _ in 0..<60 {
+            let window = Int.random(in: 2...30, using: &random)
+            let n = Int.random(in: 5...40, using: &random)
+            let days = window + Int.random(in: 0...10, using: &random)
+            let series = (0..<n).map { _ -> ReturnSeries in
+                let end = days - [0, 0, 0, 0, 1][Int.random(in: 0..<5, using: &random)]
+                let gappy = Int.random(in: 0..<8, using: &random) == 0
+                var s = ReturnSeries()
+                for d in 0..<end where !gappy || Int.random(in: 0..<4, using: &random) > 0 {
+                    s.days.append(Int32(20_000 + d))
+                    s.values.append(Double.random(in: -0.05...0.05, using: &random))
+                }
+                return s
+            }
+            let pairs = WindowPairs(window: window, series: series)
+            for i in 0..<n {
+                var row = CorrelationRow(count: i + 1)
+                var left: [(Int, Int)] = []
+                row.withUnsafeCells { cells in pairs.fill(row: i, columns: 0..<i, into: cells, unsettled: &left) }
+                let unsettled = Set(left.map(\.1))
+                #expect(left.allSatisfy { $0.0 == i })
+                for j in 0..<i {
+                    if unsettled.contains(j) {
+                        #expect(row[j] == PairCorrelation(value: nil, observations: 0, asOfDay: nil))
+                        continue
+                    }
+                    settled += 1
+                    let expected = CorrelationMath.pair(series[i], series[j], window: window)
+                    #expect(row[j].observations == expected.observations && row[j].asOfDay == expected.asOfDay)
+                    switch (row[j].value, expected.value) {
+                    case (nil, nil): break
+                    case let (a?, b?): #expect(abs(a - b) <= 1e-12, "window \(window) [\(i),\(j)]: \(a) vs \(b)")
+                    default: Issue.record("window \(window) [\(i),\(j)]: \(String(describing: row[j].value)) vs \(String(describing: expected.value))")
+                    }
+                }
+            }
+        }
+        #expect(settled > 5_000, "only \(settled) pairs went through the unit vectors")
+    }
+}
+
+@Suite("Rows of the stored view (CorrelationRow)")
+struct CorrelationRowTests {
+    static func cell(_ value: Double?, _ observations: Int, _ day: Int32?) -> PairCorrelation {
+        PairCorrelation(value: value, observations: observations, asOfDay: day)
+    }
+
+    @Test("a row whose cells share observations and as-of day is stored compact (8 bytes a cell and the shared 8), reads back the same, and goes back to 16-byte cells when a cell differs")
+    func compact() {
+        var row = CorrelationRow(count: 4)
+        for (j, v) in [0.5, nil, -1, 1].enumerated() { row[j] = Self.cell(v, 60, 20_100) }
+        let stored = row.encoded()
+        #expect(stored.cells.count == 4 * 8 && stored.shared?.count == 8)
+        var back = CorrelationRow(cells: stored.cells, shared: stored.shared)
+        #expect(back.count == 4)
+        for j in 0..<4 { #expect(back[j] == row[j]) }
+        #expect(back[1].value == nil && back[2].value == -1 && back[0].asOfDay == 20_100)
+        // A cell past the end reads as never computed.
+        #expect(back[7] == Self.cell(nil, 0, nil))
+        back[2] = Self.cell(0.25, 59, nil)
+        let mixed = back.encoded()
+        #expect(mixed.cells.count == 4 * 16 && mixed.shared == nil)
+        let again = CorrelationRow(cells: mixed.cells, shared: nil)
+        #expect(again[2] == Self.cell(0.25, 59, nil) && again[3] == Self.cell(1, 60, 20_100) && again[1] == Self.cell(nil, 60, 20_100))
+    }
+
+    @Test("a row of one cell, and a row of cells that differ, keep 16-byte cells; a row on record without `shared` (before compact rows) reads as before")
+    func full() {
+        var one = CorrelationRow(count: 1)
+        one[0] = Self.cell(1, 20, 100)
+        #expect(one.encoded().shared == nil && one.encoded().cells.count == 16)
+        var row = CorrelationRow(count: 3)
+        row[0] = Self.cell(0.1, 20, 100)
+        row[1] = Self.cell(0.2, 20, 101)
+        let stored = row.encoded()
+        #expect(stored.shared == nil && stored.cells == row.bytes)
+        let back = CorrelationRow(cells: stored.cells, shared: nil)
+        #expect(back[0] == row[0] && back[1] == row[1] && back[2] == Self.cell(nil, 0, nil))
+    }
 }
 
 @Suite("Pairs from the latest returns only")

@@ -35,7 +35,7 @@ struct CorrelationsBatchTests {
         var outcome = try await database.pool.read { db in
             Outcome(
                 events: try String.fetchAll(db, sql: "SELECT CAST(body AS TEXT) FROM outbox ORDER BY seq"),
-                pairs: try String.fetchAll(db, sql: "SELECT window || ' ' || idx || ' ' || hex(cells) FROM correlation_rows ORDER BY window, idx"))
+                pairs: try String.fetchAll(db, sql: "SELECT window || ' ' || idx || ' ' || hex(cells) || ' ' || coalesce(hex(shared), '-') FROM correlation_rows ORDER BY window, idx"))
         }
         for window in CorrelationsStore.defaultWindows {
             outcome.pairs.append("\(window): \(try await store.matrix(of: ["A", "B", "C", "D", "E"], window: window))")

@@ -1,4 +1,7 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import EventCatalog
 import Logging
 import MessageBus
@@ -117,41 +120,100 @@ public struct CorrelationsHandlers: Sendable {
             let movedIndices = moved.indices.filter { moved[$0] }
             // The rows to write: a moved symbol's whole (its diagonal too), a later one's
             // stored row with the cells of the moved symbols to fill.
-            var rows = try (first..<symbols.count).map { i in
-                moved[i] ? CorrelationRow(count: i + 1) : try tx.row(window: window, index: i) ?? CorrelationRow(count: i + 1)
+            let count = symbols.count - first
+            var stored = [CorrelationRow?](repeating: nil, count: count)
+            for i in first..<symbols.count where !moved[i] {
+                var row = try tx.row(window: window, index: i) ?? CorrelationRow(count: i + 1)
+                if row.count <= i { row[i] = row[i] }
+                stored[i - first] = row
             }
-            // The pairs the unit vectors settle, on two threads (rows alternate between them:
-            // each writes only its own rows); the others after, one by one.
+            // The pairs the unit vectors settle are computed on two threads, this one and a
+            // helper, a row at a time in order; this one stores each row as soon as it and
+            // the rows before it are done (after the pairs the vectors leave, which read the
+            // database), so the writes overlap the arithmetic.
             let entries = self.entries
-            let left = rows.withUnsafeMutableBufferPointer { buffer -> [(Int, Int)] in
-                let base = UInt(bitPattern: buffer.baseAddress)
-                let lists = Mutex<[[(Int, Int)]]>([])
-                DispatchQueue.concurrentPerform(iterations: 2) { part in
-                    let rows = UnsafeMutablePointer<CorrelationRow>(bitPattern: base)!
-                    var unsettled: [(Int, Int)] = []
-                    for i in Swift.stride(from: first + part, to: symbols.count, by: 2) {
-                        func fill(_ j: Int) {
-                            if let c = fast.aligned(i, j) { rows[i - first][j] = c } else { unsettled.append((i, j)) }
-                        }
-                        if moved[i] {
-                            for j in 0..<i { fill(j) }
-                            rows[i - first][i] = CorrelationMath.diagonal(entries[i].series, window: window)
-                        } else {
-                            for j in movedIndices {
-                                if j >= i { break }
-                                fill(j)
-                            }
-                        }
+            let work = RowWork(rows: stored) { i, row, unsettled in
+                if moved[i] {
+                    row = CorrelationRow(count: i + 1)
+                    row.withUnsafeCells { cells in
+                        fast.fill(row: i, columns: 0..<i, into: cells, unsettled: &unsettled)
+                        cells[i] = CorrelationMath.diagonal(entries[i].series, window: window)
                     }
-                    lists.withLock { $0.append(unsettled) }
+                } else {
+                    row.withUnsafeCells { cells in
+                        fast.fill(row: i, columns: movedIndices.lazy.prefix { $0 < i }, into: cells, unsettled: &unsettled)
+                    }
                 }
-                return lists.withLock { $0.flatMap { $0 } }
             }
             var whole: [String: ReturnSeries] = [:]
-            for (i, j) in left {
-                rows[i - first][j] = try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
+            try work.run(first: first) { i, row, unsettled in
+                for (_, j) in unsettled {
+                    row[j] = try CorrelationsHandlers.pair(symbols[i], entries[i], symbols[j], entries[j], window, &whole, tx)
+                }
+                try tx.saveRow(window: window, index: i, row)
             }
-            for (offset, row) in rows.enumerated() { try tx.saveRow(window: window, index: first + offset, row) }
+        }
+    }
+
+    /// The rows of one window's update, computed on two threads — the caller's and a helper —
+    /// and handed back to the caller in order (see `View.update`). Rows are claimed one at a
+    /// time from a shared counter; each is written only by the thread that claimed it, and
+    /// read by the caller only once marked done (under the lock that marks it).
+    private final class RowWork: @unchecked Sendable {
+        typealias Compute = @Sendable (_ index: Int, _ row: inout CorrelationRow, _ unsettled: inout [(Int, Int)]) -> Void
+        private let rows: UnsafeMutablePointer<CorrelationRow>
+        private let unsettled: UnsafeMutablePointer<[(Int, Int)]>
+        private let count: Int
+        private let compute: Compute
+        private let next = Atomic<Int>(0)
+        private let done: Mutex<[Bool]>
+
+        /// `stored`: the rows read from the database (`nil`: made by `compute`).
+        init(rows stored: [CorrelationRow?], compute: @escaping Compute) {
+            count = stored.count
+            rows = .allocate(capacity: count)
+            rows.initialize(from: stored.map { $0 ?? CorrelationRow(count: 0) }, count: count)
+            unsettled = .allocate(capacity: count)
+            unsettled.initialize(repeating: [], count: count)
+            done = Mutex([Bool](repeating: false, count: count))
+            self.compute = compute
+        }
+
+        deinit {
+            rows.deinitialize(count: count)
+            rows.deallocate()
+            unsettled.deinitialize(count: count)
+            unsettled.deallocate()
+        }
+
+        /// Claims and computes the next row; `false` when every row is claimed.
+        private func step(first: Int) -> Bool {
+            let k = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard k < count else { return false }
+            compute(first + k, &rows[k], &unsettled[k])
+            done.withLock { $0[k] = true }
+            return true
+        }
+
+        /// Computes every row (row `k` is symbol `first + k`), handing each to `finish` in
+        /// order on this thread, with the pairs the vectors left in it.
+        func run(first: Int, finish: (Int, inout CorrelationRow, [(Int, Int)]) throws -> Void) throws {
+            let helper = DispatchGroup()
+            DispatchQueue.global(qos: .userInitiated).async(group: helper) { [self] in
+                while step(first: first) {}
+            }
+            // The helper may still be computing rows when `finish` throws: wait for it before
+            // the buffers go.
+            defer { helper.wait() }
+            var finished = 0
+            while finished < count {
+                if done.withLock({ $0[finished] }) {
+                    try finish(first + finished, &rows[finished], unsettled[finished])
+                    finished += 1
+                } else if !step(first: first) {
+                    sched_yield()
+                }
+            }
         }
     }
 

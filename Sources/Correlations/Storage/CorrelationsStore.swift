@@ -85,6 +85,10 @@ public final class CorrelationsStore: Sendable {
             }
             try db.execute(sql: "DROP TABLE correlations")
         }
+        // Compact rows (see `CorrelationRow`): the rows on record keep their 16-byte cells.
+        migrator.registerMigration("correlations-v3-compact-rows") { db in
+            try db.execute(sql: "ALTER TABLE correlation_rows ADD COLUMN shared BLOB")
+        }
     }
 
     // MARK: - Writes
@@ -247,12 +251,13 @@ public final class CorrelationsStore: Sendable {
     /// The stored row of symbol `index` for `window`.
     fileprivate static func row(window: Int, index: Int, _ db: Database) throws -> CorrelationRow? {
         var row: CorrelationRow?
-        try DirectBinding.query(db.cachedStatement(sql: "SELECT cells FROM correlation_rows WHERE window = ? AND idx = ?"),
+        try DirectBinding.query(db.cachedStatement(sql: "SELECT cells, shared FROM correlation_rows WHERE window = ? AND idx = ?"),
                                 in: db) { statement in
             statement.bind(1, window)
             statement.bind(2, index)
         } each: { columns in
-            row = CorrelationRow(bytes: columns.withBlob(0) { Array($0) })
+            row = CorrelationRow(cells: columns.withBlob(0) { Array($0) },
+                                 shared: columns.isNull(1) ? nil : columns.withBlob(1) { Array($0) })
         }
         return row
     }
@@ -359,13 +364,15 @@ public struct CorrelationsTransaction {
 
     /// Stores the row of symbol `index` for `window`.
     func saveRow(window: Int, index: Int, _ row: CorrelationRow) throws {
+        let stored = row.encoded()
         try DirectBinding.execute(db.cachedStatement(sql: """
-            INSERT INTO correlation_rows (window, idx, cells) VALUES (?, ?, ?)
-            ON CONFLICT (window, idx) DO UPDATE SET cells = excluded.cells
+            INSERT INTO correlation_rows (window, idx, cells, shared) VALUES (?, ?, ?, ?)
+            ON CONFLICT (window, idx) DO UPDATE SET cells = excluded.cells, shared = excluded.shared
             """), in: db) { statement in
             statement.bind(1, window)
             statement.bind(2, index)
-            statement.bind(3, row.bytes)
+            statement.bind(3, stored.cells)
+            if let shared = stored.shared { statement.bind(4, shared) } else { statement.bindNull(4) }
         }
     }
 }
