@@ -196,7 +196,8 @@ public struct CorrelationsHandlers: Sendable {
         }
 
         /// Computes every row (row `k` is symbol `first + k`), handing each to `finish` in
-        /// order on this thread, with the pairs the vectors left in it.
+        /// order on this thread, with the pairs the vectors left in it; a row is dropped once
+        /// `finish` returns.
         func run(first: Int, finish: (Int, inout CorrelationRow, [(Int, Int)]) throws -> Void) throws {
             let helper = DispatchGroup()
             DispatchQueue.global(qos: .userInitiated).async(group: helper) { [self] in
@@ -209,6 +210,9 @@ public struct CorrelationsHandlers: Sendable {
             while finished < count {
                 if done.withLock({ $0[finished] }) {
                     try finish(first + finished, &rows[finished], unsettled[finished])
+                    // Stored: its memory goes now, not with the last row.
+                    rows[finished] = CorrelationRow(count: 0)
+                    unsettled[finished] = []
                     finished += 1
                 } else if !step(first: first) {
                     sched_yield()
