@@ -199,13 +199,12 @@ public struct CorrelationsHandlers: Sendable {
         /// order on this thread, with the pairs the vectors left in it; a row is dropped once
         /// `finish` returns.
         func run(first: Int, finish: (Int, inout CorrelationRow, [(Int, Int)]) throws -> Void) throws {
-            let helper = DispatchGroup()
-            DispatchQueue.global(qos: .userInitiated).async(group: helper) { [self] in
+            // Not waited for: once every row is done the helper has nothing left to compute
+            // (it may start late, or not before this returns, and then finds no row to claim);
+            // the buffers live as long as it holds `self`.
+            DispatchQueue.global(qos: .userInitiated).async { [self] in
                 while step(first: first) {}
             }
-            // The helper may still be computing rows when `finish` throws: wait for it before
-            // the buffers go.
-            defer { helper.wait() }
             var finished = 0
             while finished < count {
                 if done.withLock({ $0[finished] }) {
