@@ -82,49 +82,46 @@ public struct CorrelationsRoutes: Sendable {
     /// The `GET /correlations` document: `{"as_of","matrix","symbols","window"}`.
     enum MatrixBody {
         /// The document, keys sorted as `JSONEncoder` sorts them, written directly: row `r` of the
-        /// matrix is row `rows[r]` of `values` (`size × size`, row-major). A 500-symbol matrix
-        /// through `JSONEncoder` built a tree of 250,000 boxed values first.
-        static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double?],
+        /// matrix is row `rows[r]` of `values` (`size × size`, row-major; NaN or infinite:
+        /// `null`). A 500-symbol matrix through `JSONEncoder` built a tree of 250,000 boxed
+        /// values first.
+        static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double],
                          size: Int) -> [UInt8] {
-            // Each cell on or below the diagonal is formatted once, for itself and for its mirror
-            // when that holds the same value (a correlation matrix is symmetric): turning
-            // doubles into text is most of the document's cost.
-            var cells = EventJSONWriter(capacity: 12 * size * (size + 1))
-            var start = [Int](repeating: 0, count: size * (size + 1) / 2 + 1)
-            var k = 0
-            for i in 0..<size {
-                for j in 0...i {
-                    if let value = values[i * size + j], value.isFinite { cells.double(value) } else { cells.null() }
-                    k += 1
-                    start[k] = cells.bytes.count
-                }
+            // Each cell on or below the diagonal is formatted once: its mirror (a correlation
+            // matrix is symmetric), and its repeats when a symbol is asked twice, copy the text
+            // written first (turning doubles into text is most of the document's cost): where
+            // that text starts in the document, per cell (-1: not written yet), and its length.
+            var start = [Int32](repeating: -1, count: size * (size + 1) / 2)
+            var length = [UInt8](repeating: 0, count: size * (size + 1) / 2)
+            // About 20 bytes a cell: reserved, not touched (no copy as the document grows).
+            var writer = EventJSONWriter(capacity: 256 + 26 * rows.count * rows.count
+                                         + symbols.reduce(0) { $0 + $1.utf8.count + 3 })
+            func cell(_ w: inout EventJSONWriter, _ value: Double) {
+                if value.isFinite { w.double(value) } else { w.null() }
             }
-            var writer = EventJSONWriter(capacity: 64 + 24 * rows.count * (rows.count + 1))
-            cells.bytes.withUnsafeBytes { formatted in
-                writer.object { w in
-                    w.key("as_of")
-                    if let asOf { w.date(asOf) } else { w.null() }
-                    w.key("matrix")
-                    w.array(rows) { w, i in
-                        w.array(rows) { w, j in
-                            let value = values[i * size + j]
-                            // Above the diagonal, the mirror's text when the value is the same
-                            // (always, for the store's matrices).
-                            guard i >= j || value.map(\.bitPattern) == values[j * size + i].map(\.bitPattern) else {
-                                if let value, value.isFinite { w.double(value) } else { w.null() }
-                                return
-                            }
-                            let cell = i >= j ? i * (i + 1) / 2 + j : j * (j + 1) / 2 + i
-                            // Past the separator `cells` put before every cell but the first.
-                            let from = start[cell] + (cell > 0 ? 1 : 0)
-                            w.raw(UnsafeRawBufferPointer(rebasing: formatted[from..<start[cell + 1]]))
-                        }
+            writer.object { w in
+                w.key("as_of")
+                if let asOf { w.date(asOf) } else { w.null() }
+                w.key("matrix")
+                w.array(rows) { w, i in
+                    w.array(rows) { w, j in
+                        let value = values[i * size + j]
+                        // A cell that is not its mirror's value (never, for the store's matrices)
+                        // is written for itself.
+                        guard value.bitPattern == values[j * size + i].bitPattern else { return cell(&w, value) }
+                        let k = i >= j ? i * (i + 1) / 2 + j : j * (j + 1) / 2 + i
+                        if start[k] >= 0 { return w.again(Int(start[k])..<Int(start[k]) + Int(length[k])) }
+                        let before = w.bytes.count
+                        cell(&w, value)
+                        let from = w.bytes[before] == UInt8(ascii: ",") ? before + 1 : before
+                        start[k] = Int32(from)
+                        length[k] = UInt8(w.bytes.count - from)
                     }
-                    w.key("symbols")
-                    w.array(symbols) { w, symbol in w.string(symbol) }
-                    w.key("window")
-                    w.int(window)
                 }
+                w.key("symbols")
+                w.array(symbols) { w, symbol in w.string(symbol) }
+                w.key("window")
+                w.int(window)
             }
             return writer.bytes
         }

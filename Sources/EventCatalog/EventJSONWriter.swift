@@ -120,6 +120,18 @@ public struct EventJSONWriter {
         bytes.append(contentsOf: value)
     }
 
+    /// The bytes at `range` of what is written so far, written again as a value (a value's
+    /// text written before, e.g. a matrix cell's mirror).
+    public mutating func again(_ range: Range<Int>) {
+        separate()
+        defer { needsComma = true }
+        let end = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: range.count))
+        bytes.withUnsafeMutableBufferPointer { b in
+            (b.baseAddress! + end).update(from: b.baseAddress! + range.lowerBound, count: range.count)
+        }
+    }
+
     /// `"YYYY-MM-DD"`.
     public mutating func date(_ value: CalendarDate) {
         separate()

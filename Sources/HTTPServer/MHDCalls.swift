@@ -94,6 +94,28 @@ final class StreamBox: @unchecked Sendable {
     }
 }
 
+/// The bytes of a large response body, read by ``bodyReader`` at the offsets MHD asks for.
+final class BodyBox: Sendable {
+    /// Bodies from this size on are read a chunk of this size at a time.
+    static let chunk = 64 * 1024
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+}
+
+private let bodyReader: MHD_ContentReaderCallback = { cls, position, buf, max in
+    guard let cls, let buf else { return -2 }  // MHD_CONTENT_READER_END_WITH_ERROR
+    let bytes = Unmanaged<BodyBox>.fromOpaque(cls).takeUnretainedValue().bytes
+    guard position < UInt64(bytes.count) else { return -1 }  // MHD_CONTENT_READER_END_OF_STREAM
+    let from = Int(position), n = min(max, bytes.count - from)
+    bytes.withUnsafeBytes { UnsafeMutableRawPointer(buf).copyMemory(from: $0.baseAddress! + from, byteCount: n) }
+    return n
+}
+
+private let bodyFree: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    Unmanaged<BodyBox>.fromOpaque(cls).release()
+}
+
 /// What the upgrade handler needs.
 final class UpgradeBox: Sendable {
     let upgrade: WebSocketUpgrade
@@ -138,6 +160,12 @@ private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemo
         daemon.streamStarted(stream, connection: bits)
         mhdResponse = MHD_create_response_from_callback(UInt64.max, 4096, streamReader,
                                                         Unmanaged.passRetained(box).toOpaque(), streamFree)
+    } else if response.body.count >= BodyBox.chunk {
+        // A large body (a 500-symbol matrix is 5 MB) is read from the response's own bytes
+        // as MHD sends it, a chunk at a time, instead of being copied whole into MHD's memory.
+        mhdResponse = MHD_create_response_from_callback(UInt64(response.body.count), BodyBox.chunk, bodyReader,
+                                                        Unmanaged.passRetained(BodyBox(response.body)).toOpaque(),
+                                                        bodyFree)
     } else {
         mhdResponse = response.body.withUnsafeBytes { raw in
             MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress),

@@ -40,6 +40,19 @@ struct DaemonTests {
         }
     }
 
+    @Test("bodies below, at and past the size read a chunk at a time (64 KiB) arrive whole, with their Content-Length, on one keep-alive connection")
+    func largeBodies() async throws {
+        try await withDaemon { port in
+            for n in [0, 1, 65_535, 65_536, 65_537, 3 * 65_536 + 7, 1_000_003] {
+                let (data, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/bytes/\(n)")!)
+                let http = response as! HTTPURLResponse
+                #expect(http.statusCode == 200)
+                #expect(http.value(forHTTPHeaderField: "Content-Length") == "\(n)")
+                #expect(data.count == n && Array(data) == patternBytes(n), "body of \(n) bytes")
+            }
+        }
+    }
+
     @Test("a body over the limit is 413 with a JSON error")
     func tooLarge() async throws {
         try await withDaemon(maxBody: 1024) { port in

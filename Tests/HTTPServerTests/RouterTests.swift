@@ -13,8 +13,12 @@ func makeRouter() -> Router {
     }
     router.get("/boom") { _ in throw Oops() }
     router.get("/teapot") { _ in throw HTTPError(418, "teapot", "short and stout") }
+    router.get("/bytes/{n}") { request in .json(bytes: patternBytes(Int(request.parameters["n"] ?? "") ?? 0)) }
     return router
 }
+
+/// `n` bytes that differ from one offset to the next (a misplaced chunk shows).
+func patternBytes(_ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8) } }
 
 func errorCode(_ response: HTTPResponse) -> String? {
     guard let object = try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any],

@@ -212,12 +212,12 @@ public final class CorrelationsStore: Sendable {
     }
 
     /// The stored correlations among `symbols` (each once) for `window`, as a row-major
-    /// `n × n` matrix, and the latest `as_of` day of its cells: one stored row read per symbol
+    /// `n × n` matrix (NaN: `null`), and the latest `as_of` day of its cells: one stored row read per symbol
     /// (see `CorrelationRow`).
-    public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double?], asOfDay: Int32?) {
+    public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double], asOfDay: Int32?) {
         try await database.pool.read { db in
             let n = symbols.count
-            var values = [Double?](repeating: nil, count: n * n)
+            var values = [Double](repeating: .nan, count: n * n)
             var asOf: Int32?
             let index = try Self.indices(of: symbols, db)
             // The requested symbols by stored index: row `i` holds the pairs with lower ones.
@@ -227,8 +227,8 @@ public final class CorrelationsStore: Sendable {
                 guard let row = try Self.row(window: window, index: mine.index, db) else { continue }
                 for other in known[...k] {
                     let cell = row[other.index]
-                    values[mine.position * n + other.position] = cell.value
-                    values[other.position * n + mine.position] = cell.value
+                    values[mine.position * n + other.position] = cell.value ?? .nan
+                    values[other.position * n + mine.position] = cell.value ?? .nan
                     if let day = cell.asOfDay { asOf = max(asOf ?? day, day) }
                 }
             }
