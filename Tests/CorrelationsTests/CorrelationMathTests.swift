@@ -95,6 +95,16 @@ struct AddWindowParsingTests {
 
 @Suite("Pairs of a batch through unit vectors (WindowPairs)")
 struct WindowPairsTests {
+    /// The same observations and as-of day, and values within 1e-12 (or both `null`).
+    static func expectSame(_ got: PairCorrelation, _ expected: PairCorrelation, _ label: String) {
+        #expect(got.observations == expected.observations && got.asOfDay == expected.asOfDay, "\(label)")
+        switch (got.value, expected.value) {
+        case (nil, nil): break
+        case let (a?, b?): #expect(abs(a - b) <= 1e-12, "\(label): \(a) vs \(b)")
+        default: Issue.record("\(label): \(String(describing: got.value)) vs \(String(describing: expected.value))")
+        }
+    }
+
     @Test("a pair it settles equals CorrelationMath.pair to 1e-12 (value, observations, as-of day): shared calendars, symbols a day ahead, gaps, a constant series, ±1; the others it leaves to CorrelationMath")
     func matchesPairwise() {
         var random = SystemRandomNumberGenerator()
@@ -122,12 +132,7 @@ struct WindowPairsTests {
                     let expected = CorrelationMath.pair(series[i], series[j], window: window)
                     guard let got = pairs.aligned(i, j) else { continue }
                     settled += 1
-                    #expect(got.observations == expected.observations && got.asOfDay == expected.asOfDay)
-                    switch (got.value, expected.value) {
-                    case (nil, nil): break
-                    case let (a?, b?): #expect(abs(a - b) <= 1e-12, "window \(window) [\(i),\(j)]: \(a) vs \(b)")
-                    default: Issue.record("window \(window) [\(i),\(j)]: \(String(describing: got.value)) vs \(String(describing: expected.value))")
-                    }
+                    Self.expectSame(got, expected, "window \(window) [\(i),\(j)]")
                 }
             }
             if n > 3, let anti = pairs.aligned(0, 3)?.value { #expect(abs(anti + 1) < 1e-12) }
@@ -167,12 +172,7 @@ struct WindowPairsTests {
                     }
                     settled += 1
                     let expected = CorrelationMath.pair(series[i], series[j], window: window)
-                    #expect(row[j].observations == expected.observations && row[j].asOfDay == expected.asOfDay)
-                    switch (row[j].value, expected.value) {
-                    case (nil, nil): break
-                    case let (a?, b?): #expect(abs(a - b) <= 1e-12, "window \(window) [\(i),\(j)]: \(a) vs \(b)")
-                    default: Issue.record("window \(window) [\(i),\(j)]: \(String(describing: row[j].value)) vs \(String(describing: expected.value))")
-                    }
+                    Self.expectSame(row[j], expected, "window \(window) [\(i),\(j)]")
                 }
             }
         }
