@@ -41,9 +41,9 @@ public struct CorrelationsRoutes: Sendable {
             let (values, asOf) = try await store.matrix(of: unique, window: window)
             let n = unique.count
             let rows = symbols.map { position[$0]! }
-            return .json(bytes: MatrixBody.json(symbols: symbols, window: window,
-                                                asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) },
-                                                rows: rows, values: values, size: n))
+            return .json(generated: MatrixBody.document(symbols: symbols, window: window,
+                                                        asOf: asOf.map { CalendarDate(daysSinceEpoch: Int($0)) },
+                                                        rows: rows, values: values, size: n))
         }
         router.get("/correlations/{a}/{b}") { request in
             let a = request.parameters["a"] ?? "", b = request.parameters["b"] ?? ""
@@ -81,49 +81,60 @@ public struct CorrelationsRoutes: Sendable {
 
     /// The `GET /correlations` document: `{"as_of","matrix","symbols","window"}`.
     enum MatrixBody {
-        /// The document, keys sorted as `JSONEncoder` sorts them, written directly: row `r` of the
-        /// matrix is row `rows[r]` of `values` (`size × size`, row-major; NaN or infinite:
-        /// `null`). A 500-symbol matrix through `JSONEncoder` built a tree of 250,000 boxed
-        /// values first.
+        /// The document, keys sorted as `JSONEncoder` sorts them, written directly, a row of the
+        /// matrix at a time as the daemon sends it: row `r` of the matrix is row `rows[r]` of
+        /// `values` (`size × size`, row-major; NaN or infinite: `null`). A 500-symbol document
+        /// is 5 MB: made whole (and copied into the daemon), it was most of correlations-api's
+        /// memory; through `JSONEncoder` it was a tree of 250,000 boxed values first.
+        static func document(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double],
+                             size: Int) -> GeneratedBody {
+            let rowsOut = Rows(symbols: symbols, window: window, asOf: asOf, rows: rows, values: values, size: size)
+            return GeneratedBody { rowsOut.next() }
+        }
+
+        /// The whole document (tests).
         static func json(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double],
                          size: Int) -> [UInt8] {
-            // Each cell on or below the diagonal is formatted once: its mirror (a correlation
-            // matrix is symmetric), and its repeats when a symbol is asked twice, copy the text
-            // written first (turning doubles into text is most of the document's cost): where
-            // that text starts in the document, per cell (-1: not written yet), and its length.
-            var start = [Int32](repeating: -1, count: size * (size + 1) / 2)
-            var length = [UInt8](repeating: 0, count: size * (size + 1) / 2)
-            // About 20 bytes a cell: reserved, not touched (no copy as the document grows).
-            var writer = EventJSONWriter(capacity: 256 + 26 * rows.count * rows.count
-                                         + symbols.reduce(0) { $0 + $1.utf8.count + 3 })
-            func cell(_ w: inout EventJSONWriter, _ value: Double) {
-                if value.isFinite { w.double(value) } else { w.null() }
+            document(symbols: symbols, window: window, asOf: asOf, rows: rows, values: values, size: size).collect()
+        }
+
+        /// The pieces of the document: its head up to the matrix, each row, its tail.
+        /// `@unchecked Sendable`: `next` is only called under the lock of the `GeneratedBody`
+        /// that holds it, one call at a time.
+        final class Rows: @unchecked Sendable {
+            let symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double], size: Int
+            /// The next row to write; -1: the head.
+            private var row = -1
+            private var ended = false
+
+            init(symbols: [String], window: Int, asOf: CalendarDate?, rows: [Int], values: [Double], size: Int) {
+                (self.symbols, self.window, self.asOf, self.rows, self.values, self.size) = (symbols, window, asOf, rows, values, size)
             }
-            writer.object { w in
-                w.key("as_of")
-                if let asOf { w.date(asOf) } else { w.null() }
-                w.key("matrix")
-                w.array(rows) { w, i in
+
+            func next() -> [UInt8]? {
+                guard !ended else { return nil }
+                defer { row += 1 }
+                if row == -1 {
+                    var head = EventJSONWriter(capacity: 64)
+                    if let asOf { head.date(asOf) } else { head.null() }
+                    return Array(#"{"as_of":"#.utf8) + head.bytes + Array(#","matrix":["#.utf8)
+                }
+                if row < rows.count {
+                    let i = rows[row]
+                    var w = EventJSONWriter(capacity: 1 + 24 * rows.count)
                     w.array(rows) { w, j in
                         let value = values[i * size + j]
-                        // A cell that is not its mirror's value (never, for the store's matrices)
-                        // is written for itself.
-                        guard value.bitPattern == values[j * size + i].bitPattern else { return cell(&w, value) }
-                        let k = i >= j ? i * (i + 1) / 2 + j : j * (j + 1) / 2 + i
-                        if start[k] >= 0 { return w.again(Int(start[k])..<Int(start[k]) + Int(length[k])) }
-                        let before = w.bytes.count
-                        cell(&w, value)
-                        let from = w.bytes[before] == UInt8(ascii: ",") ? before + 1 : before
-                        start[k] = Int32(from)
-                        length[k] = UInt8(w.bytes.count - from)
+                        if value.isFinite { w.double(value) } else { w.null() }
                     }
+                    return row > 0 ? [UInt8(ascii: ",")] + w.bytes : w.bytes
                 }
-                w.key("symbols")
-                w.array(symbols) { w, symbol in w.string(symbol) }
-                w.key("window")
-                w.int(window)
+                ended = true
+                var tail = EventJSONWriter(capacity: 64 + symbols.reduce(0) { $0 + $1.utf8.count + 3 })
+                tail.array(symbols) { w, symbol in w.string(symbol) }
+                var window = EventJSONWriter(capacity: 8)
+                window.int(self.window)
+                return Array(#"],"symbols":"#.utf8) + tail.bytes + Array(#","window":"#.utf8) + window.bytes + [UInt8(ascii: "}")]
             }
-            return writer.bytes
         }
     }
 

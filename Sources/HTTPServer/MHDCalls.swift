@@ -116,6 +116,18 @@ private let bodyFree: MHD_ContentReaderFreeCallback = { cls in
     Unmanaged<BodyBox>.fromOpaque(cls).release()
 }
 
+private let generatedReader: MHD_ContentReaderCallback = { cls, _, buf, max in
+    guard let cls, let buf else { return -2 }  // MHD_CONTENT_READER_END_WITH_ERROR
+    let n = Unmanaged<GeneratedBody>.fromOpaque(cls).takeUnretainedValue()
+        .read(into: UnsafeMutableRawBufferPointer(start: buf, count: max))
+    return n > 0 ? n : -1  // MHD_CONTENT_READER_END_OF_STREAM
+}
+
+private let generatedFree: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    Unmanaged<GeneratedBody>.fromOpaque(cls).release()
+}
+
 /// What the upgrade handler needs.
 final class UpgradeBox: Sendable {
     let upgrade: WebSocketUpgrade
@@ -142,7 +154,7 @@ private let upgradeHandler: MHD_UpgradeHandler = { cls, _, _, extraIn, extraInSi
 }
 
 /// Calls `MHD_create_response_from_buffer` (or `MHD_create_response_from_callback` for a
-/// stream, `MHD_create_response_for_upgrade` for a WebSocket), `MHD_add_response_header`,
+/// stream, a generated body or a large one, `MHD_create_response_for_upgrade` for a WebSocket), `MHD_add_response_header`,
 /// `MHD_queue_response` and `MHD_destroy_response`.
 private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemon: HTTPDaemon? = nil) -> MHD_Result {
     let mhdResponse: OpaquePointer?
@@ -160,6 +172,9 @@ private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemo
         daemon.streamStarted(stream, connection: bits)
         mhdResponse = MHD_create_response_from_callback(UInt64.max, 4096, streamReader,
                                                         Unmanaged.passRetained(box).toOpaque(), streamFree)
+    } else if let generated = response.generated {
+        mhdResponse = MHD_create_response_from_callback(UInt64.max, BodyBox.chunk, generatedReader,
+                                                        Unmanaged.passRetained(generated).toOpaque(), generatedFree)
     } else if response.body.count >= BodyBox.chunk {
         // A large body (a 500-symbol matrix is 5 MB) is read from the response's own bytes
         // as MHD sends it, a chunk at a time, instead of being copied whole into MHD's memory.

@@ -55,7 +55,7 @@ final class Chain: Sendable {
 
     func get(_ path: String, _ query: [String: String]) async throws -> (Int, [String: Any]) {
         let r = await correlationsRouter.respond(to: HTTPRequest(method: "GET", path: path, query: query))
-        return (r.status, try JSONSerialization.jsonObject(with: Data(r.body)) as! [String: Any])
+        return (r.status, try JSONSerialization.jsonObject(with: Data(r.generated?.collect() ?? r.body)) as! [String: Any])
     }
 
     /// The `correlations_updated` events caused by operation `op`.

@@ -1,4 +1,5 @@
 @testable import Correlations
+@testable import HTTPServer
 import EventCatalog
 import Foundation
 import Testing
@@ -61,5 +62,31 @@ struct MatrixBodyTests {
                                                              values: values.map { $0 ?? .nan }, size: size)
             #expect(String(decoding: written, as: UTF8.self) == String(decoding: expected, as: UTF8.self))
         }
+    }
+
+    @Test("read as the daemon reads it, in buffers of any size, the document is the same bytes")
+    func readInPieces() {
+        var random = SystemRandomNumberGenerator()
+        let size = 40
+        let values = (0..<(size * size)).map { _ in Double.random(in: -1...1, using: &random) }
+        let rows = Array(0..<size) + [3, 3]
+        let symbols = rows.map { "S\($0)" }
+        let whole = CorrelationsRoutes.MatrixBody.json(symbols: symbols, window: 20, asOf: nil, rows: rows,
+                                                       values: values, size: size)
+        for _ in 0..<20 {
+            let body = CorrelationsRoutes.MatrixBody.document(symbols: symbols, window: 20, asOf: nil, rows: rows,
+                                                              values: values, size: size)
+            var read: [UInt8] = []
+            while true {
+                var buffer = [UInt8](repeating: 0, count: Int.random(in: 1...700, using: &random))
+                let n = buffer.withUnsafeMutableBytes { body.read(into: $0) }
+                if n == 0 { break }
+                read += buffer[..<n]
+            }
+            #expect(read == whole)
+            // Ended: it stays ended.
+            #expect(body.collect().isEmpty)
+        }
+        #expect(whole.count > 40 * 40 * 10)
     }
 }

@@ -53,6 +53,19 @@ struct DaemonTests {
         }
     }
 
+    @Test("a body made as it is sent arrives whole, chunked (no Content-Length), an empty piece and all")
+    func generatedBodies() async throws {
+        try await withDaemon { port in
+            for n in [0, 999, 2_500, 300_007] {
+                let (data, response) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/pieces/\(n)")!)
+                let http = response as! HTTPURLResponse
+                #expect(http.statusCode == 200 && http.value(forHTTPHeaderField: "Content-Type") == "application/json")
+                #expect(http.value(forHTTPHeaderField: "Content-Length") == nil)
+                #expect(data.count == n && Array(data) == patternBytes(n), "body of \(n) bytes")
+            }
+        }
+    }
+
     @Test("a body over the limit is 413 with a JSON error")
     func tooLarge() async throws {
         try await withDaemon(maxBody: 1024) { port in

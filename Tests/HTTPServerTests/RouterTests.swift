@@ -1,5 +1,6 @@
 import Foundation
 import HTTPServer
+import Synchronization
 import Testing
 
 struct Oops: Error {}
@@ -14,6 +15,21 @@ func makeRouter() -> Router {
     router.get("/boom") { _ in throw Oops() }
     router.get("/teapot") { _ in throw HTTPError(418, "teapot", "short and stout") }
     router.get("/bytes/{n}") { request in .json(bytes: patternBytes(Int(request.parameters["n"] ?? "") ?? 0)) }
+    // The same bytes made as they are sent, in pieces of 1,000 (and an empty one after two).
+    router.get("/pieces/{n}") { request in
+        let all = patternBytes(Int(request.parameters["n"] ?? "") ?? 0)
+        var pieces = stride(from: 0, to: all.count, by: 1_000).map { Array(all[$0..<min(all.count, $0 + 1_000)]) }
+        if pieces.count > 2 { pieces.insert([], at: 2) }
+        let next = Mutex(0)
+        let made = pieces
+        return .json(generated: GeneratedBody {
+            next.withLock { k -> [UInt8]? in
+                guard k < made.count else { return nil }
+                k += 1
+                return made[k - 1]
+            }
+        })
+    }
     return router
 }
 
