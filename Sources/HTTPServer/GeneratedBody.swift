@@ -3,12 +3,9 @@ import Synchronization
 /// A response body made piece by piece as the daemon sends it, so that a large document is
 /// never whole in memory: `next` gives the next piece, `nil` at the end. The daemon calls it
 /// on its own thread, one call at a time, as the socket takes what came before (in chunked
-/// transfer encoding: the length is not known up front).
-///
-/// ```swift
-/// var rows = matrix.rows.makeIterator()
-/// return .json(generated: GeneratedBody { rows.next().map(render) })   // a class holds `rows`
-/// ```
+/// transfer encoding: the length is not known up front). What `next` reads as it goes lives
+/// in an object of its own (a closure given here cannot hold mutable state), as
+/// `CorrelationsRoutes.MatrixBody.Rows` does for a matrix.
 public final class GeneratedBody: Sendable, Equatable {
     private struct State {
         var next: @Sendable () -> [UInt8]?

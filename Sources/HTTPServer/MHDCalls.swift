@@ -176,8 +176,8 @@ private func queue(_ response: HTTPResponse, on connection: OpaquePointer, daemo
         mhdResponse = MHD_create_response_from_callback(UInt64.max, BodyBox.chunk, generatedReader,
                                                         Unmanaged.passRetained(generated).toOpaque(), generatedFree)
     } else if response.body.count >= BodyBox.chunk {
-        // A large body (a 500-symbol matrix is 5 MB) is read from the response's own bytes
-        // as MHD sends it, a chunk at a time, instead of being copied whole into MHD's memory.
+        // A large body is read from the response's own bytes as MHD sends it, a chunk at a
+        // time, instead of being copied whole into MHD's memory.
         mhdResponse = MHD_create_response_from_callback(UInt64(response.body.count), BodyBox.chunk, bodyReader,
                                                         Unmanaged.passRetained(BodyBox(response.body)).toOpaque(),
                                                         bodyFree)

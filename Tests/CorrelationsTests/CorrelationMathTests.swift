@@ -93,6 +93,17 @@ struct AddWindowParsingTests {
     }
 }
 
+extension WindowPairs {
+    /// The pair `(i, j)` when the unit vectors settle it (``fill(row:columns:into:unsettled:)``
+    /// for one cell); `nil`: it is left to `CorrelationMath`.
+    func aligned(_ i: Int, _ j: Int) -> PairCorrelation? {
+        var row = CorrelationRow(count: j + 1)
+        var left: [(Int, Int)] = []
+        row.withUnsafeCells { cells in fill(row: i, columns: CollectionOfOne(j), into: cells, unsettled: &left) }
+        return left.isEmpty ? row[j] : nil
+    }
+}
+
 @Suite("Pairs of a batch through unit vectors (WindowPairs)")
 struct WindowPairsTests {
     /// The same observations and as-of day, and values within 1e-12 (or both `null`).
@@ -201,6 +212,14 @@ struct CorrelationRowTests {
         back[2] = Self.cell(0.25, 59, nil)
         let mixed = back.encoded()
         #expect(mixed.cells.count == 4 * 16 && mixed.shared == nil)
+        // Filled in place, a compact row goes back to 16-byte cells first; what is set reads back.
+        var filled = CorrelationRow(cells: stored.cells, shared: stored.shared)
+        filled.withUnsafeCells { cells in
+            #expect(cells.count == 4 && cells[0] == Self.cell(0.5, 60, 20_100))
+            cells[3] = Self.cell(-0.75, 12, 99)
+            #expect(cells[3] == Self.cell(-0.75, 12, 99) && cells[2] == Self.cell(-1, 60, 20_100))
+        }
+        #expect(filled.encoded().shared == nil && filled[3] == Self.cell(-0.75, 12, 99))
         let again = CorrelationRow(cells: mixed.cells, shared: nil)
         #expect(again[2] == Self.cell(0.25, 59, nil) && again[3] == Self.cell(1, 60, 20_100) && again[1] == Self.cell(nil, 60, 20_100))
     }

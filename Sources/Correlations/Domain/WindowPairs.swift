@@ -92,15 +92,6 @@ struct WindowPairs {
         }
     }
 
-    /// The pair `(i, j)` when both have their latest `window` returns up to the pair's cut on
-    /// the same dates; `nil`: compute it from the series.
-    func aligned(_ i: Int, _ j: Int) -> PairCorrelation? {
-        var row = CorrelationRow(count: j + 1)
-        var left: [(Int, Int)] = []
-        row.withUnsafeCells { cells in fill(row: i, columns: CollectionOfOne(j), into: cells, unsettled: &left) }
-        return left.isEmpty ? row[j] : nil
-    }
-
     /// Sets the cells `(i, j)` of row `i`, for `j` in `columns`, that the unit vectors settle;
     /// appends the others to `unsettled`. The work of a backfill: one call per row, so what a
     /// pair needs is looked up without a copy or a hash.

@@ -51,14 +51,7 @@ public struct CorrelationRow: Sendable {
     subscript(j: Int) -> PairCorrelation {
         get {
             guard j < count else { return PairCorrelation(value: nil, observations: 0, asOfDay: nil) }
-            return bytes.withUnsafeBytes { raw in
-                let offset = j * stride
-                let value = Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
-                let rest = shared ?? UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self))
-                let observations = Int32(truncatingIfNeeded: rest), day = Int32(truncatingIfNeeded: rest >> 32)
-                return PairCorrelation(value: value.isNaN ? nil : value, observations: Int(observations),
-                                       asOfDay: day == Self.noDay ? nil : day)
-            }
+            return bytes.withUnsafeBytes { Self.load(at: j * stride, shared: shared, in: $0) }
         }
         set {
             if shared != nil { expand() }
@@ -74,13 +67,17 @@ public struct CorrelationRow: Sendable {
         return try bytes.withUnsafeMutableBytes { try body(UnsafeCells(raw: $0)) }
     }
 
-    /// The cells of a row being filled (see ``withUnsafeCells(_:)``): valid only in that call.
+    /// The 16-byte cells of a row being filled (see ``withUnsafeCells(_:)``): valid only in
+    /// that call.
     struct UnsafeCells {
         let raw: UnsafeMutableRawBufferPointer
         var count: Int { raw.count / CorrelationRow.cellSize }
 
         subscript(j: Int) -> PairCorrelation {
-            get { fatalError("the cells of a row being filled are only set") }
+            get {
+                precondition(j < count)
+                return CorrelationRow.load(at: j * CorrelationRow.cellSize, shared: nil, in: UnsafeRawBufferPointer(raw))
+            }
             nonmutating set {
                 precondition(j < count)
                 CorrelationRow.store(newValue, at: j * CorrelationRow.cellSize, in: raw)
@@ -131,6 +128,16 @@ public struct CorrelationRow: Sendable {
 
     private static func littleEndianBytes(_ value: UInt64) -> [UInt8] {
         withUnsafeBytes(of: value.littleEndian) { Array($0) }
+    }
+
+    /// The cell at `offset`: its value, and its observations and as-of day from `shared` when
+    /// the row is compact, else from the 8 bytes after the value.
+    fileprivate static func load(at offset: Int, shared: UInt64?, in raw: UnsafeRawBufferPointer) -> PairCorrelation {
+        let value = Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
+        let rest = shared ?? UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self))
+        let observations = Int32(truncatingIfNeeded: rest), day = Int32(truncatingIfNeeded: rest >> 32)
+        return PairCorrelation(value: value.isNaN ? nil : value, observations: Int(observations),
+                               asOfDay: day == noDay ? nil : day)
     }
 
     fileprivate static func store(_ cell: PairCorrelation, at offset: Int, in raw: UnsafeMutableRawBufferPointer) {
