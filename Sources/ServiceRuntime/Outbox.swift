@@ -59,31 +59,34 @@ public enum Outbox {
         return rows
     }
 
-    /// Claims for a sweep of `relay` up to `limit` rows, oldest first, and returns them: rows
-    /// nobody claimed, rows whose claim is older than `staleAfter` seconds, and — with
-    /// `includeOwn` — every row `relay` claimed (when it wrote them, or in an earlier sweep).
-    /// Swept rows are marked `<relay>.sweep`, apart from the rows the relay has in memory.
-    static func claim(limit: Int, relay: String, includeOwn: Bool, staleAfter: Double,
+    /// Claims for a sweep of `relay` up to `limit` rows after row `after`, oldest first, and
+    /// returns them: rows nobody claimed, rows whose claim is older than `staleAfter` seconds,
+    /// and — with `includeOwn` — every row `relay` claimed (when it wrote them, or in an
+    /// earlier sweep). Swept rows are marked `<relay>.sweep`, apart from the rows the relay has
+    /// in memory. A sweep passes its last claim's last row as `after`: the rows it has in
+    /// flight are not deleted yet, and must not be claimed again.
+    static func claim(limit: Int, relay: String, includeOwn: Bool, after: Int64 = 0, staleAfter: Double,
                       in db: Database) throws -> [(Int64, EventEnvelope)] {
         let now = Date().timeIntervalSince1970
         let sweep = relay + ".sweep"
         try db.cachedStatement(sql: """
             UPDATE outbox SET claimed_by = ?, claimed_at = ?
             WHERE seq IN (SELECT seq FROM outbox
-                          WHERE claimed_by IS NULL
-                             OR (claimed_by IN (?, ?) AND ?)
-                             OR (claimed_by NOT IN (?, ?) AND claimed_at < ?)
+                          WHERE seq > ?
+                            AND (claimed_by IS NULL
+                                 OR (claimed_by IN (?, ?) AND ?)
+                                 OR (claimed_by NOT IN (?, ?) AND claimed_at < ?))
                           ORDER BY seq LIMIT ?)
-            """).execute(arguments: [sweep, now, relay, sweep, includeOwn, relay, sweep, now - staleAfter, limit])
+            """).execute(arguments: [sweep, now, after, relay, sweep, includeOwn, relay, sweep, now - staleAfter, limit])
         // Columns by position, not by name: GRDB lowercases a name on every lookup, a large part
         // of a sweep's CPU with thousands of rows (a backlog after an outage).
         let rows = try Row.fetchAll(
             db.cachedStatement(sql: """
                 SELECT seq, event_id, routing_key, type, correlation_id, causation_id, app_id, timestamp,
                        schema_version, traceparent, content_type, body
-                FROM outbox WHERE claimed_by = ? ORDER BY seq LIMIT ?
+                FROM outbox WHERE claimed_by = ? AND seq > ? ORDER BY seq LIMIT ?
                 """),
-            arguments: [sweep, limit])
+            arguments: [sweep, after, limit])
         return rows.compactMap { row in
             guard let id = UUID(text: row[1]) else { return nil }
             let envelope = EventEnvelope(

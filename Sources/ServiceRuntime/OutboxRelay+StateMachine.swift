@@ -17,9 +17,12 @@ extension OutboxRelay {
     /// The rules:
     /// - Committed rows go out in batches of `batchSize`, up to `maxInFlight` at once, without
     ///   waiting for each other's confirms. A confirmed batch is deleted.
-    /// - A sweep of the table runs only with nothing in flight, and its batch is published
-    ///   alone: at start, when idle, and at least every `sweepInterval`, for rows nobody
-    ///   claimed or whose claim went stale (``Sweep/others``).
+    /// - A sweep of the table begins only with nothing in flight: at start, when idle, and at
+    ///   least every `sweepInterval`, for rows nobody claimed or whose claim went stale
+    ///   (``Sweep/others``). It claims `batchSize` rows at a time in order, each claim after
+    ///   the last row of the one before (so rows in flight are never claimed again), and its
+    ///   batches are pipelined like committed ones, up to `maxInFlight`: a backlog of tens of
+    ///   thousands of rows goes out at the broker's rate, not one confirm round trip per claim.
     /// - After a failed publish (the batches in flight end first), or when more committed rows
     ///   wait than `feedLimit`, the relay stops taking rows in memory (the feed closes) and
     ///   sweeps its own rows too, in order (``Sweep/all``), after a back-off for a failure; the
@@ -36,12 +39,10 @@ extension OutboxRelay {
             /// Publish a batch of committed rows without waiting for it: its outcome comes back
             /// through ``settled(_:error:)``.
             case publish([Row])
-            /// Claim up to `limit` rows of the table for a sweep (every row this relay claimed
-            /// too with `includeOwn`), then call ``claimed(_:)`` or ``claimFailed()``.
-            case claim(limit: Int, includeOwn: Bool)
-            /// Publish a sweep's batch and wait for it, then call ``sweepPublished(_:)`` or
-            /// ``sweepFailed(_:rows:)``.
-            case publishSweep([Row])
+            /// Claim up to `limit` rows of the table after row `after` for a sweep (every row
+            /// this relay claimed too with `includeOwn`), then call ``claimed(_:now:)`` or
+            /// ``claimFailed()``.
+            case claim(limit: Int, includeOwn: Bool, after: Int64)
             /// Wait for the bell (a commit, or a pipelined batch's outcome), at most this long.
             case wait(Duration)
             /// Sleep between half and all of this, whatever rings (after a failed publish).
@@ -70,11 +71,12 @@ extension OutboxRelay {
         let admissionLow: Int
         let flushTimeout: Duration
         let sweepInterval: Duration
-        /// A sweep's claim: it is published alone (the next claim must follow its deletion), so
-        /// it takes as many rows as the batches in flight would hold.
-        var sweepSize: Int { batchSize * maxInFlight }
-
         private(set) var sweep = Sweep.others
+        /// Whether the current sweep has claimed (it began with nothing in flight); its batches
+        /// may be in flight then.
+        private var sweepBegun = false
+        /// The last row the current sweep claimed: the next claim starts after it.
+        private var claimedUpTo: Int64 = 0
         /// Failed publishes in a row.
         private(set) var failures = 0
         /// Batches published and not yet settled, and their rows.
@@ -144,10 +146,7 @@ extension OutboxRelay {
                 // `sweptUpTo` went out with the sweep.
                 endingSweepOfAll = false
                 committed.removeAll { $0.0 <= sweptUpTo }
-                if !take(taken.rows.filter { $0.0 > sweptUpTo }, overflowed: taken.overflowed) {
-                    sweep = .none
-                    swept = now
-                }
+                if !take(taken.rows.filter { $0.0 > sweptUpTo }, overflowed: taken.overflowed) { endSweep(now) }
             } else if failure == nil {
                 let came = !taken.rows.isEmpty || taken.overflowed
                 _ = take(taken.rows, overflowed: taken.overflowed)
@@ -160,8 +159,9 @@ extension OutboxRelay {
             waited = false
             admit(lag: sweep == .none && failure == nil ? committed.count + inFlightRows : nil)
             // The batches in flight end first (confirmed, or failed too) before the relay deals
-            // with a failure or sweeps (both go by the table), or sends a batch beyond the cap.
-            if inFlight > 0, failure != nil || sweep != .none || (!committed.isEmpty && inFlight >= maxInFlight) {
+            // with a failure or begins a sweep (both go by the table); none goes beyond the cap.
+            if inFlight > 0, failure != nil || (sweep != .none && (!sweepBegun || inFlight >= maxInFlight))
+                || (!committed.isEmpty && inFlight >= maxInFlight) {
                 return .wait(.seconds(1))
             }
             if let error = failure {
@@ -174,9 +174,13 @@ extension OutboxRelay {
                 claimFeedWasOpen = true
                 if sweep == .all {
                     claimFeedWasOpen = feedOpen
-                    if !feedOpen, lastClaim < sweepSize { effects.append(.feed(open: true)) }
+                    if !feedOpen, lastClaim < batchSize { effects.append(.feed(open: true)) }
                 }
-                return .claim(limit: sweepSize, includeOwn: sweep == .all)
+                if !sweepBegun {
+                    sweepBegun = true
+                    claimedUpTo = 0
+                }
+                return .claim(limit: batchSize, includeOwn: sweep == .all, after: claimedUpTo)
             }
             if !committed.isEmpty {
                 let batch = Array(committed.prefix(batchSize))
@@ -190,7 +194,8 @@ extension OutboxRelay {
             return .wait(.seconds(1))
         }
 
-        /// The rows a sweep's claim returned, at `now`; `nil`: take the next turn.
+        /// The rows a sweep's claim returned, at `now`: a batch to publish without waiting for
+        /// it (its outcome comes back through ``settled(_:error:)``); `nil`: take the next turn.
         mutating func claimed(_ batch: [Row], now: ContinuousClock.Instant) -> Decision? {
             lastClaim = batch.count
             guard let last = batch.last else {
@@ -199,23 +204,25 @@ extension OutboxRelay {
                 if sweep == .all {
                     endingSweepOfAll = true
                 } else {
-                    sweep = .none
-                    swept = now
+                    endSweep(now)
                 }
                 return nil
             }
+            claimedUpTo = max(claimedUpTo, last.0)
             if sweep == .all { sweptUpTo = max(sweptUpTo, last.0) }
-            return .publishSweep(batch)
+            inFlight += 1
+            inFlightRows += batch.count
+            return .publish(batch)
         }
 
         /// The claim failed (the database is unavailable): wait, and claim again.
         mutating func claimFailed() -> Decision { .wait(.seconds(1)) }
 
-        /// A sweep's batch went out.
-        mutating func sweepPublished(_ batch: [Row]) { published(batch) }
-
-        /// A sweep's batch failed: back off, then sweep every row again.
-        mutating func sweepFailed(_ error: any Error, rows: Int) -> Decision { failed(error, rows: rows) }
+        private mutating func endSweep(_ now: ContinuousClock.Instant) {
+            sweep = .none
+            sweepBegun = false
+            swept = now
+        }
 
         /// Adds committed rows; past `feedLimit` (or when the feed overflowed) they are dropped
         /// from memory and the relay sweeps every row it claimed. Returns whether it overflowed.
@@ -242,7 +249,8 @@ extension OutboxRelay {
         private mutating func enterSweepOfAll() {
             effects.append(.feed(open: false))
             sweep = .all
-            lastClaim = sweepSize
+            sweepBegun = false
+            lastClaim = batchSize
         }
 
         private mutating func published(_ batch: [Row]) {

@@ -17,10 +17,12 @@ import Synchronization
 /// claim is older than `staleAfter` (their process died): at start, when idle and at least
 /// every 5 s. After a failed publish (with back-off), or when more rows wait than it keeps in
 /// memory, the relay sweeps its own rows too, in order: a failed batch stays in the outbox.
+/// A sweep claims rows a batch at a time, each claim after the last row of the one before,
+/// and publishes them pipelined like committed ones.
 ///
 /// Batches of committed rows do not wait for the confirms of the ones before (up to
 /// `maxInFlight` at once): with a publish per batch awaited in turn, an event committed while
-/// a batch waited for the broker's disk sync waited too. A sweep runs only with nothing in
+/// a batch waited for the broker's disk sync waited too. A sweep begins only with nothing in
 /// flight; after a failure the relay lets the batches in flight end, then sweeps (a batch
 /// confirmed after an earlier one failed has gone out before that one is published again).
 ///
@@ -121,10 +123,8 @@ public final class OutboxRelay: Service, Sendable {
             let decision = machine.next(taken: database.takeCommittedOutboxRows(), feedOpen: database.outboxFeedOpen,
                                         now: .now)
             apply(machine.takeEffects())
-            switch decision {
-            case .finish:
-                break turns
-            case .publish(let batch):
+            // A batch goes out without being waited for: its outcome comes back by the mailbox.
+            func publish(_ batch: [Row]) {
                 batches.increment()
                 group.addTask { [publisher, database] in
                     var error: (any Error)?
@@ -132,28 +132,26 @@ public final class OutboxRelay: Service, Sendable {
                     mailbox.put(Outcome(batch: batch, error: error))
                     database.outboxBell.ring()
                 }
-            case .claim(let limit, let includeOwn):
+            }
+            switch decision {
+            case .finish:
+                break turns
+            case .publish(let batch):
+                publish(batch)
+            case .claim(let limit, let includeOwn, let after):
                 let claimed: [Row]
                 do {
-                    claimed = try await database.claimOutboxRows(limit: limit, includeOwn: includeOwn, staleAfter: staleAfter)
+                    claimed = try await database.claimOutboxRows(limit: limit, includeOwn: includeOwn, after: after,
+                                                                  staleAfter: staleAfter)
                 } catch {
                     if Task.isCancelled { break turns }
                     logger.error("outbox read failed", metadata: ["error": "\(error)"])
                     await pause(machine.claimFailed())
                     continue
                 }
-                guard case .publishSweep(let batch)? = machine.claimed(claimed, now: .now) else { continue }
-                batches.increment()
-                do {
-                    try await publisher.publish(batch.map(\.1))
-                    machine.sweepPublished(batch)
-                    apply(machine.takeEffects())
-                } catch {
-                    let next = machine.sweepFailed(error, rows: batch.count)
-                    apply(machine.takeEffects())
-                    await pause(next)
-                }
-            case .wait, .backOff, .publishSweep:
+                if case .publish(let batch)? = machine.claimed(claimed, now: .now) { publish(batch) }
+                apply(machine.takeEffects())
+            case .wait, .backOff:
                 await pause(decision)
             }
         }

@@ -156,10 +156,11 @@ public final class ServiceDatabase: Sendable {
     /// Claims rows for a sweep of the relay (see ``Outbox/claim``) in the next shared
     /// transaction, after the deletions asked for so far: a sweep never takes again what the
     /// relay has published.
-    func claimOutboxRows(limit: Int, includeOwn: Bool, staleAfter: Double) async throws -> [(Int64, EventEnvelope)] {
+    func claimOutboxRows(limit: Int, includeOwn: Bool, after: Int64 = 0,
+                         staleAfter: Double) async throws -> [(Int64, EventEnvelope)] {
         try await combiner.submit { [relayId] db in
             .init(fresh: [], rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
-                                                                       staleAfter: staleAfter, in: db))
+                                                                       after: after, staleAfter: staleAfter, in: db))
         }.claimed
     }
 

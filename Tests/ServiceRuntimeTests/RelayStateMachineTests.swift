@@ -25,7 +25,7 @@ struct RelayStateMachineTests {
 
     /// Runs the start-up sweep of others' rows, which finds nothing.
     func pastStartupSweep(_ m: inout Machine) {
-        guard case .claim(_, includeOwn: false) = m.next(taken: ([], false), feedOpen: true, now: at(0)) else {
+        guard case .claim(_, includeOwn: false, after: _) = m.next(taken: ([], false), feedOpen: true, now: at(0)) else {
             Issue.record("expected the start-up sweep")
             return
         }
@@ -35,7 +35,7 @@ struct RelayStateMachineTests {
 
     func seqs(_ decision: Machine.Decision) -> [Int64]? {
         switch decision {
-        case .publish(let batch), .publishSweep(let batch): batch.map(\.0)
+        case .publish(let batch): batch.map(\.0)
         default: nil
         }
     }
@@ -48,18 +48,22 @@ struct RelayStateMachineTests {
     @Test("at start it sweeps for rows other processes left, then idles")
     func startupSweep() {
         var m = machine()
-        guard case .claim(let limit, let includeOwn) = m.next(taken: ([], false), feedOpen: true, now: at(0)) else {
+        guard case .claim(let limit, let includeOwn, let after) = m.next(taken: ([], false), feedOpen: true, now: at(0)) else {
             Issue.record("expected a claim")
             return
         }
-        #expect(limit == 4 && !includeOwn)
-        // Others' rows found: published alone, and deleted once out.
-        #expect(seqs(m.claimed(rows(1...3), now: at(0))!) == [1, 2, 3])
-        m.sweepPublished(rows(1...3))
+        #expect(limit == 2 && !includeOwn && after == 0)
+        // Others' rows found: published, and deleted once out.
+        #expect(seqs(m.claimed(rows(1...2), now: at(0))!) == [1, 2])
+        m.settled(rows(1...2), error: nil)
         guard case .published(let batch) = m.takeEffects().first else { Issue.record("expected a deletion"); return }
-        #expect(batch.map(\.0) == [1, 2, 3])
-        // The next claim finds nothing: the sweep ends and the relay waits for the bell.
-        guard case .claim = m.next(taken: ([], false), feedOpen: true, now: at(0)) else { Issue.record("claim"); return }
+        #expect(batch.map(\.0) == [1, 2])
+        // The next claim starts after the last row claimed, and finds nothing: the sweep ends
+        // and the relay waits for the bell.
+        guard case .claim(_, _, after: 2) = m.next(taken: ([], false), feedOpen: true, now: at(0)) else {
+            Issue.record("expected a claim after row 2")
+            return
+        }
         #expect(m.claimed([], now: at(0)).map { _ in true } == nil)
         #expect(isWait(m.next(taken: ([], false), feedOpen: true, now: at(0.1))))
     }
@@ -103,15 +107,21 @@ struct RelayStateMachineTests {
         #expect(effects.contains { if case .publishFailed(_, _, attempt: 1) = $0 { true } else { false } })
         #expect(m.committed.isEmpty && m.sweep == .all)
         // The sweep claims every row this relay claimed; the feed stays closed meanwhile.
-        guard case .claim(_, includeOwn: true) = m.next(taken: ([], false), feedOpen: false, now: at(0.5)) else {
+        guard case .claim(_, includeOwn: true, after: _) = m.next(taken: ([], false), feedOpen: false, now: at(0.5)) else {
             Issue.record("expected a claim of every row")
             return
         }
         #expect(!m.takeEffects().contains { if case .feed(open: true) = $0 { true } else { false } })
-        #expect(seqs(m.claimed(rows(1...2) + rows(5...5), now: at(0.5))!) == [1, 2, 5])
-        m.sweepPublished(rows(1...2) + rows(5...5))
+        #expect(seqs(m.claimed(rows(1...2), now: at(0.5))!) == [1, 2])
+        m.settled(rows(1...2), error: nil)
+        #expect(m.takeEffects().contains { if case .publishingAgain(rows: 2) = $0 { true } else { false } })
+        guard case .claim(_, includeOwn: true, after: 2) = m.next(taken: ([], false), feedOpen: false, now: at(0.5)) else {
+            Issue.record("expected the next claim")
+            return
+        }
+        #expect(seqs(m.claimed(rows(5...5), now: at(0.5))!) == [5])
+        m.settled(rows(5...5), error: nil)
         // A short claim: the feed opens again for the last claims.
-        #expect(m.takeEffects().contains { if case .publishingAgain(rows: 3) = $0 { true } else { false } })
         guard case .claim = m.next(taken: ([], false), feedOpen: false, now: at(0.6)) else { Issue.record("claim"); return }
         #expect(m.takeEffects().contains { if case .feed(open: true) = $0 { true } else { false } })
         // The feed was closed when that claim began: claim again once it is open.
@@ -136,23 +146,66 @@ struct RelayStateMachineTests {
         }
         delays.append(first)
         for _ in 0..<5 {
-            guard case .claim(_, includeOwn: true) = m.next(taken: ([], false), feedOpen: false, now: at(1)) else {
+            guard case .claim(_, includeOwn: true, after: _) = m.next(taken: ([], false), feedOpen: false, now: at(1)) else {
                 Issue.record("expected a claim of every row")
                 return
             }
             _ = m.claimed(rows(1...1), now: at(1))
-            guard case .backOff(let delay) = m.sweepFailed(Nacked(), rows: 1) else { Issue.record("back-off"); return }
+            m.settled(rows(1...1), error: Nacked())
+            guard case .backOff(let delay) = m.next(taken: ([], false), feedOpen: false, now: at(1)) else {
+                Issue.record("back-off")
+                return
+            }
             delays.append(delay)
         }
         #expect(delays == [.milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600),
                            .milliseconds(2000), .milliseconds(2000)])
     }
 
+    @Test("a sweep's batches are pipelined: each claim starts after the last, up to maxInFlight; a failure sweeps again from the start")
+    func pipelinedSweep() {
+        var m = machine(feedLimit: 3)
+        pastStartupSweep(&m)
+        guard case .claim(_, includeOwn: true, after: 0) = m.next(taken: (rows(1...4), false), feedOpen: true, now: at(0.1)) else {
+            Issue.record("expected a sweep of every row")
+            return
+        }
+        #expect(seqs(m.claimed(rows(1...2), now: at(0.1))!) == [1, 2])
+        // Not waited for: the next claim follows at once, after row 2.
+        guard case .claim(_, includeOwn: true, after: 2) = m.next(taken: ([], false), feedOpen: false, now: at(0.1)) else {
+            Issue.record("expected a claim after row 2 with a batch in flight")
+            return
+        }
+        #expect(seqs(m.claimed(rows(3...4), now: at(0.1))!) == [3, 4])
+        #expect(m.inFlight == 2)
+        // The cap: the next claim waits for a batch to settle.
+        #expect(isWait(m.next(taken: ([], false), feedOpen: false, now: at(0.1))))
+        m.settled(rows(1...2), error: nil)
+        guard case .claim(_, includeOwn: true, after: 4) = m.next(taken: ([], false), feedOpen: false, now: at(0.2)) else {
+            Issue.record("expected a claim after row 4")
+            return
+        }
+        #expect(seqs(m.claimed(rows(5...6), now: at(0.2))!) == [5, 6])
+        // [3, 4] fails: [5, 6] ends first, then a back-off, then the sweep starts over from the
+        // first row (the table still holds 3 and 4, and 5 and 6 if they failed too).
+        m.settled(rows(3...4), error: Nacked())
+        #expect(isWait(m.next(taken: ([], false), feedOpen: false, now: at(0.3))))
+        m.settled(rows(5...6), error: nil)
+        guard case .backOff = m.next(taken: ([], false), feedOpen: false, now: at(0.3)) else {
+            Issue.record("expected a back-off")
+            return
+        }
+        guard case .claim(_, includeOwn: true, after: 0) = m.next(taken: ([], false), feedOpen: false, now: at(0.6)) else {
+            Issue.record("expected the sweep to start over")
+            return
+        }
+    }
+
     @Test("more committed rows than the feed holds: dropped from memory, swept from the table")
     func overflow() {
         var m = machine(feedLimit: 3)
         pastStartupSweep(&m)
-        guard case .claim(_, includeOwn: true) = m.next(taken: (rows(1...4), false), feedOpen: true, now: at(0.1)) else {
+        guard case .claim(_, includeOwn: true, after: _) = m.next(taken: (rows(1...4), false), feedOpen: true, now: at(0.1)) else {
             Issue.record("expected a sweep of every row")
             return
         }
@@ -160,7 +213,7 @@ struct RelayStateMachineTests {
         var n = machine()
         pastStartupSweep(&n)
         // The feed itself overflowed (it closed and dropped its rows).
-        guard case .claim(_, includeOwn: true) = n.next(taken: ([], true), feedOpen: false, now: at(0.1)) else {
+        guard case .claim(_, includeOwn: true, after: _) = n.next(taken: ([], true), feedOpen: false, now: at(0.1)) else {
             Issue.record("expected a sweep of every row")
             return
         }
@@ -172,7 +225,7 @@ struct RelayStateMachineTests {
         pastStartupSweep(&m)
         #expect(isWait(m.next(taken: ([], false), feedOpen: true, now: at(0.1))))
         // Woken with nothing new after a wait: idle.
-        guard case .claim(_, includeOwn: false) = m.next(taken: ([], false), feedOpen: true, now: at(1.1)) else {
+        guard case .claim(_, includeOwn: false, after: _) = m.next(taken: ([], false), feedOpen: true, now: at(1.1)) else {
             Issue.record("expected an idle sweep")
             return
         }
@@ -182,7 +235,7 @@ struct RelayStateMachineTests {
         m.settled(rows(1...1), error: nil)
         #expect(seqs(m.next(taken: (rows(2...2), false), feedOpen: true, now: at(6))) == [2])
         m.settled(rows(2...2), error: nil)
-        guard case .claim(_, includeOwn: false) = m.next(taken: (rows(3...3), false), feedOpen: true, now: at(6.2)) else {
+        guard case .claim(_, includeOwn: false, after: _) = m.next(taken: (rows(3...3), false), feedOpen: true, now: at(6.2)) else {
             Issue.record("expected the periodic sweep")
             return
         }
