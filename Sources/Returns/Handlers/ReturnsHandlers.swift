@@ -35,28 +35,44 @@ public struct ReturnsHandlers: Sendable {
     /// what handling them one after the other would raise.
     public func pricesRecorded(_ batch: [HandledEvent<PricesRecorded>]) async throws {
         let applied = try await store.write(batch.map(\.context)) { tx, fresh in
-            var from: [String: CalendarDate] = [:]
+            // Each symbol of the batch once, with the earliest first date of its events (one
+            // lookup per event; arrays by slot after that: a batch of a few hundred symbols
+            // spent a third of its transaction in dictionaries of dates and symbols).
+            var slotOf: [String: Int] = [:]
+            slotOf.reserveCapacity(fresh.count)
+            var symbols: [(name: String, first: CalendarDate)] = []
+            var slots = [Int](repeating: -1, count: batch.count)
             for index in fresh {
                 let event = batch[index].event
-                from[event.symbol] = min(from[event.symbol] ?? event.firstDate, event.firstDate)
-            }
-            var changed: [String: [DailyReturn]] = [:]
-            for (symbol, first) in from.sorted(by: { $0.key < $1.key }) {
-                let rows = try tx.pricesAndReturns(of: symbol, from: first)
-                var stored: [CalendarDate: Double] = [:]
-                for (point, simple) in rows where point.date >= first { stored[point.date] = simple }
-                let computed = ReturnsMath.dailyReturns(rows.map(\.0)).filter { $0.date >= first }
-                let diff = computed.filter { stored[$0.date] != $0.simple }
-                try tx.saveReturns(diff, of: symbol)
-                changed[symbol] = diff
-            }
-            var carried: [String: Set<CalendarDate>] = [:]
-            for index in fresh {
-                let event = batch[index].event
-                let mine = changed[event.symbol, default: []].filter {
-                    $0.date >= event.firstDate && !(carried[event.symbol]?.contains($0.date) ?? false)
+                if let slot = slotOf[event.symbol] {
+                    symbols[slot].first = min(symbols[slot].first, event.firstDate)
+                    slots[index] = slot
+                } else {
+                    slots[index] = symbols.count
+                    slotOf[event.symbol] = symbols.count
+                    symbols.append((event.symbol, event.firstDate))
                 }
-                if from.count < fresh.count { carried[event.symbol, default: []].formUnion(mine.map(\.date)) }
+            }
+            // In symbol order (neighbouring pages of the tables), the changed returns of each.
+            var changed = [[DailyReturn]](repeating: [], count: symbols.count)
+            for slot in symbols.indices.sorted(by: { symbols[$0].name < symbols[$1].name }) {
+                let (symbol, first) = symbols[slot]
+                let rows = try tx.pricesAndReturns(of: symbol, from: first)
+                // Return `i` is for the date of price `i + 1`, whose stored return is beside it.
+                let computed = ReturnsMath.dailyReturns(rows.map(\.0))
+                var diff: [DailyReturn] = []
+                for (i, r) in computed.enumerated() where r.date >= first && rows[i + 1].1 != r.simple { diff.append(r) }
+                try tx.saveReturns(diff, of: symbol)
+                changed[slot] = diff
+            }
+            // Dates an earlier event of the symbol carried (only when a symbol comes twice).
+            var carried = [Set<CalendarDate>](repeating: [], count: symbols.count)
+            let repeats = symbols.count < fresh.count
+            for index in fresh {
+                let event = batch[index].event
+                let slot = slots[index]
+                let mine = changed[slot].filter { $0.date >= event.firstDate && !carried[slot].contains($0.date) }
+                if repeats { carried[slot].formUnion(mine.map(\.date)) }
                 try batch[index].context.raise(ReturnsCalculated(
                     symbol: event.symbol, returns: mine.map { DatedValue(date: $0.date, value: $0.simple) }))
             }
