@@ -96,8 +96,11 @@ public final class ServiceDatabase: Sendable {
     public func write(_ contexts: [HandlerContext],
                       _ body: @escaping @Sendable (Database, [Int]) throws -> Void) async throws -> [Int] {
         // A command (not an event handler) waits while the relay is behind (``WriteAdmission``).
-        if contexts.contains(where: { $0.handledEventId == nil }) { await admission.admit() }
-        let written = try await combiner.submit { [relayId] db -> WriteCombiner.Written in
+        let command = contexts.contains(where: { $0.handledEventId == nil })
+        if command { await admission.admit() }
+        // An event handler's write (a worker's batch) goes in a transaction of its own; a
+        // command's shares one with the concurrent requests (see `WriteCombiner`).
+        let written = try await combiner.submit(alone: !command) { [relayId] db -> WriteCombiner.Written in
             var fresh: [Int] = []
             fresh.reserveCapacity(contexts.count)
             for (index, context) in contexts.enumerated() {

@@ -10,6 +10,12 @@ import Synchronization
 /// The same transaction deletes the outbox rows the relay has published since the last one;
 /// after it commits, the outbox rows it added go to the relay's feed, in commit order.
 /// One batch per turn on the writer queue, so other writes interleave under load.
+///
+/// A write submitted `alone` (a worker's batch of events: one transaction by design) gets a
+/// transaction of its own, without a savepoint: a savepoint keeps the original of every page
+/// its write changes in SQLite's statement journal, which is in memory (`temp_store =
+/// MEMORY`) — 5 MB more peak memory in the correlations-worker when its batch, which rewrites
+/// the stored rows of a window, happened to share a transaction with the relay's claim.
 final class WriteCombiner: Sendable {
     struct Written: Sendable {
         /// The indices of the write's contexts that were not handled before (inbox): those
@@ -25,6 +31,7 @@ final class WriteCombiner: Sendable {
 
     private struct Pending: Sendable {
         let work: Work
+        let alone: Bool
         let continuation: CheckedContinuation<Written, any Error>
     }
 
@@ -60,10 +67,10 @@ final class WriteCombiner: Sendable {
         self.deletionDelay = deletionDelay
     }
 
-    func submit(_ work: @escaping Work) async throws -> Written {
+    func submit(alone: Bool = false, _ work: @escaping Work) async throws -> Written {
         try await withCheckedThrowingContinuation { continuation in
             let schedule = state.withLock { state -> Bool in
-                state.pending.append(Pending(work: work, continuation: continuation))
+                state.pending.append(Pending(work: work, alone: alone, continuation: continuation))
                 defer { state.scheduled = true }
                 return !state.scheduled
             }
@@ -115,7 +122,10 @@ final class WriteCombiner: Sendable {
     private func scheduleBatch() {
         pool.asyncWriteWithoutTransaction { [self] db in
             let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
-                let batch = Array(state.pending.prefix(maxBatch))
+                // In order: a write that goes alone, or the writes before the next one that does.
+                let batch = state.pending.first?.alone == true
+                    ? [state.pending[0]]
+                    : Array(state.pending.prefix(maxBatch).prefix { !$0.alone })
                 state.pending.removeFirst(batch.count)
                 defer { state.deletions.removeAll() }
                 return (batch, state.deletions)
