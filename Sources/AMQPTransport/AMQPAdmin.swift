@@ -17,7 +17,7 @@ public enum AMQPAdmin {
     /// (through the default exchange, so only this service sees them again), with a fresh
     /// attempt count.
     public static func replayDeadLetters(settings: AMQPSettings, service: String, limit: Int) throws -> Report {
-        let connection = try RabbitMQConnection(settings: settings)
+        let connection = try RabbitMQConnection.connect(settings: settings).connection
         defer { connection.close() }
         try connection.selectConfirms()
         let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable)
@@ -45,7 +45,7 @@ public enum AMQPAdmin {
     /// Publishes up to `limit` messages of `events.unroutable` to the exchange again with
     /// their original routing keys; one that is still unroutable stays in the queue.
     public static func replayUnroutable(settings: AMQPSettings, limit: Int) throws -> Report {
-        let connection = try RabbitMQConnection(settings: settings)
+        let connection = try RabbitMQConnection.connect(settings: settings).connection
         defer { connection.close() }
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         let depth = try connection.declareQueue(

@@ -84,6 +84,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     }
 
     private let settings: AMQPSettings
+    /// Which broker node to connect to (the next one after a lost connection).
+    private let nodes: NodeCursor
     private let spec: QueueSpec
     private let bindings: [String]
     private let logger: Logger
@@ -99,6 +101,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     public init(settings: AMQPSettings, queue: QueueSpec, bindings: [String],
                 logger: Logger = Logger(label: "stega.amqp.consumer")) {
         self.settings = settings
+        nodes = NodeCursor(nodes: settings.nodes.count)
         self.spec = queue
         self.bindings = bindings
         self.logger = logger
@@ -122,6 +125,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
     /// The local TCP port of the current connection (to find it on the broker in tests).
     var localPort: Int? { state.withLock { $0.localPort } }
+    /// The index in `settings.nodes` of the node of the current (or last) connection.
+    var node: Int { nodes.node }
 
     public func run(batchHandler handler: @escaping DeliveryBatchHandler) async throws {
         // Deliveries cross from the consumer thread to the handler's task through `mailbox`:
@@ -497,7 +502,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
     }
 
     private func connect() throws -> RabbitMQConnection {
-        let connection = try RabbitMQConnection(settings: settings)
+        let (connection, node) = try RabbitMQConnection.connect(settings: settings, order: nodes.order)
+        nodes.connected(to: node)
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         let name: String
         switch spec.mode {
@@ -529,7 +535,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("consuming", metadata: [
             "amqp.queue": "\(name)", "amqp.queue_mode": "\(spec.mode.rawValue)",
-            "amqp.bindings": "\(bindings.joined(separator: ","))", "amqp.url": "\(settings.url)",
+            "amqp.bindings": "\(bindings.joined(separator: ","))", "amqp.url": "\(settings.nodes[node])",
         ])
         return connection
     }

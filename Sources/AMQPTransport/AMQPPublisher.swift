@@ -33,6 +33,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     }
 
     private let settings: AMQPSettings
+    /// Which broker node to connect to (the next one after a lost connection).
+    private let nodes: NodeCursor
     private let confirms: Bool
     private let persistent: Bool
     private let logger: Logger
@@ -47,6 +49,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
 
     /// The local TCP port of the current connection (to find it on the broker in tests).
     var localPort: Int? { port.withLock { $0 } }
+    /// The index in `settings.nodes` of the node of the current (or last) connection.
+    var node: Int { nodes.node }
 
     /// - Parameters:
     ///   - confirms: publisher confirms (`confirm.select`): `publish` returns after the broker's ack.
@@ -54,6 +58,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     public init(settings: AMQPSettings, confirms: Bool = true, persistent: Bool = true,
                 logger: Logger = Logger(label: "stega.amqp.publisher")) {
         self.settings = settings
+        nodes = NodeCursor(nodes: settings.nodes.count)
         self.confirms = confirms
         self.persistent = persistent
         self.logger = logger
@@ -281,7 +286,8 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     }
 
     private func connect() throws -> RabbitMQConnection {
-        let connection = try RabbitMQConnection(settings: settings)
+        let (connection, node) = try RabbitMQConnection.connect(settings: settings, order: nodes.order)
+        nodes.connected(to: node)
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         if persistent {
             _ = try connection.declareQueue(Self.unroutableQueue, durable: true, exclusive: false, autoDelete: false,
@@ -293,7 +299,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
             Counter(label: "amqp_reconnects_total", dimensions: [("role", "publisher")]).increment()
         }
         connectedFlag.store(true, ordering: .relaxed)
-        logger.info("publisher connected", metadata: ["amqp.url": "\(settings.url)"])
+        logger.info("publisher connected", metadata: ["amqp.url": "\(settings.nodes[node])"])
         return connection
     }
 

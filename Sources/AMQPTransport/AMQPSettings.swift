@@ -1,3 +1,6 @@
+import Foundation
+import Synchronization
+
 /// How queues are declared and consumed (DESIGN.md "Delivery guarantees").
 public enum QueueMode: String, Sendable, CaseIterable {
     /// Queue `<service>.events`, durable, manual ack after the handler; persistent messages.
@@ -8,7 +11,15 @@ public enum QueueMode: String, Sendable, CaseIterable {
 
 /// Connection settings shared by publishers and consumers.
 public struct AMQPSettings: Sendable, Equatable {
-    public var url: AMQPURL
+    /// The nodes of the broker (one, or several of one RabbitMQ cluster), in order: a
+    /// connection goes to the first that answers; after a lost one, a publisher or consumer
+    /// tries the node after the one it had first (see ``NodeCursor``).
+    public var nodes: [AMQPURL]
+    /// The first node (setting it leaves that one alone).
+    public var url: AMQPURL {
+        get { nodes[0] }
+        set { nodes = [newValue] }
+    }
     /// The exchange every event goes through (`events`).
     public var exchange: String
     /// `direct` or `topic`.
@@ -22,11 +33,54 @@ public struct AMQPSettings: Sendable, Equatable {
 
     public init(url: AMQPURL = AMQPURL(), exchange: String = "events", exchangeType: String = "direct",
                 heartbeatSeconds: Int = 30, caCertificatePath: String? = nil, verifyPeer: Bool = true) {
-        self.url = url
+        self.init(nodes: [url], exchange: exchange, exchangeType: exchangeType, heartbeatSeconds: heartbeatSeconds,
+                  caCertificatePath: caCertificatePath, verifyPeer: verifyPeer)
+    }
+
+    /// `nodes`: at least one (an empty list means the default node).
+    public init(nodes: [AMQPURL], exchange: String = "events", exchangeType: String = "direct",
+                heartbeatSeconds: Int = 30, caCertificatePath: String? = nil, verifyPeer: Bool = true) {
+        self.nodes = nodes.isEmpty ? [AMQPURL()] : nodes
         self.exchange = exchange
         self.exchangeType = exchangeType
         self.heartbeatSeconds = heartbeatSeconds
         self.caCertificatePath = caCertificatePath
         self.verifyPeer = verifyPeer
     }
+}
+
+extension AMQPURL {
+    /// Parses `STEGA_AMQP_URL`: one URL, or the nodes of a cluster separated by commas (a comma
+    /// in a user name or password is written `%2C`); throws `AMQPError.invalidURL`.
+    public static func list(parsing text: String) throws -> [AMQPURL] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.contains(where: \.isEmpty) else {
+            throw AMQPError(.invalidURL, "empty entry in a comma-separated list of broker URLs")
+        }
+        return try parts.map { try AMQPURL(parsing: $0) }
+    }
+}
+
+/// Which of the broker's nodes a publisher or consumer connects to: at start the first that
+/// answers; once connected to a node and then disconnected, the node after it first (the one
+/// it had may be the one that went away), then the others in order, round.
+final class NodeCursor: Sendable {
+    private let count: Int
+    /// The node of the last connection, or -1 before the first.
+    private let current = Atomic<Int>(-1)
+
+    init(nodes: Int) { count = max(1, nodes) }
+
+    /// The order to try the nodes in now.
+    var order: [Int] {
+        let start = (current.load(ordering: .relaxed) + 1) % count
+        return (0..<count).map { (start + $0) % count }
+    }
+
+    /// A connection to node `index` opened.
+    func connected(to index: Int) { current.store(index, ordering: .relaxed) }
+
+    /// The node of the last connection (0 before any).
+    var node: Int { max(0, current.load(ordering: .relaxed)) }
 }

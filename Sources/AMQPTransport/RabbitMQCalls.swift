@@ -71,14 +71,30 @@ final class RabbitMQConnection {
     private var scratch = PublishScratch()
     static let channel: amqp_channel_t = 1
 
+    /// A connection to the first of `settings.nodes`, in `order` (indices; all of them in
+    /// turn by default), that answers, and that node's index; throws the last node's error
+    /// when none does.
+    static func connect(settings: AMQPSettings, order: [Int]? = nil,
+                        connectTimeout: TimeInterval = 5) throws -> (connection: RabbitMQConnection, node: Int) {
+        var lastError: any Error = AMQPError(.connection, "no broker node to connect to")
+        for index in order ?? Array(settings.nodes.indices) where settings.nodes.indices.contains(index) {
+            do {
+                return (try RabbitMQConnection(settings: settings, node: settings.nodes[index], connectTimeout: connectTimeout),
+                        index)
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
     /// Calls `amqp_new_connection`, `amqp_tcp_socket_new` (or `amqp_ssl_socket_new`),
-    /// `amqp_socket_open_noblock`, `amqp_login` and `amqp_channel_open`.
-    init(settings: AMQPSettings, connectTimeout: TimeInterval = 5) throws {
+    /// `amqp_socket_open_noblock`, `amqp_login` and `amqp_channel_open` for `node`.
+    init(settings: AMQPSettings, node url: AMQPURL, connectTimeout: TimeInterval = 5) throws {
         guard let state = amqp_new_connection() else {
             throw AMQPError(.library, "out of memory", context: "amqp_new_connection")
         }
         self.state = state
-        let url = settings.url
         let socket: OpaquePointer?
         if url.tls {
             socket = amqp_ssl_socket_new(state)

@@ -42,7 +42,7 @@ public enum BoundaryRuntime {
                 router: router, services: [Sweeper(tracker: tracker)], consumers: [tracking],
                 checks: [ReadinessCheck("broker") { consumer.isConnected }],
                 activity: { tracking.seen.value },
-                metadata: ["amqp.url": "\(config.amqp.url)", "operation_timeout_s": "\(settings.operationTimeout)",
+                metadata: ["amqp.url": "\(config.amqp.nodes.map(\.description).joined(separator: ","))", "operation_timeout_s": "\(settings.operationTimeout)",
                            "ws.max_clients": "\(settings.limits.maxClients)"])
         }
     }

@@ -59,7 +59,7 @@ enum AMQPRuntime {
                 publisher.waitUntilFinished(timeout: 5)
             },
             metadata: [
-                "amqp.url": "\(config.amqp.url)", "amqp.exchange": "\(config.amqp.exchange)",
+                "amqp.url": "\(config.amqp.nodes.map(\.description).joined(separator: ","))", "amqp.exchange": "\(config.amqp.exchange)",
                 "amqp.exchange_type": "\(config.amqp.exchangeType)", "amqp.queue_mode": "\(config.queueMode.rawValue)",
                 "store.path": "\(config.databasePath)",
             ])

@@ -38,10 +38,11 @@ public struct ServiceConfig: Sendable {
     public init(service: String, process: String, environment: Environment = Environment()) throws {
         self.service = service
         self.process = process
-        let url = try AMQPURL(parsing: environment.string("STEGA_AMQP_URL",
-                                                          default: "amqp://guest:guest@127.0.0.1:5672"))
+        // One broker node, or the nodes of a cluster, comma-separated (DESIGN.md "Scale-out").
+        let nodes = try AMQPURL.list(parsing: environment.string("STEGA_AMQP_URL",
+                                                                 default: "amqp://guest:guest@127.0.0.1:5672"))
         amqp = AMQPSettings(
-            url: url,
+            nodes: nodes,
             exchange: try environment.string("STEGA_EXCHANGE", default: "events"),
             exchangeType: try environment.choice("STEGA_EXCHANGE_TYPE", default: "direct", ["direct", "topic"]),
             heartbeatSeconds: try environment.int("STEGA_AMQP_HEARTBEAT", default: 30, range: 0...3600),

@@ -10,6 +10,7 @@ final class AMQPFixture: ConnectionDroppingFixture {
     let settings: AMQPSettings
     let mode: QueueMode
     let publishers = Mutex<[AMQPPublisher]>([])
+    let consumers = Mutex<[AMQPConsumer]>([])
     var name: String { "amqp-\(mode.rawValue)" }
 
     init(settings: AMQPSettings, mode: QueueMode) {
@@ -35,8 +36,10 @@ final class AMQPFixture: ConnectionDroppingFixture {
 
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
                       policy: RetryPolicy) async throws -> any EventConsumer {
-        AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch, policy: policy),
-                     bindings: bindings)
+        let consumer = AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch, policy: policy),
+                                    bindings: bindings)
+        consumers.withLock { $0.append(consumer) }
+        return consumer
     }
 
     func takeDeadLetters(of queue: String) async throws -> [EventEnvelope] {

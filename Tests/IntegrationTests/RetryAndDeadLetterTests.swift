@@ -7,7 +7,7 @@ import Testing
 
 /// Reads every message of `queue` (acking them), through a connection of its own.
 func drain(_ queue: String, settings: AMQPSettings) throws -> [AMQPMessage] {
-    let connection = try RabbitMQConnection(settings: settings)
+    let connection = try RabbitMQConnection.connect(settings: settings).connection
     defer { connection.close() }
     var out: [AMQPMessage] = []
     while let delivery = try connection.get(queue: queue) {
@@ -123,7 +123,7 @@ struct RetryAndDeadLetterTests {
         let parked = try drain(AMQPPublisher.unroutableQueue, settings: settings)
         let ours = try #require(parked.first { $0.messageId == envelope.eventId.uuidString.lowercased() })
         #expect(try ours.envelope.get() == envelope)
-        let connection = try RabbitMQConnection(settings: settings)
+        let connection = try RabbitMQConnection.connect(settings: settings).connection
         for message in parked { try connection.publish(message, exchange: "", routingKey: AMQPPublisher.unroutableQueue, mandatory: false) }
         connection.close()
 

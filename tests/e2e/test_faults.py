@@ -11,13 +11,14 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 
 import numpy as np
 import pika
 import requests
 
-from conftest import BIN, ROOT, wait_until
+from conftest import BIN, ROOT, rabbitmqctl, wait_until
 
 BROKER_DIR = os.environ.get("STEGA_TEST_BROKER_DIR", "")
 
@@ -346,4 +347,52 @@ def test_e_sigterm_during_load_exits_0_within_10s_and_loses_nothing_accepted(sta
     expected = {(f"S{s}", all_dates[d]) for s, d in accepted}
     assert expected <= stored, f"{len(expected - stored)} accepted writes are missing"
     wait_until("every accepted write handled", lambda: inbox_count(stack) == len(stored), timeout=60)
+    assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
+
+
+def test_f_a_list_of_broker_nodes_first_that_answers_then_the_next_when_dropped(stack_factory, amqp_url):
+    """STEGA_AMQP_URL with three nodes: one where nothing listens, then the test broker under
+    two names. The processes connect to the first that answers; when the broker closes their
+    connections in the middle of 300 writes, they connect to the node after theirs. Every
+    accepted write reaches the views once."""
+    parsed = urllib.parse.urlsplit(amqp_url)
+    dead = parsed._replace(netloc=f"{parsed.username}:{parsed.password}@127.0.0.1:1").geturl()
+    first = parsed._replace(netloc=f"{parsed.username}:{parsed.password}@127.0.0.1:{parsed.port}").geturl()
+    second = parsed._replace(netloc=f"{parsed.username}:{parsed.password}@localhost:{parsed.port}").geturl()
+    stack = stack_factory(extra_env={"STEGA_AMQP_URL": f"{dead},{first},{second}"})
+    worker = stack.start("returns-worker")
+    api = stack.start("returns-api")
+
+    def nodes(process):
+        # The node of each connection opened: "publisher connected" and "consuming" lines.
+        return [re.search(r"amqp\.url=\S+@([^/\s]+)", line).group(1) for line in process.log_text().splitlines()
+                if ("publisher connected" in line or ": consuming " in line) and "amqp.url=" in line]
+
+    assert set(nodes(worker)) == {f"127.0.0.1:{parsed.port}"} and len(nodes(worker)) == 2, worker.log_text()
+    assert nodes(api) == [f"127.0.0.1:{parsed.port}"], api.log_text()
+    symbols, days = 6, 50
+    all_dates = dates(days)
+    observations = {}
+
+    def drop():
+        wait_until("100 accepted", lambda: observations.get("accepted", 0) >= 100, timeout=60)
+        for line in rabbitmqctl("list_connections", "pid", "peer_host").splitlines():
+            pid, _, host = line.partition("\t")
+            if host.strip() in ("127.0.0.1", "::1", "::ffff:127.0.0.1") and pid.startswith("<"):
+                rabbitmqctl("close_connection", pid, "failover test")
+        observations["dropped"] = True
+
+    dropper = threading.Thread(target=drop)
+    dropper.start()
+    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.05,
+                                  on_progress=lambda n: observations.__setitem__("accepted", n))
+    dropper.join()
+    assert observations.get("dropped")
+    assert len(accepted) == symbols * days, {s: statuses.count(s) for s in set(statuses)}
+    # Each process reconnected, to the node after the one it had (the same broker, by its other name).
+    for process in (worker, api):
+        wait_until(f"{process.name} on the next node",
+                   lambda: nodes(process)[-1] == f"localhost:{parsed.port}", timeout=30)
+    check_views(stack, symbols, days, all_dates)
+    wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
     assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
