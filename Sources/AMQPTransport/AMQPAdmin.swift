@@ -16,14 +16,16 @@ public enum AMQPAdmin {
     /// Moves up to `limit` of the messages now in `<service>.events.dead` to `<service>.events`
     /// (through the default exchange, so only this service sees them again), with a fresh
     /// attempt count.
-    public static func replayDeadLetters(settings: AMQPSettings, service: String, limit: Int) throws -> Report {
+    public static func replayDeadLetters(settings: AMQPSettings, service: String, limit: Int,
+                                         queueType: QueueType = .classic) throws -> Report {
         let connection = try RabbitMQConnection.connect(settings: settings).connection
         defer { connection.close() }
         try connection.selectConfirms()
-        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable)
+        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, queueType: queueType)
         let depth = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false,
-                                                autoDelete: false).messages
-        _ = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false)
+                                                autoDelete: false, arguments: spec.typeArguments).messages
+        _ = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
+                                        arguments: spec.typeArguments)
         var report = Report()
         var tag: UInt64 = 1
         // Only what is there now: a message that fails again and comes back is not replayed twice.

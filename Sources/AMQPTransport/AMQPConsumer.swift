@@ -41,10 +41,14 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// past the last attempt goes to the dead-letter queue. Transient mode (auto-ack) has
         /// neither: a failed event is logged and dropped.
         public var policy: RetryPolicy
+        /// What `<service>.events`, `<service>.events.dead` and the delay queues are declared as
+        /// (durable mode).
+        public var queueType: QueueType
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 512, policy: RetryPolicy = RetryPolicy(),
-                    batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20) {
+                    batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20, queueType: QueueType = .classic) {
             self.service = service
+            self.queueType = queueType
             self.batchSize = max(1, batchSize)
             self.maxInFlightBytes = max(1, maxInFlightBytes)
             self.mode = mode
@@ -56,6 +60,12 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         public var declaredName: String { mode == .durable ? "\(service).events" : "" }
         /// `<service>.events.dead`.
         public var deadLetterQueue: String { "\(service).events.dead" }
+
+        /// The arguments of every durable queue of the service: its type (a quorum queue is
+        /// declared so; a classic one without the argument, as before there was a choice).
+        var typeArguments: [String: HeaderValue] {
+            queueType == .quorum ? ["x-queue-type": .string("quorum")] : [:]
+        }
 
         /// The delay queue holding messages before attempt `attempt + 1`.
         public func retryQueue(after attempt: Int) -> String {
@@ -508,16 +518,21 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         let name: String
         switch spec.mode {
         case .durable:
-            name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false).name
-            _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false)
+            name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
+                                               arguments: spec.typeArguments).name
+            _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false,
+                                            arguments: spec.typeArguments)
             for attempt in spec.policy.retryingAttempts {
+                // A delay queue of a quorum service is a quorum queue too: a message waiting
+                // for its retry is not lost with one node (message TTL and dead-lettering of
+                // quorum queues: RabbitMQ 3.10 and later).
                 _ = try connection.declareQueue(
                     spec.retryQueue(after: attempt), durable: true, exclusive: false, autoDelete: false,
-                    arguments: [
+                    arguments: spec.typeArguments.merging([
                         "x-message-ttl": .int(Int64(spec.policy.delayMs(after: attempt))),
                         "x-dead-letter-exchange": .string(""),
                         "x-dead-letter-routing-key": .string(spec.declaredName),
-                    ])
+                    ]) { _, new in new })
             }
             try connection.setPrefetch(spec.prefetch)
             try connection.selectConfirms()
@@ -535,6 +550,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("consuming", metadata: [
             "amqp.queue": "\(name)", "amqp.queue_mode": "\(spec.mode.rawValue)",
+            "amqp.queue_type": "\(spec.mode == .durable ? spec.queueType.rawValue : "transient")",
             "amqp.bindings": "\(bindings.joined(separator: ","))", "amqp.url": "\(settings.nodes[node])",
         ])
         return connection

@@ -9,6 +9,15 @@ public enum QueueMode: String, Sendable, CaseIterable {
     case transient
 }
 
+/// The kind of RabbitMQ queue a service's durable queues are (`STEGA_QUEUE_TYPE`).
+public enum QueueType: String, Sendable, CaseIterable {
+    /// A classic queue: on one node.
+    case classic
+    /// A quorum queue: replicated over the cluster's nodes (Raft); a message confirmed to the
+    /// publisher is on a majority of them.
+    case quorum
+}
+
 /// Connection settings shared by publishers and consumers.
 public struct AMQPSettings: Sendable, Equatable {
     /// The nodes of the broker (one, or several of one RabbitMQ cluster), in order: a

@@ -12,6 +12,8 @@ public struct ServiceConfig: Sendable {
     public var process: String
     public var amqp: AMQPSettings
     public var queueMode: QueueMode
+    /// `STEGA_QUEUE_TYPE`: what the worker's durable queues are declared as.
+    public var queueType: QueueType
     public var prefetch: Int
     public var batchSize: Int
     public var maxInFlightBytes: Int
@@ -50,6 +52,12 @@ public struct ServiceConfig: Sendable {
             verifyPeer: try environment.choice("STEGA_AMQP_VERIFY", default: "true", ["true", "false"]) == "true")
         queueMode = QueueMode(rawValue: try environment.choice(
             "STEGA_QUEUE_MODE", default: "durable", QueueMode.allCases.map(\.rawValue)))!
+        queueType = QueueType(rawValue: try environment.choice(
+            "STEGA_QUEUE_TYPE", default: "classic", QueueType.allCases.map(\.rawValue)))!
+        if queueType == .quorum, queueMode != .durable {
+            // The seed's transient queue is exclusive and auto-delete: it cannot be a quorum queue.
+            throw ConfigError("STEGA_QUEUE_TYPE=quorum needs STEGA_QUEUE_MODE=durable")
+        }
         batchSize = try environment.int("STEGA_BATCH_SIZE", default: 256, range: 1...65535)
         maxInFlightBytes = try environment.int("STEGA_BATCH_BYTES", default: 4 << 20, range: 1024...(1 << 30))
         // Twice the batch by default: the next batch arrives while one is handled.
@@ -85,7 +93,7 @@ public struct ServiceConfig: Sendable {
     /// The worker's queue, following `policy`.
     public func queueSpec(policy: RetryPolicy) -> AMQPConsumer.QueueSpec {
         AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy,
-                               batchSize: batchSize, maxInFlightBytes: maxInFlightBytes)
+                               batchSize: batchSize, maxInFlightBytes: maxInFlightBytes, queueType: queueType)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

@@ -27,7 +27,8 @@ public enum WorkerCommands {
             do {
                 let config = try ServiceConfig(service: M.name, process: process)
                 let report = command == "replay-dead-letters"
-                    ? try AMQPAdmin.replayDeadLetters(settings: config.amqp, service: M.name, limit: options.limit)
+                    ? try AMQPAdmin.replayDeadLetters(settings: config.amqp, service: M.name, limit: options.limit,
+                                                                  queueType: config.queueType)
                     : try AMQPAdmin.replayUnroutable(settings: config.amqp, limit: options.limit)
                 print("\(command): \(report)")
                 return 0

@@ -9,13 +9,15 @@ import Testing
 final class AMQPFixture: ConnectionDroppingFixture {
     let settings: AMQPSettings
     let mode: QueueMode
+    let queueType: QueueType
     let publishers = Mutex<[AMQPPublisher]>([])
     let consumers = Mutex<[AMQPConsumer]>([])
-    var name: String { "amqp-\(mode.rawValue)" }
+    var name: String { "amqp-\(mode.rawValue)-\(queueType.rawValue)" }
 
-    init(settings: AMQPSettings, mode: QueueMode) {
+    init(settings: AMQPSettings, mode: QueueMode, queueType: QueueType = .classic) {
         self.settings = settings
         self.mode = mode
+        self.queueType = queueType
     }
 
     func makePublisher() async throws -> any EventPublisher {
@@ -36,7 +38,8 @@ final class AMQPFixture: ConnectionDroppingFixture {
 
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
                       policy: RetryPolicy) async throws -> any EventConsumer {
-        let consumer = AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch, policy: policy),
+        let consumer = AMQPConsumer(settings: settings, queue: .init(service: queue, mode: mode, prefetch: prefetch, policy: policy,
+                                                              queueType: queueType),
                                     bindings: bindings)
         consumers.withLock { $0.append(consumer) }
         return consumer
@@ -77,6 +80,12 @@ struct AMQPConformanceTests {
     @Test("no loss while closing: what was handled is not delivered again, the rest is")
     func noLossWhileClosing() async throws {
         try await TransportConformance.noLossWhileClosing(AMQPFixture(settings: Broker.settings(), mode: .durable))
+    }
+
+    @Test("every scenario on quorum queues (RabbitMQ's own, as installed): publish/consume, retries, dead letters, order, closing, reconnect",
+          .enabled(if: Broker.controllable))
+    func quorum() async throws {
+        try await TransportConformance.all(AMQPFixture(settings: Broker.settings(), mode: .durable, queueType: .quorum))
     }
 
     @Test("reconnect after the broker closes the connections", .enabled(if: Broker.controllable))

@@ -1,3 +1,4 @@
+import Synchronization
 @testable import AMQPTransport
 import EventCatalog
 import Foundation
@@ -21,20 +22,27 @@ func drain(_ queue: String, settings: AMQPSettings) throws -> [AMQPMessage] {
 struct RetryAndDeadLetterTests {
     let service = "dlq\(UUID().uuidString.prefix(6).lowercased())"
 
-    func consumer(_ settings: AMQPSettings, attempts: Int = 3) -> AMQPConsumer {
+    static let policy = RetryPolicy(maxAttempts: 3, baseDelayMs: 150, maxDelayMs: 400)
+
+    func consumer(_ settings: AMQPSettings, attempts: Int = 3, queueType: QueueType = .classic) -> AMQPConsumer {
         AMQPConsumer(settings: settings,
                      queue: .init(service: service, mode: .durable, prefetch: 5,
-                                  policy: RetryPolicy(maxAttempts: attempts, baseDelayMs: 40, maxDelayMs: 200)),
+                                  policy: RetryPolicy(maxAttempts: attempts, baseDelayMs: Self.policy.baseDelayMs,
+                                                      maxDelayMs: Self.policy.maxDelayMs),
+                                  queueType: queueType),
                      bindings: [WindowAdded.routingKey])
     }
 
-    @Test("a handler that keeps failing is retried with back-off, then dead-lettered with the error, the attempts and the routing key")
-    func retriesThenDeadLetter() async throws {
+    @Test("a handler that keeps failing is retried after each delay, then dead-lettered with the error, the attempts and the routing key",
+          arguments: [QueueType.classic, .quorum])
+    func retriesThenDeadLetter(queueType: QueueType) async throws {
         let settings = try Broker.settings()
-        let consumer = consumer(settings)
+        let consumer = consumer(settings, queueType: queueType)
         let seen = Received()
+        let times = Mutex<[ContinuousClock.Instant]>([])
         let task = Task {
             try await consumer.run { delivery in
+                times.withLock { $0.append(.now) }
                 await seen.add(delivery)
                 return .retry(reason: "database is locked")
             }
@@ -49,6 +57,19 @@ struct RetryAndDeadLetterTests {
         #expect(attempts.map(\.attempt) == [1, 2, 3])
         #expect(attempts.allSatisfy { $0.envelope == envelope && $0.routingKey == WindowAdded.routingKey })
         #expect(consumer.retriedCount == 2)
+        // Each retry came after its delay (the delay queue's message TTL), not at once.
+        let at = times.withLock { $0 }
+        for attempt in 1..<at.count {
+            let delay = Duration.milliseconds(Self.policy.delayMs(after: attempt))
+            #expect(at[attempt] - at[attempt - 1] >= delay, "attempt \(attempt + 1) after \(at[attempt] - at[attempt - 1])")
+        }
+        if Broker.controllable {
+            // The queues are of the type asked for.
+            let types = try await Broker.ctl("list_queues", "name", "type")
+            for queue in ["\(service).events", "\(service).events.dead", "\(service).events.retry.150ms"] {
+                #expect(types.contains("\(queue)\t\(queueType.rawValue)"), "\(types)")
+            }
+        }
 
         let dead = try drain("\(service).events.dead", settings: settings)
         #expect(dead.count == 1)
@@ -62,10 +83,11 @@ struct RetryAndDeadLetterTests {
         #expect(await seen.count == 3, "a dead-lettered message came back")
     }
 
-    @Test("an undecodable message goes straight to the dead-letter queue and the consumer goes on")
-    func deadLetterAtOnce() async throws {
+    @Test("an undecodable message goes straight to the dead-letter queue and the consumer goes on",
+          arguments: [QueueType.classic, .quorum])
+    func deadLetterAtOnce(queueType: QueueType) async throws {
         let settings = try Broker.settings()
-        let consumer = consumer(settings)
+        let consumer = consumer(settings, queueType: queueType)
         let seen = Received()
         let task = Task {
             try await consumer.run { delivery in
@@ -87,10 +109,11 @@ struct RetryAndDeadLetterTests {
         #expect(dead.first?.headers["x-stega-attempts"]?.int == 1)
     }
 
-    @Test("replay-dead-letters moves dead letters back to the work queue with attempts reset")
-    func replay() async throws {
+    @Test("replay-dead-letters moves dead letters back to the work queue with attempts reset",
+          arguments: [QueueType.classic, .quorum])
+    func replay(queueType: QueueType) async throws {
         let settings = try Broker.settings()
-        let failing = consumer(settings, attempts: 1)
+        let failing = consumer(settings, attempts: 1, queueType: queueType)
         let task1 = Task { try await failing.run { _ in .retry(reason: "down") } }
         try await TransportConformance.waitUntil("ready") { failing.isReady }
         let envelopes = try (1...3).map { try EventEnvelope(WindowAdded(window: $0)) }
@@ -99,9 +122,9 @@ struct RetryAndDeadLetterTests {
         task1.cancel()
         _ = await task1.result
 
-        let report = try AMQPAdmin.replayDeadLetters(settings: settings, service: service, limit: 100)
+        let report = try AMQPAdmin.replayDeadLetters(settings: settings, service: service, limit: 100, queueType: queueType)
         #expect(report.moved == 3)
-        let healthy = consumer(settings)
+        let healthy = consumer(settings, queueType: queueType)
         let seen = Received()
         let task2 = Task { try await healthy.run { await seen.add($0); return .ack } }
         defer { task2.cancel() }

@@ -396,3 +396,57 @@ def test_f_a_list_of_broker_nodes_first_that_answers_then_the_next_when_dropped(
     check_views(stack, symbols, days, all_dates)
     wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
     assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
+
+
+def test_g_quorum_queues_carry_the_chain_and_a_poison_event_is_dead_lettered(stack_factory, amqp_url):
+    """STEGA_QUEUE_TYPE=quorum: the worker declares its queues as quorum queues on the
+    installed RabbitMQ; writes reach the views once and a poison event is dead-lettered.
+    With the seed's transient mode the setting is refused at start."""
+
+    def delete_returns_queues():
+        # A queue keeps its type: those earlier tests left (classic) go first, and these
+        # (quorum) go after, for the tests that follow.
+        names = [line.split("\t")[0] for line in rabbitmqctl("list_queues", "name").splitlines()]
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = conn.channel()
+            for name in names:
+                if name.startswith("returns.events"):
+                    channel.queue_delete(queue=name)
+        finally:
+            conn.close()
+
+    delete_returns_queues()
+    try:
+        quorum_chain(stack_factory, amqp_url)
+    finally:
+        delete_returns_queues()
+
+
+def quorum_chain(stack_factory, amqp_url):
+    stack = stack_factory(extra_env={"STEGA_QUEUE_TYPE": "quorum", "STEGA_RETRY_DELAY_MS": "100"})
+    stack.start("returns-worker")
+    api = stack.start("returns-api")
+    types = dict(line.split("\t")[:2] for line in rabbitmqctl("list_queues", "name", "type").splitlines() if "\t" in line)
+    assert types.get("returns.events") == "quorum" and types.get("returns.events.dead") == "quorum", types
+    symbols, days = 4, 30
+    all_dates = dates(days)
+    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates)
+    assert len(accepted) == symbols * days, {s: statuses.count(s) for s in set(statuses)}
+    check_views(stack, symbols, days, all_dates)
+    wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        channel.basic_publish(stack.exchange, "returns.events.prices_recorded", b"{not json",
+                              pika.BasicProperties(message_id=str(uuid.uuid4()), type="prices_recorded",
+                                                   app_id="returns", delivery_mode=2))
+        wait_until("poison dead-lettered", lambda: channel.queue_declare(
+            "returns.events.dead", passive=True).method.message_count == 1, timeout=30)
+    finally:
+        conn.close()
+    assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
+    bad = subprocess.run([str(BIN / "returns-worker")], env=dict(stack.env, STEGA_QUEUE_MODE="transient",
+                                                               STEGA_HTTP_PORT="0"),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "STEGA_QUEUE_TYPE=quorum needs STEGA_QUEUE_MODE=durable" in bad.stderr, bad.stderr
