@@ -46,13 +46,13 @@ public enum AMQPAdmin {
 
     /// Publishes up to `limit` messages of `events.unroutable` to the exchange again with
     /// their original routing keys; one that is still unroutable stays in the queue.
-    public static func replayUnroutable(settings: AMQPSettings, limit: Int) throws -> Report {
+    public static func replayUnroutable(settings: AMQPSettings, limit: Int, queueType: QueueType = .classic) throws -> Report {
         let connection = try RabbitMQConnection.connect(settings: settings).connection
         defer { connection.close() }
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         let depth = try connection.declareQueue(
             AMQPPublisher.unroutableQueue, durable: true, exclusive: false, autoDelete: false,
-            arguments: ["x-max-length": .int(100_000), "x-overflow": .string("drop-head")]).messages
+            arguments: AMQPPublisher.unroutableArguments(queueType)).messages
         try connection.selectConfirms()
         var report = Report()
         var tag: UInt64 = 1

@@ -61,11 +61,8 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// `<service>.events.dead`.
         public var deadLetterQueue: String { "\(service).events.dead" }
 
-        /// The arguments of every durable queue of the service: its type (a quorum queue is
-        /// declared so; a classic one without the argument, as before there was a choice).
-        var typeArguments: [String: HeaderValue] {
-            queueType == .quorum ? ["x-queue-type": .string("quorum")] : [:]
-        }
+        /// The arguments of every durable queue of the service: its type.
+        var typeArguments: [String: HeaderValue] { queueType.arguments }
 
         /// The delay queue holding messages before attempt `attempt + 1`.
         public func retryQueue(after attempt: Int) -> String {

@@ -33,6 +33,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     }
 
     private let settings: AMQPSettings
+    private let queueType: QueueType
     /// Which broker node to connect to (the next one after a lost connection).
     private let nodes: NodeCursor
     private let confirms: Bool
@@ -55,9 +56,12 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     /// - Parameters:
     ///   - confirms: publisher confirms (`confirm.select`): `publish` returns after the broker's ack.
     ///   - persistent: `delivery_mode` 2.
+    ///   - queueType: what `events.unroutable` is declared as (`STEGA_QUEUE_TYPE`): a classic
+    ///     queue lives on one node, and while that node is down no publisher could declare it.
     public init(settings: AMQPSettings, confirms: Bool = true, persistent: Bool = true,
-                logger: Logger = Logger(label: "stega.amqp.publisher")) {
+                queueType: QueueType = .classic, logger: Logger = Logger(label: "stega.amqp.publisher")) {
         self.settings = settings
+        self.queueType = queueType
         nodes = NodeCursor(nodes: settings.nodes.count)
         self.confirms = confirms
         self.persistent = persistent
@@ -102,6 +106,11 @@ public final class AMQPPublisher: EventPublisher, Sendable {
     }
 
     // MARK: - The publisher thread
+
+    /// `events.unroutable`'s declaration: the latest 100,000 kept.
+    static func unroutableArguments(_ type: QueueType) -> [String: HeaderValue] {
+        type.arguments.merging(["x-max-length": .int(100_000), "x-overflow": .string("drop-head")]) { _, new in new }
+    }
 
     /// Where returned (unroutable) events are kept, in durable mode.
     public static let unroutableQueue = "events.unroutable"
@@ -291,7 +300,7 @@ public final class AMQPPublisher: EventPublisher, Sendable {
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         if persistent {
             _ = try connection.declareQueue(Self.unroutableQueue, durable: true, exclusive: false, autoDelete: false,
-                                            arguments: ["x-max-length": .int(100_000), "x-overflow": .string("drop-head")])
+                                            arguments: Self.unroutableArguments(queueType))
         }
         if confirms { try connection.selectConfirms() }
         port.withLock { $0 = connection.localPort }

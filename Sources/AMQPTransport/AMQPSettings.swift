@@ -16,6 +16,12 @@ public enum QueueType: String, Sendable, CaseIterable {
     /// A quorum queue: replicated over the cluster's nodes (Raft); a message confirmed to the
     /// publisher is on a majority of them.
     case quorum
+
+    /// The declaration arguments of a queue of this type (a classic one without the
+    /// argument, as before there was a choice).
+    var arguments: [String: HeaderValue] {
+        self == .quorum ? ["x-queue-type": .string("quorum")] : [:]
+    }
 }
 
 /// Connection settings shared by publishers and consumers.

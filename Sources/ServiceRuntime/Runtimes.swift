@@ -40,7 +40,8 @@ enum AMQPRuntime {
     /// The relay's publisher: confirms and persistent messages in durable mode.
     static func publisher(_ config: ServiceConfig, _ logger: Logger) -> AMQPPublisher {
         let durable = config.queueMode == .durable
-        return AMQPPublisher(settings: config.amqp, confirms: durable, persistent: durable, logger: logger)
+        return AMQPPublisher(settings: config.amqp, confirms: durable, persistent: durable, queueType: config.queueType,
+                             logger: logger)
     }
 
     static func plan<M>(_ assembly: ServiceAssembly<M>, publisher: AMQPPublisher,

@@ -29,7 +29,7 @@ public enum WorkerCommands {
                 let report = command == "replay-dead-letters"
                     ? try AMQPAdmin.replayDeadLetters(settings: config.amqp, service: M.name, limit: options.limit,
                                                                   queueType: config.queueType)
-                    : try AMQPAdmin.replayUnroutable(settings: config.amqp, limit: options.limit)
+                    : try AMQPAdmin.replayUnroutable(settings: config.amqp, limit: options.limit, queueType: config.queueType)
                 print("\(command): \(report)")
                 return 0
             } catch {

@@ -405,13 +405,14 @@ def test_g_quorum_queues_carry_the_chain_and_a_poison_event_is_dead_lettered(sta
 
     def delete_returns_queues():
         # A queue keeps its type: those earlier tests left (classic) go first, and these
-        # (quorum) go after, for the tests that follow.
+        # (quorum) go after, for the tests that follow; events.unroutable, which every
+        # publisher declares, too.
         names = [line.split("\t")[0] for line in rabbitmqctl("list_queues", "name").splitlines()]
         conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
         try:
             channel = conn.channel()
             for name in names:
-                if name.startswith("returns.events"):
+                if name.startswith("returns.events") or name == "events.unroutable":
                     channel.queue_delete(queue=name)
         finally:
             conn.close()
