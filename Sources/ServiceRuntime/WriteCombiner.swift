@@ -122,11 +122,18 @@ final class WriteCombiner: Sendable {
     private func scheduleBatch() {
         pool.asyncWriteWithoutTransaction { [self] db in
             let (batch, deletions) = state.withLock { state -> ([Pending], [Int64]) in
-                // In order: a write that goes alone, or the writes before the next one that does.
-                let batch = state.pending.first?.alone == true
-                    ? [state.pending[0]]
-                    : Array(state.pending.prefix(maxBatch).prefix { !$0.alone })
-                state.pending.removeFirst(batch.count)
+                // The first write waiting: alone if it goes alone, else with the others that
+                // may share (waiting writes are concurrent: no order among them to keep).
+                var batch: [Pending] = []
+                if state.pending.first?.alone == true {
+                    batch = [state.pending.removeFirst()]
+                } else {
+                    var rest: [Pending] = []
+                    for pending in state.pending {
+                        if !pending.alone, batch.count < maxBatch { batch.append(pending) } else { rest.append(pending) }
+                    }
+                    state.pending = rest
+                }
                 defer { state.deletions.removeAll() }
                 return (batch, state.deletions)
             }

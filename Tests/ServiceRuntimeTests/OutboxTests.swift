@@ -231,6 +231,70 @@ struct GroupCommitTests {
     }
 }
 
+/// The rows of table `t` each committed transaction inserted (GRDB's transaction observer).
+final class CommittedRows: TransactionObserver, @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: [Int64] = []
+    private var committed: [[Int64]] = []
+
+    var transactions: [[Int64]] { lock.withLock { committed } }
+
+    func observes(eventsOfKind eventKind: DatabaseEventKind) -> Bool {
+        if case .insert(let table) = eventKind { return table == "t" }
+        return false
+    }
+
+    func databaseDidChange(with event: DatabaseEvent) { lock.withLock { current.append(event.rowID) } }
+
+    func databaseDidCommit(_ db: Database) {
+        lock.withLock {
+            if !current.isEmpty { committed.append(current) }
+            current = []
+        }
+    }
+
+    func databaseDidRollback(_ db: Database) { lock.withLock { current = [] } }
+}
+
+extension GroupCommitTests {
+    @Test("an event handler's write (a worker's batch) gets a transaction of its own; commands still share theirs")
+    func eventWritesAlone() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let observer = CommittedRows()
+        try await database.pool.write { db in
+            try db.execute(sql: "CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            db.add(transactionObserver: observer, extent: .observerLifetime)
+        }
+        // Rows 1...100 from commands, 1001...1100 from event handlers, all at once.
+        await withTaskGroup(of: Void.self) { group in
+            for n in 1...100 {
+                for (row, event) in [(Int64(n), false), (Int64(1000 + n), true)] {
+                    group.addTask {
+                        let context = HandlerContext(metadata: .newOperation(), appId: "test",
+                                                     handledEventId: event ? UUID() : nil)
+                        do {
+                            try await database.write(context) { db in
+                                try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [row])
+                            }
+                        } catch {
+                            Issue.record("write \(row) failed: \(error)")
+                        }
+                    }
+                }
+            }
+        }
+        let transactions = observer.transactions
+        let written: Set<Int64> = Set(transactions.flatMap { $0 })
+        let expected: Set<Int64> = Set(Array(Int64(1)...100) + Array(Int64(1001)...1100))
+        #expect(written == expected)
+        for rows in transactions where rows.contains(where: { $0 > 1000 }) {
+            #expect(rows.count == 1, "an event write shared a transaction: \(rows)")
+        }
+        #expect(transactions.contains { $0.count > 1 }, "no two commands shared a transaction: \(transactions.count) commits")
+    }
+}
+
 @Suite("Releasing SQLite's memory")
 struct ReleaseMemoryTests {
     @Test("releaseMemory empties the writer's page cache, and reads and writes go on")
