@@ -3,8 +3,6 @@ names and ports, one Erlang cookie), quorum queues, and the nodes listed in STEG
 (DESIGN.md "Scale-out"): the node the api and the worker are connected to is stopped in the
 middle of 1,000 writes, then started again. Nothing accepted is lost, nothing applied twice."""
 import os
-import pathlib
-import re
 import subprocess
 import threading
 import time
@@ -12,8 +10,8 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, free_port, wait_until
-from test_faults import check_views, dates, inbox_count, run_load, writes
+from conftest import ROOT, wait_until
+from test_faults import check_views, dates, inbox_count, nodes_connected, run_load, writes
 
 CLUSTER = str(ROOT / "scripts/broker-cluster.sh")
 
@@ -35,12 +33,6 @@ def cluster(tmp_path_factory):
         yield folder, [f"amqp://guest:guest@127.0.0.1:{p}" for p in ports]
     finally:
         subprocess.run([CLUSTER, "stop", str(folder)], capture_output=True, timeout=300)
-
-
-def nodes_connected(process):
-    """The node of each connection the process opened, in order (its log lines)."""
-    return [re.search(r"amqp\.url=\S+@([^/\s]+)", line).group(1) for line in process.log_text().splitlines()
-            if ("publisher connected" in line or ": consuming " in line) and "amqp.url=" in line]
 
 
 def test_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(cluster, stack_factory):

@@ -109,6 +109,13 @@ def diagnostics(stack):
     return f"outbox={outbox} inbox={inbox}\nqueues:\n{queues}\nlog:\n" + "\n".join(errors)
 
 
+def nodes_connected(process):
+    """The broker node of each connection the process opened, in order (its "publisher
+    connected" and "consuming" log lines)."""
+    return [re.search(r"amqp\.url=\S+@([^/\s]+)", line).group(1) for line in process.log_text().splitlines()
+            if ("publisher connected" in line or ": consuming " in line) and "amqp.url=" in line]
+
+
 def inbox_count(stack):
     with db(stack) as conn:
         return conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
@@ -363,13 +370,8 @@ def test_f_a_list_of_broker_nodes_first_that_answers_then_the_next_when_dropped(
     worker = stack.start("returns-worker")
     api = stack.start("returns-api")
 
-    def nodes(process):
-        # The node of each connection opened: "publisher connected" and "consuming" lines.
-        return [re.search(r"amqp\.url=\S+@([^/\s]+)", line).group(1) for line in process.log_text().splitlines()
-                if ("publisher connected" in line or ": consuming " in line) and "amqp.url=" in line]
-
-    assert set(nodes(worker)) == {f"127.0.0.1:{parsed.port}"} and len(nodes(worker)) == 2, worker.log_text()
-    assert nodes(api) == [f"127.0.0.1:{parsed.port}"], api.log_text()
+    assert set(nodes_connected(worker)) == {f"127.0.0.1:{parsed.port}"} and len(nodes_connected(worker)) == 2, worker.log_text()
+    assert nodes_connected(api) == [f"127.0.0.1:{parsed.port}"], api.log_text()
     symbols, days = 6, 50
     all_dates = dates(days)
     observations = {}
@@ -392,7 +394,7 @@ def test_f_a_list_of_broker_nodes_first_that_answers_then_the_next_when_dropped(
     # Each process reconnected, to the node after the one it had (the same broker, by its other name).
     for process in (worker, api):
         wait_until(f"{process.name} on the next node",
-                   lambda: nodes(process)[-1] == f"localhost:{parsed.port}", timeout=30)
+                   lambda: nodes_connected(process)[-1] == f"localhost:{parsed.port}", timeout=30)
     check_views(stack, symbols, days, all_dates)
     wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=60)
     assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
