@@ -30,7 +30,7 @@ public struct AMQPSettings: Sendable, Equatable {
     /// connection goes to the first that answers; after a lost one, a publisher or consumer
     /// tries the node after the one it had first (see ``NodeCursor``).
     public var nodes: [AMQPURL]
-    /// The first node (setting it leaves that one alone).
+    /// The first node (setting it makes it the only one).
     public var url: AMQPURL {
         get { nodes[0] }
         set { nodes = [newValue] }
