@@ -4,14 +4,13 @@ names and ports, one Erlang cookie), quorum queues, and the nodes listed in STEG
 middle of 1,000 writes, then started again. Nothing accepted is lost, nothing applied twice."""
 import os
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
 from conftest import ROOT, wait_until
-from test_faults import check_views, dates, inbox_count, nodes_connected, run_load, writes
+from test_faults import check_views, dates, inbox_count, load_with_disruption, nodes_connected, writes
 
 CLUSTER = str(ROOT / "scripts/broker-cluster.sh")
 
@@ -50,7 +49,6 @@ def test_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(clus
     observations = {}
 
     def bounce():
-        wait_until("300 accepted", lambda: observations.get("accepted", 0) >= 300, timeout=120)
         started = time.monotonic()
         subprocess.run([CLUSTER, "stop-node", str(folder), "1"], check=True, capture_output=True, timeout=180)
         observations["stopped_after_s"] = time.monotonic() - started
@@ -65,12 +63,9 @@ def test_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(clus
         observations["accepted_at_restart"] = observations.get("accepted", 0)
         observations["restarted"] = True
 
-    bouncer = threading.Thread(target=bounce)
-    bouncer.start()
     # Paced (about 80 writes/s from 8 clients) so the load spans the node's stop and start.
-    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.1,
-                                  on_progress=lambda n: observations.__setitem__("accepted", n))
-    bouncer.join()
+    accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 300, bounce, observations,
+                                              pause=0.1)
     print(f"cluster: {observations}")
     assert observations.get("restarted"), observations
     # Where each went first when its node stopped: the node after it in the list.

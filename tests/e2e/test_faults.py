@@ -80,6 +80,23 @@ def run_load(api_url, items, all_dates, threads=8, on_progress=None, pause=0.0):
     return accepted, statuses
 
 
+def load_with_disruption(api_url, items, all_dates, after, disrupt, observations, **load):
+    """POSTs `items` (`run_load`, with `load`'s settings) while `disrupt()` runs on a thread of
+    its own once `after` of them are accepted; the count so far is kept in
+    `observations["accepted"]`. Returns what `run_load` does."""
+    def run():
+        wait_until(f"{after} accepted", lambda: observations.get("accepted", 0) >= after, timeout=120)
+        disrupt()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        return run_load(api_url, items, all_dates, on_progress=lambda n: observations.__setitem__("accepted", n),
+                        **load)
+    finally:
+        thread.join()
+
+
 def db(stack):
     return sqlite3.connect(str(stack.tmp_path / "data" / "returns.sqlite"), timeout=30)
 
@@ -131,7 +148,6 @@ def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factor
     observations = {}
 
     def bounce():
-        wait_until("300 accepted", lambda: observations.get("accepted", 0) >= 300, timeout=60)
         broker("stop")
         # Writes are still accepted, and readiness says the broker is gone.
         observations["readyz_down"] = wait_until(
@@ -142,12 +158,9 @@ def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factor
         observations["accepted_at_restart"] = observations.get("accepted", 0)
         restarted.set()
 
-    bouncer = threading.Thread(target=bounce)
-    bouncer.start()
     # Paced at about 50 writes/s, so the load spans the broker's stop and start (~20 s).
-    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.15,
-                                  on_progress=lambda n: observations.__setitem__("accepted", n))
-    bouncer.join()
+    accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 300, bounce, observations,
+                                              pause=0.15)
     assert restarted.is_set()
     assert observations["readyz_down"]
     # The broker was down while writes were still coming in.
@@ -330,18 +343,14 @@ def test_e_sigterm_during_load_exits_0_within_10s_and_loses_nothing_accepted(sta
     state = {}
 
     def stop_midway():
-        wait_until("200 accepted", lambda: state.get("accepted", 0) >= 200, timeout=60)
         started = time.monotonic()
         for process in (stack.api, stack.worker):
             process.proc.send_signal(signal.SIGTERM)
         state["codes"] = [p.proc.wait(10) for p in (stack.api, stack.worker)]
         state["seconds"] = time.monotonic() - started
 
-    stopper = threading.Thread(target=stop_midway)
-    stopper.start()
-    accepted, _ = run_load(api.url, writes(symbols, days), all_dates, threads=4, pause=0.01,
-                           on_progress=lambda n: state.__setitem__("accepted", n))
-    stopper.join()
+    accepted, _ = load_with_disruption(api.url, writes(symbols, days), all_dates, 200, stop_midway, state,
+                                       threads=4, pause=0.01)
     assert state["codes"] == [0, 0], state
     assert state["seconds"] < 10, state
     assert 200 <= len(accepted) < symbols * days, len(accepted)
@@ -377,18 +386,14 @@ def test_f_a_list_of_broker_nodes_first_that_answers_then_the_next_when_dropped(
     observations = {}
 
     def drop():
-        wait_until("100 accepted", lambda: observations.get("accepted", 0) >= 100, timeout=60)
         for line in rabbitmqctl("list_connections", "pid", "peer_host").splitlines():
             pid, _, host = line.partition("\t")
             if host.strip() in ("127.0.0.1", "::1", "::ffff:127.0.0.1") and pid.startswith("<"):
                 rabbitmqctl("close_connection", pid, "failover test")
         observations["dropped"] = True
 
-    dropper = threading.Thread(target=drop)
-    dropper.start()
-    accepted, statuses = run_load(api.url, writes(symbols, days), all_dates, pause=0.05,
-                                  on_progress=lambda n: observations.__setitem__("accepted", n))
-    dropper.join()
+    accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 100, drop, observations,
+                                              pause=0.05)
     assert observations.get("dropped")
     assert len(accepted) == symbols * days, {s: statuses.count(s) for s in set(statuses)}
     # Each process reconnected, to the node after the one it had (the same broker, by its other name).
