@@ -90,8 +90,6 @@ extension OutboxRelay {
         private var flushDeadline: ContinuousClock.Instant?
         /// When the last sweep ended.
         private var swept: ContinuousClock.Instant
-        /// The highest row a sweep of every row published: committed rows up to it are out.
-        private var sweptUpTo: Int64 = 0
         /// Rows the last claim returned (a short one: the sweep is near its end).
         private var lastClaim = 0
         /// Whether the feed was open when the pending claim was asked for.
@@ -143,10 +141,11 @@ extension OutboxRelay {
             if let deadline = flushDeadline, now >= deadline { return .finish }
             if endingSweepOfAll {
                 // Every row committed before the last claim was fed already: those up to
-                // `sweptUpTo` went out with the sweep.
+                // `claimedUpTo` went out with the sweep (its last pass claimed every row from
+                // the first).
                 endingSweepOfAll = false
-                committed.removeAll { $0.0 <= sweptUpTo }
-                if !take(taken.rows.filter { $0.0 > sweptUpTo }, overflowed: taken.overflowed) { endSweep(now) }
+                committed.removeAll { $0.0 <= claimedUpTo }
+                if !take(taken.rows.filter { $0.0 > claimedUpTo }, overflowed: taken.overflowed) { endSweep(now) }
             } else if failure == nil {
                 let came = !taken.rows.isEmpty || taken.overflowed
                 _ = take(taken.rows, overflowed: taken.overflowed)
@@ -209,7 +208,6 @@ extension OutboxRelay {
                 return nil
             }
             claimedUpTo = max(claimedUpTo, last.0)
-            if sweep == .all { sweptUpTo = max(sweptUpTo, last.0) }
             inFlight += 1
             inFlightRows += batch.count
             return .publish(batch)
