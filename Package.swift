@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"4.0.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // System libraries from Debian (librabbitmq-dev, libmicrohttpd-dev).
@@ -35,7 +36,7 @@ let package = Package(
         ),
 
         // glibc's <malloc.h> and <sys/eventfd.h>, which Swift's Glibc module leaves out.
-        .systemLibrary(name: "CSystem"),
+        .systemLibrary(name: "CGlibc"),
 
         .target(name: "EventCatalog"),
         .target(name: "Handoff"),
@@ -50,7 +51,7 @@ let package = Package(
         .target(
             name: "AMQPTransport",
             dependencies: [
-                "CRabbitMQ", "CSystem", "EventCatalog", "MessageBus", "Handoff",
+                "CRabbitMQ", "CGlibc", "EventCatalog", "MessageBus", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -58,7 +59,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "CMicroHTTPD", "CSystem", "Handoff",
+                "CMicroHTTPD", "CGlibc", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -67,7 +68,7 @@ let package = Package(
         .target(
             name: "ServiceRuntime",
             dependencies: [
-                "CSystem", "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer", "Handoff",
+                "CGlibc", "EventCatalog", "MessageBus", "AMQPTransport", "HTTPServer", "Handoff",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -75,6 +76,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         .target(
@@ -83,6 +85,7 @@ let package = Package(
                 "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             resources: [.copy("openapi.json")]
         ),
@@ -92,6 +95,7 @@ let package = Package(
                 "EventCatalog", "MessageBus", "HTTPServer", "ServiceRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             resources: [.copy("openapi.json")]
         ),

@@ -1,4 +1,4 @@
-import CSystem
+import CGlibc
 import Glibc
 
 /// An `eventfd` that lets other threads wake an AMQP thread blocked in `poll` on its socket.

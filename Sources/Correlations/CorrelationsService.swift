@@ -40,6 +40,8 @@ public struct CorrelationsService: ServiceModule {
         CorrelationsStore.migrate(&migrator)
     }
 
+    public static var postgresMigrations: [PostgresMigration] { CorrelationsStore.postgresMigrations }
+
     public func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {
         try handlers.registerCommands(&registry)
     }

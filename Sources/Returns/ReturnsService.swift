@@ -33,6 +33,8 @@ public struct ReturnsService: ServiceModule {
         ReturnsStore.migrate(&migrator)
     }
 
+    public static var postgresMigrations: [PostgresMigration] { ReturnsStore.postgresMigrations }
+
     public func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {
         try handlers.registerCommands(&registry)
     }

@@ -23,7 +23,7 @@ public enum HealthRoutes {
             var ready = true
             for check in checks {
                 let ok = await check.check()
-                results[check.name] = ok ? "ok" : "unavailable"
+                results[check.name] = ok ? "ok" : "down"
                 ready = ready && ok
             }
             return try .json(ReadyBody(status: ready ? "ready" : "not_ready", service: process, checks: results),

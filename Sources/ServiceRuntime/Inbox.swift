@@ -24,3 +24,31 @@ public enum Inbox {
         return db.changesCount == 1
     }
 }
+
+// MARK: - PostgreSQL
+
+import PostgresNIO
+
+extension Inbox {
+    /// The table in a service's PostgreSQL schema (migration `outbox-inbox`).
+    static let postgresSchema = [
+        "CREATE TABLE IF NOT EXISTS inbox (event_id TEXT PRIMARY KEY, handled_at DOUBLE PRECISION NOT NULL)",
+    ]
+
+    /// Records `eventIds` as handled in `session`'s transaction, in one statement; for each,
+    /// whether it was new (an id twice in `eventIds` is new the first time only). A replica
+    /// recording the same id at the same moment waits for that one's transaction, then finds
+    /// it on record.
+    static func markHandled(_ eventIds: [UUID], in session: PostgresSession) throws -> [Bool] {
+        guard !eventIds.isEmpty else { return [] }
+        let texts = eventIds.map(\.lowercaseText)
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(texts)
+        binds.append(Date().timeIntervalSince1970)
+        var inserted = Set(try session.query("""
+            INSERT INTO inbox (event_id, handled_at) SELECT id, $2 FROM unnest($1::text[]) AS ids(id)
+            ON CONFLICT (event_id) DO NOTHING RETURNING event_id
+            """, binds).map { try $0.column(0, as: String.self) })
+        return texts.map { inserted.remove($0) != nil }
+    }
+}

@@ -118,3 +118,124 @@ public enum Outbox {
         try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0
     }
 }
+
+// MARK: - PostgreSQL
+
+import PostgresNIO
+
+extension Outbox {
+    /// The table in a service's PostgreSQL schema (migration `outbox-inbox`).
+    static let postgresSchema = [
+        """
+        CREATE TABLE IF NOT EXISTS outbox (
+            seq BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            routing_key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            correlation_id TEXT,
+            causation_id TEXT,
+            app_id TEXT NOT NULL,
+            timestamp DOUBLE PRECISION NOT NULL,
+            schema_version INTEGER NOT NULL,
+            traceparent TEXT,
+            content_type TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            claimed_by TEXT,
+            claimed_at DOUBLE PRECISION
+        )
+        """,
+    ]
+
+    /// Appends `envelopes` (in order) in `session`'s transaction, claimed by `relay`, and
+    /// returns them with their sequence numbers. The inserts are sent one after the other
+    /// without waiting; their numbers are read once all are sent.
+    static func append(_ envelopes: [EventEnvelope], claimedBy relay: String?,
+                       in session: PostgresSession) throws -> [(Int64, EventEnvelope)] {
+        guard !envelopes.isEmpty else { return [] }
+        let claimedAt = relay.map { _ in Date().timeIntervalSince1970 }
+        let pending = envelopes.map { e -> PostgresSession.Pending in
+            var binds = PostgresBindings(capacity: 13)
+            binds.append(e.eventId.lowercaseText)
+            binds.append(e.routingKey)
+            binds.append(e.type)
+            binds.append(e.correlationId)
+            binds.append(e.causationId)
+            binds.append(e.appId)
+            binds.append(e.timestamp.timeIntervalSince1970)
+            binds.append(e.schemaVersion)
+            binds.append(e.traceparent)
+            binds.append(e.contentType)
+            binds.append(ByteBuffer(data: e.body))
+            binds.append(relay)
+            binds.append(claimedAt)
+            return session.submit("""
+                INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
+                                    timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING seq
+                """, binds)
+        }
+        try session.sync()
+        return try zip(pending, envelopes).map { pending, envelope in
+            guard let row = try pending.rows().first else { throw StoreUnavailable(reason: "INSERT INTO outbox returned no seq") }
+            return (try row.column(0, as: Int64.self), envelope)
+        }
+    }
+
+    /// ``claim(limit:relay:includeOwn:after:staleAfter:in:)`` on PostgreSQL: rows another
+    /// relay is claiming at the same moment are skipped (`FOR UPDATE SKIP LOCKED`), so
+    /// replicas sweeping at once never take the same row and never wait for each other.
+    static func claim(limit: Int, relay: String, includeOwn: Bool, after: Int64, staleAfter: Double,
+                      in session: PostgresSession) throws -> [(Int64, EventEnvelope)] {
+        let now = Date().timeIntervalSince1970
+        let sweep = relay + ".sweep"
+        var binds = PostgresBindings(capacity: 7)
+        binds.append(sweep)
+        binds.append(now)
+        binds.append(after)
+        binds.append(relay)
+        binds.append(includeOwn)
+        binds.append(now - staleAfter)
+        binds.append(limit)
+        let rows = try session.query("""
+            UPDATE outbox SET claimed_by = $1, claimed_at = $2
+            WHERE seq IN (SELECT seq FROM outbox
+                          WHERE seq > $3
+                            AND (claimed_by IS NULL
+                                 OR (claimed_by IN ($4, $1) AND $5)
+                                 OR (claimed_by NOT IN ($4, $1) AND claimed_at < $6))
+                          ORDER BY seq LIMIT $7
+                          FOR UPDATE SKIP LOCKED)
+            RETURNING seq, event_id, routing_key, type, correlation_id, causation_id, app_id, timestamp,
+                      schema_version, traceparent, content_type, body
+            """, binds)
+        var claimed: [(Int64, EventEnvelope)] = []
+        claimed.reserveCapacity(rows.count)
+        for row in rows {
+            let r = row.makeRandomAccess()
+            guard let id = UUID(text: try r[1].decode(String.self)) else { continue }
+            var body = try r[11].decode(ByteBuffer.self)
+            let envelope = EventEnvelope(
+                eventId: id, routingKey: try r[2].decode(String.self), type: try r[3].decode(String.self),
+                correlationId: try r[4].decode(String?.self), causationId: try r[5].decode(String?.self),
+                appId: try r[6].decode(String.self),
+                timestamp: Date(timeIntervalSince1970: try r[7].decode(Double.self)),
+                schemaVersion: try r[8].decode(Int.self), traceparent: try r[9].decode(String?.self),
+                contentType: try r[10].decode(String.self), body: body.readData(length: body.readableBytes) ?? Data())
+            claimed.append((try r[0].decode(Int64.self), envelope))
+        }
+        // RETURNING follows no order: the relay publishes in sequence order.
+        claimed.sort { $0.0 < $1.0 }
+        return claimed
+    }
+
+    /// Deletes published rows.
+    static func remove(_ seqs: [Int64], in session: PostgresSession) throws {
+        guard !seqs.isEmpty else { return }
+        try session.execute("DELETE FROM outbox WHERE seq = ANY($1)", PostgresBindings(seqs))
+    }
+
+    /// Rows waiting to be published.
+    static func depth(in session: PostgresSession) throws -> Int {
+        try session.query("SELECT count(*) FROM outbox").first?.column(0, as: Int.self) ?? 0
+    }
+}

@@ -221,7 +221,7 @@ public final class OutboxRelay: Service, Sendable {
 
     /// Sets the `outbox_depth` gauge (rows waiting to be published) and returns it.
     private func measureDepth() async -> Int? {
-        let depth = try? await database.pool.read { db in try Outbox.depth(in: db) }
+        let depth = try? await database.outboxDepth()
         if let depth { depthGauge.record(depth) }
         return depth
     }

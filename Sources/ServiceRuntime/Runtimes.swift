@@ -8,7 +8,7 @@ public enum APIRuntime {
     /// Runs until SIGTERM or SIGINT; returns the process exit code.
     public static func run<M: ServiceModule>(_ module: M.Type) async -> Int32 {
         await ProcessRuntime.run(process: "\(M.name)-api", service: M.name, settings: { _ in () }) { config, _, logger in
-            let database = try ServiceAssembly<M>.openDatabase(path: config.databasePath)
+            let database = try ServiceAssembly<M>.openDatabase(config, logger: logger)
             let publisher = AMQPRuntime.publisher(config, logger)
             let api = try ServiceAssembly<M>.api(database: database, publisher: publisher, logger: logger)
             return AMQPRuntime.plan(api, publisher: publisher, config: config)
@@ -22,7 +22,7 @@ public enum WorkerRuntime {
     /// Runs until SIGTERM or SIGINT; returns the process exit code.
     public static func run<M: ServiceModule>(_ module: M.Type) async -> Int32 {
         await ProcessRuntime.run(process: "\(M.name)-worker", service: M.name, settings: { _ in () }) { config, _, logger in
-            let database = try ServiceAssembly<M>.openDatabase(path: config.databasePath)
+            let database = try ServiceAssembly<M>.openDatabase(config, logger: logger)
             let publisher = AMQPRuntime.publisher(config, logger)
             let worker = try await ServiceAssembly<M>.worker(
                 database: database, publisher: publisher,
@@ -62,7 +62,7 @@ enum AMQPRuntime {
             metadata: [
                 "amqp.url": "\(config.amqp.nodes.map(\.description).joined(separator: ","))", "amqp.exchange": "\(config.amqp.exchange)",
                 "amqp.exchange_type": "\(config.amqp.exchangeType)", "amqp.queue_mode": "\(config.queueMode.rawValue)",
-                "store.path": "\(config.databasePath)",
+                "store": "\(database.location)",
             ])
     }
 }

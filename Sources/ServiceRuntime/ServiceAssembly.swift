@@ -37,6 +37,13 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
         try ServiceDatabase(path: path, pageSize: M.databasePageSize, migrations: M.migrate)
     }
 
+    /// Opens (creating and migrating) the service's store: its schema in PostgreSQL when
+    /// `config` names one, else its SQLite file.
+    public static func openDatabase(_ config: ServiceConfig, logger: Logger) throws -> ServiceDatabase {
+        guard let postgres = config.postgres else { return try openDatabase(path: config.databasePath) }
+        return try ServiceDatabase(postgres: postgres, schema: M.name, migrations: M.postgresMigrations, logger: logger)
+    }
+
     /// An api: the module's command handlers on the bus, its routes, the relay to `publisher`.
     public static func api(database: ServiceDatabase, publisher: any EventPublisher,
                            logger: Logger) throws -> ServiceAssembly {

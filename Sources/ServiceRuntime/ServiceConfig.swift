@@ -25,6 +25,9 @@ public struct ServiceConfig: Sendable {
     public var httpThreads: Int
     public var maxBodyBytes: Int
     public var dataDirectory: String
+    /// `STEGA_DATABASE_URL` (with `STEGA_DB_POOL`): the service's store in PostgreSQL; `nil`:
+    /// the SQLite file under ``dataDirectory``.
+    public var postgres: PostgresSettings?
     public var logLevel: Logger.Level
     public var logFormat: LogFormat
     /// Bearer token required by write endpoints (`STEGA_API_TOKEN` or `STEGA_API_TOKEN_FILE`); none when unset.
@@ -74,6 +77,8 @@ public struct ServiceConfig: Sendable {
         maxBodyBytes = try environment.int("STEGA_MAX_BODY_BYTES", default: 8 * 1024 * 1024,
                                            range: 1024...(1 << 30))
         dataDirectory = try environment.string("STEGA_DATA_DIR", default: "./data")
+        let poolSize = try environment.int("STEGA_DB_POOL", default: 4, range: 1...200)
+        postgres = try environment.string("STEGA_DATABASE_URL").map { try PostgresSettings(url: $0, poolSize: poolSize) }
         let level = try environment.choice("STEGA_LOG_LEVEL", default: "info",
                                            Logger.Level.allCases.map(\.rawValue))
         logLevel = Logger.Level(rawValue: level)!

@@ -1,12 +1,27 @@
 import EventCatalog
 import Foundation
 import GRDB
+import Logging
 import MessageBus
+import PostgresNIO
+import Synchronization
 
-/// A service's SQLite database (GRDB `DatabasePool`, WAL, busy timeout), shared by its api
-/// and worker, with the outbox and inbox tables every service has. Its writes go through
-/// ``WriteCombiner`` (group commit); the relay takes what they add to the outbox from
-/// ``OutboxFeed``.
+/// What a service's store runs its SQL on inside a write or a read: the SQLite database (the
+/// embedded default) or a PostgreSQL session (`STEGA_DATABASE_URL`). Each service's store
+/// has one implementation of its tables for each; nothing above the store sees either.
+public enum StoreConnection {
+    case sqlite(Database)
+    case postgres(PostgresSession)
+}
+
+/// A service's store — its state, read views, outbox and inbox — in one of two engines:
+/// - a SQLite file (GRDB `DatabasePool`, WAL, busy timeout), shared by the service's api and
+///   worker on one host; writes go through ``WriteCombiner`` (group commit);
+/// - a PostgreSQL schema (``PostgresStore``), shared by any number of replicas: each write is
+///   a transaction on a pooled connection, outbox rows are claimed with `FOR UPDATE SKIP
+///   LOCKED`, and a worker's batches run one at a time across replicas (an advisory lock), as
+///   they do on SQLite's single writer.
+/// Either way the relay takes what the writes add to the outbox from ``OutboxFeed``.
 ///
 /// ```swift
 /// let database = try ServiceDatabase(path: config.databasePath) { migrator in
@@ -18,18 +33,57 @@ import MessageBus
 /// }
 /// ```
 public final class ServiceDatabase: Sendable {
-    /// The GRDB pool; only the service's store uses it.
-    public let pool: DatabasePool
+    private enum Engine: Sendable {
+        case sqlite(SQLiteEngine)
+        case postgres(PostgresEngine)
+    }
+
+    private struct SQLiteEngine: Sendable {
+        let pool: DatabasePool
+        /// Concurrent `write(_:_:)`s share transactions (group commit).
+        let combiner: WriteCombiner
+        /// Checkpoints the WAL off the commit path.
+        let checkpointer: WALCheckpointer
+    }
+
+    private final class PostgresEngine: Sendable {
+        let store: PostgresStore
+        /// Outbox rows committed by this process, for the relay.
+        let feed = Mutex(OutboxFeed())
+        /// Published rows to delete, and whether a deletion is on its way.
+        let deletions = Mutex((seqs: [Int64](), armed: false))
+        /// The advisory lock a worker's batch takes: one service's event handlers apply one
+        /// batch at a time across every replica, as on SQLite.
+        let eventLock: String
+
+        init(store: PostgresStore) {
+            self.store = store
+            eventLock = "stega.\(store.schema).events"
+        }
+    }
+
+    private let engine: Engine
     /// Rung after each commit that added outbox rows (once per shared transaction).
     public let outboxBell = Doorbell()
     /// Where commands wait while the relay is behind a broker taking its messages.
     public let admission: WriteAdmission
     /// The claim this process's relay puts on the outbox rows its writes add.
     public let relayId = "relay-" + UUID().lowercaseText
-    /// Concurrent `write(_:_:)`s share transactions (group commit).
-    private let combiner: WriteCombiner
-    /// Checkpoints the WAL off the commit path.
-    let checkpointer: WALCheckpointer
+
+    /// The SQLite pool (tests and the benchmark tool read the file through it).
+    public var pool: DatabasePool {
+        guard case .sqlite(let sqlite) = engine else { preconditionFailure("a PostgreSQL store has no SQLite pool") }
+        return sqlite.pool
+    }
+
+    /// The SQLite file's WAL checkpointer (tests).
+    var checkpointer: WALCheckpointer {
+        guard case .sqlite(let sqlite) = engine else { preconditionFailure("a PostgreSQL store has no WAL") }
+        return sqlite.checkpointer
+    }
+
+    /// What the store is, for logs: the SQLite file or the PostgreSQL server and schema.
+    public let location: String
 
     /// - Parameters:
     ///   - admissionMaxWait: the longest a command waits at ``admission``.
@@ -38,10 +92,10 @@ public final class ServiceDatabase: Sendable {
     public init(path: String, admissionMaxWait: DispatchTimeInterval = .seconds(1), pageSize: Int? = nil,
                 migrations: (inout DatabaseMigrator) -> Void = { _ in }) throws {
         admission = WriteAdmission(maxWait: admissionMaxWait)
+        location = path
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let checkpointer = WALCheckpointer(path: path)
-        self.checkpointer = checkpointer
         var configuration = Configuration()
         // The api and the worker write the same file. SQLite's own busy timeout sleeps 1, 2,
         // 5, 10… ms between tries, so a writer that waits for the other's short transaction
@@ -70,8 +124,8 @@ public final class ServiceDatabase: Sendable {
         // identifier of grdb_migrations. Under the lock the second reads what the first applied.
         let lock = try MigrationLock(path: path + ".lock")
         defer { lock.release() }
-        pool = try DatabasePool(path: path, configuration: configuration)
-        combiner = WriteCombiner(pool: pool, bell: outboxBell)
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        engine = .sqlite(SQLiteEngine(pool: pool, combiner: WriteCombiner(pool: pool, bell: outboxBell), checkpointer: checkpointer))
         var migrator = DatabaseMigrator()
         migrator.registerMigration("outbox-inbox") { db in
             try db.execute(sql: Outbox.schema + Inbox.schema)
@@ -80,13 +134,35 @@ public final class ServiceDatabase: Sendable {
         try migrator.migrate(pool)
     }
 
+    /// A service's store in PostgreSQL: schema `schema` (created if missing), migrated with
+    /// `migrations` after the outbox and inbox (under an advisory lock: replicas may start at
+    /// once). Blocks until PostgreSQL has answered; throws ``StoreUnavailable`` when it does
+    /// not.
+    public init(postgres settings: PostgresSettings, schema: String, admissionMaxWait: DispatchTimeInterval = .seconds(1),
+                migrations: [PostgresMigration], logger: Logger = Logger(label: "stega.store")) throws {
+        admission = WriteAdmission(maxWait: admissionMaxWait)
+        location = "\(settings) schema \(schema)"
+        let store = try PostgresStore(settings: settings, schema: schema, logger: logger)
+        try store.migrate([PostgresMigration("outbox-inbox", Outbox.postgresSchema + Inbox.postgresSchema)] + migrations)
+        engine = .postgres(PostgresEngine(store: store))
+    }
+
     /// Runs `body` and stores the events raised in `context` in the outbox, in one transaction:
     /// the only way a handler's events reach the outbox. When `context` handles an event
     /// already recorded in the inbox, nothing runs and the result is `false`; otherwise the
     /// event id is recorded in the same transaction.
     @discardableResult
-    public func write(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
-        try await write([context]) { db, _ in try body(db) }.first != nil
+    public func write(_ context: HandlerContext, _ body: @escaping @Sendable (StoreConnection) throws -> Void) async throws -> Bool {
+        try await write([context]) { connection, _ in try body(connection) }.first != nil
+    }
+
+    /// A write on the SQLite file's connection directly (tests).
+    @discardableResult
+    public func writeSQLite(_ context: HandlerContext, _ body: @escaping @Sendable (Database) throws -> Void) async throws -> Bool {
+        try await write(context) { connection in
+            guard case .sqlite(let db) = connection else { preconditionFailure("not a SQLite store") }
+            try body(db)
+        }
     }
 
     /// A batch handler's write: one transaction records in the inbox the events of `contexts`
@@ -94,24 +170,53 @@ public final class ServiceDatabase: Sendable {
     /// there is none), and stores in the outbox what every context raised. Returns those
     /// indices. If `body` throws, nothing of the batch is stored.
     public func write(_ contexts: [HandlerContext],
-                      _ body: @escaping @Sendable (Database, [Int]) throws -> Void) async throws -> [Int] {
+                      _ body: @escaping @Sendable (StoreConnection, [Int]) throws -> Void) async throws -> [Int] {
         // A command (not an event handler) waits while the relay is behind (``WriteAdmission``).
         let command = contexts.contains(where: { $0.handledEventId == nil })
         if command { await admission.admit() }
-        // An event handler's write (a worker's batch) goes in a transaction of its own; a
-        // command's shares one with the concurrent requests (see `WriteCombiner`).
-        let written = try await combiner.submit(alone: !command) { [relayId] db -> WriteCombiner.Written in
-            var fresh: [Int] = []
-            fresh.reserveCapacity(contexts.count)
-            for (index, context) in contexts.enumerated() {
-                if let id = context.handledEventId, try !Inbox.markHandled(id, in: db) { continue }
-                fresh.append(index)
+        switch engine {
+        case .sqlite(let sqlite):
+            // An event handler's write (a worker's batch) goes in a transaction of its own; a
+            // command's shares one with the concurrent requests (see `WriteCombiner`).
+            let written = try await sqlite.combiner.submit(alone: !command) { [relayId] db -> WriteCombiner.Written in
+                var fresh: [Int] = []
+                fresh.reserveCapacity(contexts.count)
+                for (index, context) in contexts.enumerated() {
+                    if let id = context.handledEventId, try !Inbox.markHandled(id, in: db) { continue }
+                    fresh.append(index)
+                }
+                guard !fresh.isEmpty else { return .init(fresh: [], rows: []) }
+                try body(.sqlite(db), fresh)
+                return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: db))
             }
-            guard !fresh.isEmpty else { return .init(fresh: [], rows: []) }
-            try body(db, fresh)
-            return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: db))
+            return written.fresh
+        case .postgres(let postgres):
+            let written = try await postgres.store.transaction(lock: command ? nil : postgres.eventLock) { [relayId] session in
+                let handled = try Inbox.markHandled(contexts.compactMap(\.handledEventId), in: session)
+                var next = handled.makeIterator()
+                let fresh = contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }
+                guard !fresh.isEmpty else { return WriteCombiner.Written(fresh: [], rows: []) }
+                try body(.postgres(session), fresh)
+                return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: session))
+            }
+            committed(written.rows, postgres)
+            return written.fresh
         }
-        return written.fresh
+    }
+
+    /// Hands committed outbox rows to the relay.
+    private func committed(_ rows: [(Int64, EventEnvelope)], _ postgres: PostgresEngine) {
+        guard !rows.isEmpty else { return }
+        postgres.feed.withLock { $0.add(rows) }
+        outboxBell.ring()
+    }
+
+    /// Runs `body` on the store for a read (a SQLite reader, or a pooled PostgreSQL connection).
+    public func read<T: Sendable>(_ body: @escaping @Sendable (StoreConnection) throws -> T) async throws -> T {
+        switch engine {
+        case .sqlite(let sqlite): return try await sqlite.pool.read { db in try body(.sqlite(db)) }
+        case .postgres(let postgres): return try await postgres.store.withSession { session in try body(.postgres(session)) }
+        }
     }
 
     /// Stores the events raised in `context` in the outbox, in a transaction of their own (shared
@@ -125,8 +230,16 @@ public final class ServiceDatabase: Sendable {
     /// concurrent writes).
     func store(_ envelopes: [EventEnvelope]) async throws {
         guard !envelopes.isEmpty else { return }
-        _ = try await combiner.submit { [relayId] db in
-            .init(fresh: [0], rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
+        switch engine {
+        case .sqlite(let sqlite):
+            _ = try await sqlite.combiner.submit { [relayId] db in
+                .init(fresh: [0], rows: try Outbox.append(envelopes, claimedBy: relayId, in: db))
+            }
+        case .postgres(let postgres):
+            let rows = try await postgres.store.transaction { [relayId] session in
+                try Outbox.append(envelopes, claimedBy: relayId, in: session)
+            }
+            committed(rows, postgres)
         }
     }
 
@@ -134,7 +247,7 @@ public final class ServiceDatabase: Sendable {
     /// whether some were left out (more than ``OutboxFeed/limit`` waited, and the feed closed
     /// itself): those are only in the table, claimed by ``relayId``.
     func takeCommittedOutboxRows() -> (rows: [(Int64, EventEnvelope)], overflowed: Bool) {
-        combiner.feed.withLock { feed in
+        withFeed { feed in
             defer {
                 feed.rows = []
                 feed.overflowed = false
@@ -146,14 +259,53 @@ public final class ServiceDatabase: Sendable {
     /// Whether committed outbox rows are handed to the relay in memory (otherwise they are
     /// only in the table, claimed by ``relayId``, and the relay sweeps them from there).
     var outboxFeedOpen: Bool {
-        get { combiner.feed.withLock { !$0.closed } }
-        set { combiner.feed.withLock { $0.closed = !newValue } }
+        get { withFeed { !$0.closed } }
+        set { withFeed { $0.closed = !newValue } }
+    }
+
+    private func withFeed<T>(_ body: (inout sending OutboxFeed) -> sending T) -> sending T {
+        switch engine {
+        case .sqlite(let sqlite): return sqlite.combiner.feed.withLock(body)
+        case .postgres(let postgres): return postgres.feed.withLock(body)
+        }
     }
 
     /// Deletes published outbox rows in the next shared transaction (or, with no write
-    /// coming, in one of their own within 20 ms).
+    /// coming, in one of their own within 20 ms). On PostgreSQL, in one statement within 20 ms.
     func removeFromOutbox(_ seqs: [Int64]) {
-        combiner.delete(seqs)
+        guard !seqs.isEmpty else { return }
+        switch engine {
+        case .sqlite(let sqlite):
+            sqlite.combiner.delete(seqs)
+        case .postgres(let postgres):
+            let arm = postgres.deletions.withLock { state -> Bool in
+                state.seqs.append(contentsOf: seqs)
+                defer { state.armed = true }
+                return !state.armed
+            }
+            guard arm else { return }
+            Task {
+                try? await Task.sleep(for: .milliseconds(20))
+                try? await deletePublished(postgres)
+            }
+        }
+    }
+
+    /// Deletes the published rows waiting (PostgreSQL); on failure they wait for the next try.
+    private func deletePublished(_ postgres: PostgresEngine, then more: (@Sendable (PostgresSession) throws -> [(Int64, EventEnvelope)])? = nil) async throws -> [(Int64, EventEnvelope)] {
+        let seqs = postgres.deletions.withLock { state -> [Int64] in
+            defer { state = ([], false) }
+            return state.seqs
+        }
+        do {
+            return try await postgres.store.withSession { session in
+                try Outbox.remove(seqs, in: session)
+                return try more?(session) ?? []
+            }
+        } catch {
+            postgres.deletions.withLock { $0.seqs.insert(contentsOf: seqs, at: 0) }
+            throw error
+        }
     }
 
     /// Claims rows for a sweep of the relay (see ``Outbox/claim``) in the next shared
@@ -161,27 +313,59 @@ public final class ServiceDatabase: Sendable {
     /// relay has published.
     func claimOutboxRows(limit: Int, includeOwn: Bool, after: Int64 = 0,
                          staleAfter: Double) async throws -> [(Int64, EventEnvelope)] {
-        try await combiner.submit { [relayId] db in
-            .init(fresh: [], rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
-                                                                       after: after, staleAfter: staleAfter, in: db))
-        }.claimed
+        switch engine {
+        case .sqlite(let sqlite):
+            return try await sqlite.combiner.submit { [relayId] db in
+                .init(fresh: [], rows: [], claimed: try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn,
+                                                                           after: after, staleAfter: staleAfter, in: db))
+            }.claimed
+        case .postgres(let postgres):
+            return try await deletePublished(postgres) { [relayId] session in
+                try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn, after: after, staleAfter: staleAfter,
+                                 in: session)
+            }
+        }
     }
 
     /// Returns once every deletion asked for so far is committed.
     func commitOutboxRemovals() async throws {
-        _ = try await combiner.submit { _ in .init(fresh: [], rows: []) }
+        switch engine {
+        case .sqlite(let sqlite): _ = try await sqlite.combiner.submit { _ in .init(fresh: [], rows: []) }
+        case .postgres(let postgres): _ = try await deletePublished(postgres)
+        }
+    }
+
+    /// Rows waiting in the outbox (every process's).
+    func outboxDepth() async throws -> Int {
+        try await read { connection in
+            switch connection {
+            case .sqlite(let db): return try Outbox.depth(in: db)
+            case .postgres(let session): return try Outbox.depth(in: session)
+            }
+        }
     }
 
     /// Drops what SQLite caches (page caches, prepared statements; reader connections close
     /// and open again when needed), on each connection's queue once it is free: after a burst,
     /// the writer's 1 MiB cache and the readers' are memory nothing uses until the next one.
     public func releaseMemory() {
-        pool.releaseMemoryEventually()
-        checkpointer.releaseMemory()
+        guard case .sqlite(let sqlite) = engine else { return }
+        sqlite.pool.releaseMemoryEventually()
+        sqlite.checkpointer.releaseMemory()
     }
 
-    /// Whether the database answers a query.
+    /// Whether the store answers a query.
     public func isReadable() async -> Bool {
-        (try? await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }) == 1
+        (try? await read { connection in
+            switch connection {
+            case .sqlite(let db): return try Int.fetchOne(db, sql: "SELECT 1")
+            case .postgres(let session): return try session.query("SELECT 1").first?.column(0, as: Int.self)
+            }
+        }) == 1
+    }
+
+    /// Closes the store's connections (PostgreSQL; SQLite's close with the pool).
+    public func close() {
+        if case .postgres(let postgres) = engine { postgres.store.close() }
     }
 }

@@ -10,8 +10,10 @@ import MessageBus
 public protocol ServiceModule: Sendable {
     /// `returns`: the `app_id` of its events, the prefix of its routing keys and queue.
     static var name: String { get }
-    /// Registers the service's migrations (idempotent: api and worker both run them).
+    /// Registers the service's SQLite migrations (idempotent: api and worker both run them).
     static func migrate(_ migrator: inout DatabaseMigrator)
+    /// The service's PostgreSQL migrations, in order (each applied once per schema).
+    static var postgresMigrations: [PostgresMigration] { get }
 
     init(database: ServiceDatabase, logger: Logger)
     /// The api's command handlers.
@@ -32,6 +34,7 @@ public protocol ServiceModule: Sendable {
 extension ServiceModule {
     public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
     public static var databasePageSize: Int? { nil }
+    public static var postgresMigrations: [PostgresMigration] { [] }
 }
 
 /// `GET /openapi.json`.

@@ -18,7 +18,7 @@ struct CommandEndpointTests {
             try await database.write(context) { _ in try context.raise(WindowAdded(window: 5)) }
         }
         try registry.handle(Unstorable.self, raises: [WindowAdded.self]) { _, context in
-            try await database.write(context) { db in try db.execute(sql: "INSERT INTO no_such_table VALUES (1)") }
+            try await database.writeSQLite(context) { db in try db.execute(sql: "INSERT INTO no_such_table VALUES (1)") }
         }
         try registry.handle(Undeclared.self) { _, context in
             try await database.write(context) { _ in try context.raise(WindowAdded(window: 5)) }

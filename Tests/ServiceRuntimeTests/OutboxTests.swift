@@ -38,7 +38,7 @@ struct OutboxTests {
         let context = HandlerContext(metadata: .newOperation(), appId: "test")
         struct Boom: Error {}
         await #expect(throws: Boom.self) {
-            try await database.write(context) { db in
+            try await database.writeSQLite(context) { db in
                 try db.execute(sql: "INSERT INTO t VALUES (1)")
                 try context.raise(WindowAdded(window: 1))
                 throw Boom()
@@ -49,7 +49,7 @@ struct OutboxTests {
         }
         #expect(rows == 0 && depth == 0)
         let ok = HandlerContext(metadata: .newOperation(), appId: "test")
-        try await database.write(ok) { db in
+        try await database.writeSQLite(ok) { db in
             try db.execute(sql: "INSERT INTO t VALUES (1)")
             try ok.raise(WindowAdded(window: 2))
         }
@@ -201,7 +201,7 @@ struct GroupCommitTests {
                 group.addTask {
                     let context = HandlerContext(metadata: .newOperation(), appId: "test")
                     do {
-                        try await database.write(context) { db in
+                        try await database.writeSQLite(context) { db in
                             try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [n])
                             try context.raise(Noted(n: n))
                             if n % 7 == 3 { throw Boom() }
@@ -274,7 +274,7 @@ extension GroupCommitTests {
                         let context = HandlerContext(metadata: .newOperation(), appId: "test",
                                                      handledEventId: event ? UUID() : nil)
                         do {
-                            try await database.write(context) { db in
+                            try await database.writeSQLite(context) { db in
                                 try db.execute(sql: "INSERT INTO t VALUES (?)", arguments: [row])
                             }
                         } catch {
@@ -322,7 +322,7 @@ struct ReleaseMemoryTests {
         #expect(before > 500_000, "cache of \(before) bytes before")
         #expect(after < before / 4, "cache of \(after) bytes after, \(before) before")
         let context = HandlerContext(metadata: .newOperation(), appId: "test")
-        try await database.write(context) { db in try db.execute(sql: "INSERT INTO t VALUES (1000, x'00')") }
+        try await database.writeSQLite(context) { db in try db.execute(sql: "INSERT INTO t VALUES (1000, x'00')") }
         #expect(try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 201)
     }
 }

@@ -28,7 +28,7 @@ struct WALCheckpointTests {
         let writes = 4_000
         func write(_ database: ServiceDatabase, _ key: Int) async throws {
             for i in 0..<writes {
-                try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
+                try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
                     try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [key * writes + i, value])
                 }
             }
@@ -59,7 +59,7 @@ struct WALCheckpointTests {
         let writes = 5_000  // 25,000+ frames
         try await database.checkpointer.withQueueHeld {
             for i in 0..<writes {
-                try await database.write(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
+                try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
                     try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [i, value])
                 }
             }

@@ -7,7 +7,8 @@ import Synchronization
 
 /// The correlations service's own projection of every symbol's returns (from
 /// `returns_calculated`, never from the returns service's database), its tracked windows,
-/// and the pair correlations.
+/// and the pair correlations. The tables have one implementation per engine
+/// (``CorrelationsTables``: SQLite here, PostgreSQL in CorrelationsStore+Postgres.swift).
 public final class CorrelationsStore: Sendable {
     let database: ServiceDatabase
     /// Each symbol's latest returns (see ``SeriesCache``).
@@ -78,7 +79,8 @@ public final class CorrelationsStore: Sendable {
                                                                  asOfDay: (pair[4] as Int?).map(Int32.init))
                 }
                 for (i, var row) in rows.enumerated() {
-                    row[i] = CorrelationMath.diagonal(try CorrelationsStore.load(names[i], limit: window, db).series, window: window)
+                    row[i] = CorrelationMath.diagonal(try SQLiteCorrelationsTables(db: db).load(names[i], limit: window).series,
+                                                      window: window)
                     try db.execute(sql: "INSERT INTO correlation_rows (window, idx, cells) VALUES (?, ?, ?)",
                                    arguments: [window, i, Data(row.bytes)])
                 }
@@ -99,7 +101,7 @@ public final class CorrelationsStore: Sendable {
     @discardableResult
     public func write(_ context: HandlerContext,
                       _ body: @escaping @Sendable (CorrelationsTransaction) throws -> Void) async throws -> Bool {
-        try await database.write(context) { [self] db in try body(CorrelationsTransaction(db: db, store: self)) }
+        try await database.write(context) { [self] connection in try body(CorrelationsTransaction(tables: Self.tables(connection), store: self)) }
     }
 
     /// A batch handler's write: one transaction records the events of `contexts` not handled
@@ -108,16 +110,15 @@ public final class CorrelationsStore: Sendable {
     @discardableResult
     public func write(_ contexts: [HandlerContext],
                       _ body: @escaping @Sendable (CorrelationsTransaction, [Int]) throws -> Void) async throws -> [Int] {
-        try await database.write(contexts) { [self] db, fresh in try body(CorrelationsTransaction(db: db, store: self), fresh) }
+        try await database.write(contexts) { [self] connection, fresh in
+            try body(CorrelationsTransaction(tables: Self.tables(connection), store: self), fresh)
+        }
     }
 
     /// Every symbol's latest returns — enough for `windows` — reloading from `db` only those
     /// whose version changed (and all of them when a larger window needs more).
-    fileprivate func series(in db: Database, windows: [Int]) throws -> [String: SeriesCache.Entry] {
-        var versions: [(String, Int64)] = []
-        try DirectBinding.query(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"), in: db) { _ in } each: { columns in
-            versions.append((columns.withText(0) { String(decoding: $0, as: UTF8.self) }, Int64(columns.int(1))))
-        }
+    fileprivate func series(in tables: any CorrelationsTables, windows: [Int]) throws -> [String: SeriesCache.Entry] {
+        let versions = try tables.versions()
         let keep = SeriesCache.length(for: windows)
         var current = cache.withLock { $0 }
         if current.length < keep { current = SeriesCache(length: keep) }
@@ -127,7 +128,7 @@ public final class CorrelationsStore: Sendable {
                 out[symbol] = cached
                 continue
             }
-            var entry = try Self.load(symbol, limit: current.length, db)
+            var entry = try tables.load(symbol, limit: current.length)
             entry.version = version
             current.entries[symbol] = entry
             out[symbol] = entry
@@ -165,48 +166,25 @@ public final class CorrelationsStore: Sendable {
         }
     }
 
-    /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first. Read
-    /// with SQLite's column calls: a batch reloads a few hundred series.
-    fileprivate static func load(_ symbol: String, limit: Int?, _ db: Database) throws -> SeriesCache.Entry {
-        var days: [Int32] = [], values: [Double] = []
-        if let limit {
-            days.reserveCapacity(limit)
-            values.reserveCapacity(limit)
-        }
-        try DirectBinding.query(db.cachedStatement(sql: """
-            SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
-            ORDER BY date
-            """), in: db) { row in
-            row.bind(1, symbol)
-            row.bind(2, limit ?? -1)
-        } each: { columns in
-            days.append(Int32(truncatingIfNeeded: columns.int(0)))
-            values.append(columns.double(1))
-        }
-        let series = ReturnSeries(days: days, values: values)
-        return SeriesCache.Entry(series: series, complete: limit.map { series.count < $0 } ?? true)
-    }
-
     // MARK: - Reads
 
     public func isTracked(_ window: Int) async throws -> Bool {
-        try await database.pool.read { db in
-            try Bool.fetchOne(db, sql: "SELECT 1 FROM windows WHERE window = ?", arguments: [window]) ?? false
-        }
+        try await database.read { connection in try Self.tables(connection).trackedWindows().contains(window) }
     }
 
     /// The symbols in the projection.
     public func knownSymbols() async throws -> Set<String> {
-        try await database.pool.read { db in Set(try String.fetchAll(db, sql: "SELECT symbol FROM symbols")) }
+        try await database.read { connection in Set(try Self.tables(connection).symbolsByIndex()) }
     }
 
     /// The stored correlation of the pair `a`, `b` for `window` (the diagonal when `a == b`);
     /// `nil` when either is unknown.
     public func pair(_ a: String, _ b: String, window: Int) async throws -> PairCorrelation? {
-        try await database.pool.read { db in
-            let index = try Self.indices(of: [a, b], db)
+        try await database.read { connection in
+            let tables = Self.tables(connection)
+            let index = try tables.indices(of: [a, b])
             guard let i = index[a], let j = index[b] else { return nil }
-            return try Self.row(window: window, index: max(i, j), db)?[min(i, j)]
+            return try tables.row(window: window, index: max(i, j))?[min(i, j)]
                 ?? PairCorrelation(value: nil, observations: 0, asOfDay: nil)
         }
     }
@@ -215,16 +193,17 @@ public final class CorrelationsStore: Sendable {
     /// `n × n` matrix (NaN: `null`), and the latest `as_of` day of its cells: one stored row read per symbol
     /// (see `CorrelationRow`).
     public func matrix(of symbols: [String], window: Int) async throws -> (values: [Double], asOfDay: Int32?) {
-        try await database.pool.read { db in
+        try await database.read { connection in
+            let tables = Self.tables(connection)
             let n = symbols.count
             var values = [Double](repeating: .nan, count: n * n)
             var asOf: Int32?
-            let index = try Self.indices(of: symbols, db)
+            let index = try tables.indices(of: symbols)
             // The requested symbols by stored index: row `i` holds the pairs with lower ones.
             let known = symbols.enumerated().compactMap { position, symbol in index[symbol].map { (index: $0, position: position) } }
                 .sorted { $0.index < $1.index }
             for (k, mine) in known.enumerated() {
-                guard let row = try Self.row(window: window, index: mine.index, db) else { continue }
+                guard let row = try tables.row(window: window, index: mine.index) else { continue }
                 for other in known[...k] {
                     let cell = row[other.index]
                     values[mine.position * n + other.position] = cell.value ?? .nan
@@ -236,30 +215,12 @@ public final class CorrelationsStore: Sendable {
         }
     }
 
-    /// The stored index of each of `symbols` that is known.
-    private static func indices(of symbols: [String], _ db: Database) throws -> [String: Int] {
-        let wanted = Set(symbols)
-        var index: [String: Int] = [:]
-        let rows = try Row.fetchCursor(db.cachedStatement(sql: "SELECT symbol, idx FROM symbols"))
-        while let row = try rows.next() {
-            let symbol: String = row[0]
-            if wanted.contains(symbol) { index[symbol] = row[1] }
+    /// The tables on `connection`'s engine.
+    static func tables(_ connection: StoreConnection) -> any CorrelationsTables {
+        switch connection {
+        case .sqlite(let db): return SQLiteCorrelationsTables(db: db)
+        case .postgres(let session): return PostgresCorrelationsTables(session: session)
         }
-        return index
-    }
-
-    /// The stored row of symbol `index` for `window`.
-    fileprivate static func row(window: Int, index: Int, _ db: Database) throws -> CorrelationRow? {
-        var row: CorrelationRow?
-        try DirectBinding.query(db.cachedStatement(sql: "SELECT cells, shared FROM correlation_rows WHERE window = ? AND idx = ?"),
-                                in: db) { statement in
-            statement.bind(1, window)
-            statement.bind(2, index)
-        } each: { columns in
-            row = CorrelationRow(cells: columns.withBlob(0) { Array($0) },
-                                 shared: columns.isNull(1) ? nil : columns.withBlob(1) { Array($0) })
-        }
-        return row
     }
 }
 
@@ -286,21 +247,46 @@ struct SeriesCache: Sendable {
     static func length(for windows: [Int]) -> Int { (windows.max() ?? 0) + 64 }
 }
 
+/// The correlations service's tables, on one engine: every query the store makes.
+protocol CorrelationsTables {
+    /// Tracks `window` (nothing when it is tracked already).
+    func track(window: Int) throws
+    /// The tracked windows, ascending.
+    func trackedWindows() throws -> [Int]
+    /// Every symbol with its `symbols.version`.
+    func versions() throws -> [(String, Int64)]
+    /// `symbol`'s latest `limit` returns (all of them without a limit), oldest first.
+    func load(_ symbol: String, limit: Int?) throws -> SeriesCache.Entry
+    /// `symbol`'s version, `nil` when the symbol is not in the projection.
+    func version(of symbol: String) throws -> Int64?
+    /// Stores `returns` of `symbol` (a date on record is replaced) and sets its version; a new
+    /// symbol gets the next index.
+    func saveReturns(_ returns: [DatedValue], of symbol: String, version: Int64) throws
+    /// How many symbols the projection holds.
+    func symbolCount() throws -> Int
+    /// The day of `symbol`'s latest return in the projection, if any.
+    func lastDay(of symbol: String) throws -> Int32?
+    /// Every symbol of the projection, by stored index (see `CorrelationRow`).
+    func symbolsByIndex() throws -> [String]
+    /// The stored index of each of `symbols` that is known.
+    func indices(of symbols: [String]) throws -> [String: Int]
+    /// The stored row of symbol `index` for `window`.
+    func row(window: Int, index: Int) throws -> CorrelationRow?
+    /// Stores the row of symbol `index` for `window`.
+    func saveRow(window: Int, index: Int, _ row: CorrelationRow) throws
+}
+
 /// The correlations service's tables inside one write's transaction (see
 /// ``CorrelationsStore/write(_:_:)``).
 public struct CorrelationsTransaction {
-    let db: Database
+    let tables: any CorrelationsTables
     let store: CorrelationsStore
 
     /// Tracks `window` (nothing when it is tracked already).
-    public func track(window: Int) throws {
-        try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [window])
-    }
+    public func track(window: Int) throws { try tables.track(window: window) }
 
     /// The tracked windows, ascending.
-    public func trackedWindows() throws -> [Int] {
-        try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
-    }
+    public func trackedWindows() throws -> [Int] { try tables.trackedWindows() }
 
     /// Stores `returns` of `symbol` in the projection (a date on record is replaced) and, when
     /// any came, gives the symbol a new version (what tells cached series apart): a random
@@ -308,9 +294,87 @@ public struct CorrelationsTransaction {
     /// may have read — never comes back with other returns. `true` when the symbol is new.
     @discardableResult
     func saveReturns(_ returns: [DatedValue], of symbol: String) throws -> Bool {
-        let old = try Int64.fetchOne(db.cachedStatement(sql: "SELECT version FROM symbols WHERE symbol = ?"),
-                                     arguments: [symbol])
+        let old = try tables.version(of: symbol)
         let version = returns.isEmpty ? old ?? 1 : Int64.random(in: 1...Int64.max)
+        try tables.saveReturns(returns, of: symbol, version: version)
+        if !returns.isEmpty { store.appended(returns, of: symbol, from: old, to: version) }
+        return old == nil
+    }
+
+    /// How many symbols the projection holds.
+    func symbolCount() throws -> Int { try tables.symbolCount() }
+
+    /// The day of `symbol`'s latest return in the projection, if any.
+    func lastDay(of symbol: String) throws -> Int32? { try tables.lastDay(of: symbol) }
+
+    /// Every symbol's latest returns, enough for `windows` (from the store's cache when the
+    /// symbol has not changed).
+    func latestSeries(windows: [Int]) throws -> [String: SeriesCache.Entry] {
+        try store.series(in: tables, windows: windows)
+    }
+
+    /// Every return of `symbol`, oldest first.
+    func wholeSeries(of symbol: String) throws -> ReturnSeries {
+        try tables.load(symbol, limit: nil).series
+    }
+
+    /// Every symbol of the projection, by stored index (see `CorrelationRow`).
+    func symbolsByIndex() throws -> [String] { try tables.symbolsByIndex() }
+
+    /// The stored row of symbol `index` for `window`.
+    func row(window: Int, index: Int) throws -> CorrelationRow? { try tables.row(window: window, index: index) }
+
+    /// Stores the row of symbol `index` for `window`.
+    func saveRow(window: Int, index: Int, _ row: CorrelationRow) throws { try tables.saveRow(window: window, index: index, row) }
+}
+
+/// The correlations service's tables in its SQLite file.
+struct SQLiteCorrelationsTables: CorrelationsTables {
+    let db: Database
+
+    func track(window: Int) throws {
+        try db.execute(sql: "INSERT OR IGNORE INTO windows (window) VALUES (?)", arguments: [window])
+    }
+
+    func trackedWindows() throws -> [Int] {
+        try Int.fetchAll(db.cachedStatement(sql: "SELECT window FROM windows ORDER BY window"))
+    }
+
+    func versions() throws -> [(String, Int64)] {
+        var versions: [(String, Int64)] = []
+        try DirectBinding.query(db.cachedStatement(sql: "SELECT symbol, version FROM symbols"), in: db) { _ in } each: { columns in
+            versions.append((columns.withText(0) { String(decoding: $0, as: UTF8.self) }, Int64(columns.int(1))))
+        }
+        return versions
+    }
+
+    // SQLite's column calls: a batch reloads a few hundred series.
+    func load(_ symbol: String, limit: Int?) throws -> SeriesCache.Entry {
+        var days: [Int32] = [], values: [Double] = []
+        if let limit {
+            days.reserveCapacity(limit)
+            values.reserveCapacity(limit)
+        }
+        try DirectBinding.query(db.cachedStatement(sql: """
+            SELECT date, value FROM (SELECT date, value FROM returns WHERE symbol = ? ORDER BY date DESC LIMIT ?)
+            ORDER BY date
+            """), in: db) { row in
+            row.bind(1, symbol)
+            row.bind(2, limit ?? -1)
+        } each: { columns in
+            days.append(Int32(truncatingIfNeeded: columns.int(0)))
+            values.append(columns.double(1))
+        }
+        let series = ReturnSeries(days: days, values: values)
+        return SeriesCache.Entry(series: series, complete: limit.map { series.count < $0 } ?? true)
+    }
+
+
+    func version(of symbol: String) throws -> Int64? {
+        try Int64.fetchOne(db.cachedStatement(sql: "SELECT version FROM symbols WHERE symbol = ?"), arguments: [symbol])
+    }
+
+    func saveReturns(_ returns: [DatedValue], of symbol: String, version: Int64) throws {
         let upsert = try db.cachedStatement(sql: """
             INSERT INTO returns (symbol, date, value) VALUES (?, ?, ?)
             ON CONFLICT (symbol, date) DO UPDATE SET value = excluded.value
@@ -326,43 +390,45 @@ public struct CorrelationsTransaction {
             INSERT INTO symbols (symbol, version, idx) VALUES (?1, ?2, (SELECT coalesce(max(idx) + 1, 0) FROM symbols))
             ON CONFLICT (symbol) DO UPDATE SET version = ?2
             """).execute(arguments: [symbol, version])
-        if !returns.isEmpty { store.appended(returns, of: symbol, from: old, to: version) }
-        return old == nil
     }
 
-    /// How many symbols the projection holds.
     func symbolCount() throws -> Int {
         try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM symbols")) ?? 0
     }
 
-    /// The day of `symbol`'s latest return in the projection, if any.
     func lastDay(of symbol: String) throws -> Int32? {
         try Int.fetchOne(db.cachedStatement(sql: "SELECT max(date) FROM returns WHERE symbol = ?"),
                          arguments: [symbol]).map(Int32.init)
     }
 
-    /// Every symbol's latest returns, enough for `windows` (from the store's cache when the
-    /// symbol has not changed).
-    func latestSeries(windows: [Int]) throws -> [String: SeriesCache.Entry] {
-        try store.series(in: db, windows: windows)
-    }
-
-    /// Every return of `symbol`, oldest first.
-    func wholeSeries(of symbol: String) throws -> ReturnSeries {
-        try CorrelationsStore.load(symbol, limit: nil, db).series
-    }
-
-    /// Every symbol of the projection, by stored index (see `CorrelationRow`).
     func symbolsByIndex() throws -> [String] {
         try String.fetchAll(db.cachedStatement(sql: "SELECT symbol FROM symbols ORDER BY idx"))
     }
 
-    /// The stored row of symbol `index` for `window`.
-    func row(window: Int, index: Int) throws -> CorrelationRow? {
-        try CorrelationsStore.row(window: window, index: index, db)
+    func indices(of symbols: [String]) throws -> [String: Int] {
+        let wanted = Set(symbols)
+        var index: [String: Int] = [:]
+        let rows = try Row.fetchCursor(db.cachedStatement(sql: "SELECT symbol, idx FROM symbols"))
+        while let row = try rows.next() {
+            let symbol: String = row[0]
+            if wanted.contains(symbol) { index[symbol] = row[1] }
+        }
+        return index
     }
 
-    /// Stores the row of symbol `index` for `window`.
+    func row(window: Int, index: Int) throws -> CorrelationRow? {
+        var row: CorrelationRow?
+        try DirectBinding.query(db.cachedStatement(sql: "SELECT cells, shared FROM correlation_rows WHERE window = ? AND idx = ?"),
+                                in: db) { statement in
+            statement.bind(1, window)
+            statement.bind(2, index)
+        } each: { columns in
+            row = CorrelationRow(cells: columns.withBlob(0) { Array($0) },
+                                 shared: columns.isNull(1) ? nil : columns.withBlob(1) { Array($0) })
+        }
+        return row
+    }
+
     func saveRow(window: Int, index: Int, _ row: CorrelationRow) throws {
         let stored = row.encoded()
         try DirectBinding.execute(db.cachedStatement(sql: """

@@ -1,0 +1,115 @@
+import EventCatalog
+import PostgresNIO
+import ServiceRuntime
+
+extension ReturnsStore {
+    /// The tables of the returns service in its PostgreSQL schema: the SQLite ones, with
+    /// `COLLATE "C"` so that symbols and dates sort by code point, as SQLite's do, whatever
+    /// the database's locale.
+    public static let postgresMigrations = [
+        PostgresMigration("returns-v1", [
+            """
+            CREATE TABLE IF NOT EXISTS prices (
+                symbol TEXT COLLATE "C" NOT NULL,
+                date TEXT COLLATE "C" NOT NULL,
+                close DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (symbol, date)
+            )
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS returns (
+                symbol TEXT COLLATE "C" NOT NULL,
+                date TEXT COLLATE "C" NOT NULL,
+                simple DOUBLE PRECISION NOT NULL,
+                log DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (symbol, date)
+            )
+            """,
+        ]),
+    ]
+}
+
+/// The returns service's tables in its PostgreSQL schema. Rows go in as arrays, one statement
+/// per call (`unnest`), sent without waiting for its result (see `PostgresSession`).
+struct PostgresReturnsTables: ReturnsTables {
+    let session: PostgresSession
+
+    func savePrices(_ points: [PricePoint], of symbol: String) throws {
+        guard !points.isEmpty else { return }
+        var binds = PostgresBindings(capacity: 3)
+        binds.append(symbol)
+        binds.append(points.map(\.date.description))
+        binds.append(points.map(\.close))
+        session.send("""
+            INSERT INTO prices (symbol, date, close) SELECT $1, d, c FROM unnest($2::text[], $3::float8[]) AS p(d, c)
+            ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
+            """, binds)
+    }
+
+    func pricesAndReturns(of symbol: String, from first: CalendarDate) throws -> [(PricePoint, Double?)] {
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(symbol)
+        binds.append(first.description)
+        return try session.query("""
+            SELECT p.date, p.close, r.simple FROM prices p
+            LEFT JOIN returns r ON r.symbol = p.symbol AND r.date = p.date
+            WHERE p.symbol = $1
+              AND p.date >= coalesce((SELECT max(date) FROM prices WHERE symbol = $1 AND date < $2), $2)
+            ORDER BY p.date
+            """, binds).compactMap { row in
+            guard let date = CalendarDate(try row.column(0, as: String.self)) else { return nil }
+            return (PricePoint(date: date, close: try row.column(1, as: Double.self)), try row.column(2, as: Double?.self))
+        }
+    }
+
+    func saveReturns(_ returns: [DailyReturn], of symbol: String) throws {
+        guard !returns.isEmpty else { return }
+        var binds = PostgresBindings(capacity: 4)
+        binds.append(symbol)
+        binds.append(returns.map(\.date.description))
+        binds.append(returns.map(\.simple))
+        binds.append(returns.map(\.log))
+        session.send("""
+            INSERT INTO returns (symbol, date, simple, log)
+            SELECT $1, d, s, l FROM unnest($2::text[], $3::float8[], $4::float8[]) AS r(d, s, l)
+            ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
+            """, binds)
+    }
+
+    func symbols() throws -> [String] {
+        try session.query("SELECT DISTINCT symbol FROM prices ORDER BY symbol").map { try $0.column(0) }
+    }
+
+    func prices(of symbol: String, from: CalendarDate?, to: CalendarDate?) throws -> [PricePoint]? {
+        guard try known(symbol) else { return nil }
+        return try session.query("""
+            SELECT date, close FROM prices WHERE symbol = $1 AND date >= $2 AND date <= $3 ORDER BY date
+            """, range(symbol, from, to)).compactMap { row in
+            guard let date = CalendarDate(try row.column(0, as: String.self)) else { return nil }
+            return PricePoint(date: date, close: try row.column(1))
+        }
+    }
+
+    func returns(of symbol: String, from: CalendarDate?, to: CalendarDate?, log: Bool) throws -> [DatedValue]? {
+        guard try known(symbol) else { return nil }
+        let column = log ? "log" : "simple"
+        return try session.query("""
+            SELECT date, \(column) FROM returns WHERE symbol = $1 AND date >= $2 AND date <= $3 ORDER BY date
+            """, range(symbol, from, to)).compactMap { row in
+            guard let date = CalendarDate(try row.column(0, as: String.self)) else { return nil }
+            return DatedValue(date: date, value: try row.column(1))
+        }
+    }
+
+    private func range(_ symbol: String, _ from: CalendarDate?, _ to: CalendarDate?) -> PostgresBindings {
+        var binds = PostgresBindings(capacity: 3)
+        binds.append(symbol)
+        binds.append(from?.description ?? "0000-00-00")
+        binds.append(to?.description ?? "9999-99-99")
+        return binds
+    }
+
+    private func known(_ symbol: String) throws -> Bool {
+        try !session.query("SELECT 1 FROM prices WHERE symbol = $1 LIMIT 1", PostgresBindings(symbol)).isEmpty
+    }
+}

@@ -1,0 +1,87 @@
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// One PostgreSQL connection, used from one thread at a time by blocking calls: what a write's
+/// transaction body (synchronous, like SQLite's) runs against. Statements whose result is not
+/// needed yet are sent without waiting (``send(_:_:)``, ``submit(_:_:)``): the connection
+/// runs them in order while the body goes on, and the next ``query(_:_:)`` or the commit
+/// waits for them — a command's write is a few statements and one wait, not one round trip
+/// each. The first error of a statement sent ahead is thrown there.
+public final class PostgresSession {
+    let connection: PostgresConnection
+    private let logger: Logger
+    private var inFlight: [EventLoopFuture<PostgresQueryResult>] = []
+
+    init(connection: PostgresConnection, logger: Logger) {
+        self.connection = connection
+        self.logger = logger
+    }
+
+    /// A statement's result, waited for when asked.
+    public struct Pending {
+        let future: EventLoopFuture<PostgresQueryResult>
+
+        /// Its rows (waits for it).
+        public func rows() throws -> [PostgresRow] { try future.wait().rows }
+    }
+
+    /// Sends `sql` without waiting for it.
+    public func send(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) {
+        _ = submit(sql, binds)
+    }
+
+    /// Sends `sql` without waiting; its rows are read later from the result.
+    public func submit(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) -> Pending {
+        let future = connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
+        inFlight.append(future)
+        return Pending(future: future)
+    }
+
+    /// Runs `sql` after everything sent before, and returns its rows.
+    @discardableResult
+    public func query(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) throws -> [PostgresRow] {
+        let pending = submit(sql, binds)
+        try sync()
+        return try pending.rows()
+    }
+
+    /// Runs `sql` after everything sent before, and returns how many rows it changed.
+    @discardableResult
+    public func execute(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) throws -> Int {
+        let pending = submit(sql, binds)
+        try sync()
+        return try pending.future.wait().metadata.rows ?? 0
+    }
+
+    /// Waits for every statement sent; throws the first one's error.
+    public func sync() throws {
+        let futures = inFlight
+        inFlight = []
+        var firstError: (any Error)?
+        for future in futures {
+            do { _ = try future.wait() } catch { if firstError == nil { firstError = error } }
+        }
+        if let firstError { throw firstError }
+    }
+}
+
+extension PostgresRow {
+    /// Column `index` decoded as `T` (by position: the store's queries name their columns).
+    @inlinable
+    public func column<T: PostgresDecodable>(_ index: Int, as type: T.Type = T.self) throws -> T {
+        try makeRandomAccess()[index].decode(T.self, context: .default)
+    }
+}
+
+extension PostgresBindings {
+    /// Bindings of `values`, in order.
+    public init(_ values: any PostgresDynamicTypeEncodable...) {
+        self.init(capacity: values.count)
+        for value in values { appendOpened(value) }
+    }
+
+    private mutating func appendOpened<T: PostgresDynamicTypeEncodable>(_ value: T) {
+        append(value)
+    }
+}
