@@ -150,6 +150,12 @@ let package = Package(
                            .product(name: "GRDBSQLite", package: "GRDB.swift")]
         ),
         .testTarget(
+            name: "StoreConformanceTests",
+            dependencies: ["ServiceRuntime", "Returns", "Correlations", "MessageBus", "EventCatalog", "HTTPServer",
+                           .product(name: "GRDB", package: "GRDB.swift"),
+                           .product(name: "PostgresNIO", package: "postgres-nio")]
+        ),
+        .testTarget(
             name: "IntegrationTests",
             dependencies: ["AMQPTransport", "MessageBus", "MessageBusTesting", "EventCatalog", "ServiceRuntime"]
         ),

@@ -3,7 +3,7 @@
 # link, the broker the tests and `make run` start, and the Python test clients.
 set -euo pipefail
 
-apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server pkg-config curl)
+apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server postgresql pkg-config curl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,7 +13,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -q
-  # The package's own service is not wanted: make run and make test start their own node.
+  # The packages' own services are not wanted: make run and make test start their own
+  # broker node and PostgreSQL server.
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# make test: a throw-away RabbitMQ of our own, the Swift tests (unit, HTTP, integration),
+# make test: a throw-away RabbitMQ and PostgreSQL of our own, the Swift tests (unit, HTTP, integration),
 # the end-to-end tests with real clients against the real binaries, and 10 s of each fuzz
-# target; the broker is stopped afterwards, pass or fail.
+# target; the broker and PostgreSQL are stopped afterwards, pass or fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 broker_dir=$(mktemp -d /tmp/stega-test-broker.XXXXXX)
+postgres_dir=$(mktemp -d /tmp/stega-test-postgres.XXXXXX)
 port=$(python3 scripts/free-port.py --pair)
 cleanup() {
   scripts/broker.sh stop "$broker_dir" || true
-  rm -rf "$broker_dir"
+  scripts/postgres.sh stop "$postgres_dir" || true
+  rm -rf "$broker_dir" "$postgres_dir"
 }
 trap cleanup EXIT INT TERM
 
@@ -23,6 +25,11 @@ export STEGA_TEST_AMQPS_URL="amqps://guest:guest@localhost:$tls_port"
 export STEGA_TEST_TLS_CA="$broker_dir/tls/ca.pem"
 export STEGA_TEST_BROKER_DIR="$broker_dir"
 export STEGA_BIN_DIR="$(swift build --show-bin-path)"
+
+# A throw-away PostgreSQL too: the store conformance suite and the end-to-end tests on PostgreSQL.
+scripts/postgres.sh start "$postgres_dir" "$(python3 scripts/free-port.py)" || exit 1
+export STEGA_TEST_DATABASE_URL="$(scripts/postgres.sh url "$postgres_dir")?sslmode=disable"
+export STEGA_TEST_POSTGRES_DIR="$postgres_dir"
 
 status=0
 echo "== swift test (unit, HTTP, integration against $STEGA_TEST_AMQP_URL)"

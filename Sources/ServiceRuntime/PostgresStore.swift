@@ -10,8 +10,7 @@ import Synchronization
 /// A service's schema in PostgreSQL, with a small pool of connections (``PostgresSettings/poolSize``).
 ///
 /// Each connection has a thread of its own for the blocking work run on it (a write's
-/// transaction body is synchronous, as with SQLite); its I/O runs on one NIO event loop
-/// shared by the pool. A connection is opened when first needed and again after it broke, so
+/// transaction body is synchronous, as with SQLite); its I/O runs on NIO's event loops. A connection is opened when first needed and again after it broke, so
 /// the store recovers by itself once PostgreSQL is back: meanwhile every call throws
 /// ``StoreUnavailable`` and the api answers 503.
 ///
@@ -20,7 +19,9 @@ import Synchronization
 final class PostgresStore: Sendable {
     let settings: PostgresSettings
     let schema: String
-    private let group: MultiThreadedEventLoopGroup
+    /// NIO's process-wide event loops (one per core, started on first use): every store
+    /// of the process shares them.
+    private let group: MultiThreadedEventLoopGroup = .singleton
     private let slots: [Slot]
     private let free: Mutex<(slots: [Int], waiters: [CheckedContinuation<Int, Never>])>
     private let logger: Logger
@@ -31,13 +32,10 @@ final class PostgresStore: Sendable {
         self.settings = settings
         self.schema = schema
         self.logger = logger
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         slots = (0..<settings.poolSize).map { Slot(index: $0) }
         free = Mutex((Array(0..<settings.poolSize), []))
         tls = try Self.tls(settings)
     }
-
-    deinit { try? group.syncShutdownGracefully() }
 
     private static func tls(_ settings: PostgresSettings) throws -> PostgresConnection.Configuration.TLS {
         var configuration = TLSConfiguration.makeClientConfiguration()
