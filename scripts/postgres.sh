@@ -8,9 +8,11 @@
 #   scripts/postgres.sh restart DIR      # stop, then start again with the same data
 #   scripts/postgres.sh url DIR          # postgres://stega:stega@127.0.0.1:PORT/stega
 #   scripts/postgres.sh psql DIR ARGS... # psql against that server's database
+#   scripts/postgres.sh newdb DIR NAME   # a new empty database NAME owned by stega; prints its URL
+#   scripts/postgres.sh dropdb DIR NAME  # drops it (closing its connections)
 set -euo pipefail
 
-cmd=${1:?usage: postgres.sh start|stop|restart|url|psql DIR [PORT]}
+cmd=${1:?usage: postgres.sh start|stop|restart|url|psql|newdb|dropdb DIR [PORT|NAME]}
 dir=$(mkdir -p "${2:?DIR}" && cd "$2" && pwd)
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$bin" ] || { echo "postgres.sh: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
@@ -52,6 +54,14 @@ case "$cmd" in
   stop) stop ;;
   restart) stop; start ;;
   url) echo "postgres://stega:stega@127.0.0.1:$(cat "$dir/port")/stega" ;;
+  newdb)
+    name=${3:?NAME}
+    PGPASSWORD=postgres "$bin/psql" -q -h 127.0.0.1 -p "$(cat "$dir/port")" -U postgres -v ON_ERROR_STOP=1 postgres \
+      -c "CREATE DATABASE \"$name\" OWNER stega" >/dev/null
+    echo "postgres://stega:stega@127.0.0.1:$(cat "$dir/port")/$name" ;;
+  dropdb)
+    PGPASSWORD=postgres "$bin/psql" -q -h 127.0.0.1 -p "$(cat "$dir/port")" -U postgres postgres \
+      -c "DROP DATABASE IF EXISTS \"${3:?NAME}\" WITH (FORCE)" >/dev/null ;;
   psql) shift 2; PGPASSWORD=stega "$bin/psql" -h 127.0.0.1 -p "$(cat "$dir/port")" -U stega stega "$@" ;;
-  *) echo "usage: postgres.sh start|stop|restart|url|psql DIR [PORT]" >&2; exit 2 ;;
+  *) echo "usage: postgres.sh start|stop|restart|url|psql|newdb|dropdb DIR [PORT|NAME]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,9 @@ import Synchronization
 
 /// Runs a consumer and dispatches every delivery through the service's bus.
 ///
-/// A handler that returns acks. Every failure goes to the ``RetryPolicy``: an undecodable
+/// A handler that returns acks. A batch that failed because the store is down
+/// (``StoreUnavailable``) is held and handled again once the store answers. Every other
+/// failure goes to the ``RetryPolicy``: an undecodable
 /// message, or one no handler knows, is dead-lettered at once; a failing handler's message is
 /// retried while attempts remain, then dead-lettered; a dead-lettered event of an operation
 /// raises the policy's `operation_failed`, stored in the outbox. On graceful shutdown the
@@ -71,7 +73,23 @@ public struct ConsumerService: Service {
             positions.append(index)
         }
         let start = ContinuousClock.now
-        let errors = await bus.dispatch(envelopes)
+        var errors = await bus.dispatch(envelopes)
+        // The store is down (PostgreSQL unreachable): the events are not at fault, and none was
+        // applied. The batch stays in hand — no attempt spent, nothing dead-lettered — until
+        // the store answers again, then goes through once more (what was applied is in the
+        // inbox). The broker keeps the deliveries meanwhile, and redelivers them if this
+        // process dies.
+        var pause = Duration.milliseconds(200)
+        while !Task.isCancelled, let down = errors.lazy.compactMap({ $0 as? StoreUnavailable }).first {
+            logger.warning("store unavailable: holding the batch until it answers",
+                           metadata: ["batch.size": "\(envelopes.count)", "error": "\(down)"])
+            while !Task.isCancelled {
+                try? await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(5))
+                if await database.isReadable() { break }
+            }
+            errors = await bus.dispatch(envelopes)
+        }
         let elapsed = ContinuousClock.now - start
         // A batch's time, shared among its events (what each cost the worker).
         let share = elapsed / max(1, envelopes.count)

@@ -58,6 +58,7 @@ enum AMQPRuntime {
             stopped: {
                 publisher.shutdown()
                 publisher.waitUntilFinished(timeout: 5)
+                database.close()
             },
             metadata: [
                 "amqp.url": "\(config.amqp.nodes.map(\.description).joined(separator: ","))", "amqp.exchange": "\(config.amqp.exchange)",

@@ -201,3 +201,40 @@ def seed_consumer(amqp_url):
     yield make
     for consumer in consumers:
         consumer.close()
+
+
+def postgres_script(*args):
+    """scripts/postgres.sh against the test server (STEGA_TEST_POSTGRES_DIR)."""
+    out = subprocess.run([str(ROOT / "scripts/postgres.sh"), args[0], os.environ["STEGA_TEST_POSTGRES_DIR"], *args[1:]],
+                         check=True, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def postgres_db():
+    """Makes empty databases on the throw-away PostgreSQL that `make test` runs; returns
+    a function giving the STEGA_DATABASE_URL of a new one. Dropped afterwards."""
+    if not os.environ.get("STEGA_TEST_POSTGRES_DIR"):
+        pytest.skip("STEGA_TEST_POSTGRES_DIR is not set: run through `make test`, which starts PostgreSQL")
+    made = []
+
+    def make():
+        name = f"e2e_{uuid.uuid4().hex[:10]}"
+        made.append(name)
+        return postgres_script("newdb", name) + "?sslmode=disable"
+
+    yield make
+    for name in made:
+        try:
+            postgres_script("dropdb", name)
+        except subprocess.CalledProcessError:
+            pass
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_env(request):
+    """The environment that puts the services' stores on each engine in turn: SQLite files
+    (the default) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"STEGA_DATABASE_URL": request.getfixturevalue("postgres_db")()}

@@ -1,5 +1,6 @@
 """The whole chain with the four binaries: prices → returns → correlations, checked
-against numpy, with the operation id carried to correlations_updated."""
+against numpy, with the operation id carried to correlations_updated — on SQLite files and
+on PostgreSQL."""
 import json
 import subprocess
 import uuid
@@ -25,8 +26,8 @@ def series(n=80):
     return out
 
 
-def test_prices_to_returns_to_correlations(stack_factory, seed_consumer):
-    stack = stack_factory()
+def test_prices_to_returns_to_correlations(stack_factory, seed_consumer, store_env):
+    stack = stack_factory(extra_env=store_env)
     watcher = seed_consumer(stack.exchange, ["correlations.events.correlations_updated"])
     stack.start("returns-worker")
     stack.start("correlations-worker")
