@@ -17,15 +17,16 @@ public enum AMQPAdmin {
     /// (through the default exchange, so only this service sees them again), with a fresh
     /// attempt count.
     public static func replayDeadLetters(settings: AMQPSettings, service: String, limit: Int,
-                                         queueType: QueueType = .classic) throws -> Report {
+                                         queueType: QueueType = .classic, singleActiveConsumer: Bool = false) throws -> Report {
         let connection = try RabbitMQConnection.connect(settings: settings).connection
         defer { connection.close() }
         try connection.selectConfirms()
-        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, queueType: queueType)
+        let spec = AMQPConsumer.QueueSpec(service: service, mode: .durable, queueType: queueType,
+                                          singleActiveConsumer: singleActiveConsumer)
         let depth = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false,
                                                 autoDelete: false, arguments: spec.typeArguments).messages
         _ = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
-                                        arguments: spec.typeArguments)
+                                        arguments: spec.mainArguments)
         var report = Report()
         var tag: UInt64 = 1
         // Only what is there now: a message that fails again and comes back is not replayed twice.

@@ -44,10 +44,17 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// What `<service>.events`, `<service>.events.dead` and the delay queues are declared as
         /// (durable mode).
         public var queueType: QueueType
+        /// `<service>.events` is declared with `x-single-active-consumer`: of the worker
+        /// replicas consuming it, one at a time gets deliveries (the others take over when it
+        /// goes), so its events are handled in the order they were published — for handlers
+        /// whose outcome depends on that order.
+        public var singleActiveConsumer: Bool
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 512, policy: RetryPolicy = RetryPolicy(),
-                    batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20, queueType: QueueType = .classic) {
+                    batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20, queueType: QueueType = .classic,
+                    singleActiveConsumer: Bool = false) {
             self.service = service
+            self.singleActiveConsumer = singleActiveConsumer
             self.queueType = queueType
             self.batchSize = max(1, batchSize)
             self.maxInFlightBytes = max(1, maxInFlightBytes)
@@ -63,6 +70,11 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
         /// The arguments of every durable queue of the service: its type.
         var typeArguments: [String: HeaderValue] { queueType.arguments }
+
+        /// The arguments of `<service>.events`: its type, and a single active consumer if so.
+        var mainArguments: [String: HeaderValue] {
+            singleActiveConsumer ? typeArguments.merging(["x-single-active-consumer": .bool(true)]) { _, new in new } : typeArguments
+        }
 
         /// The delay queue holding messages before attempt `attempt + 1`.
         public func retryQueue(after attempt: Int) -> String {
@@ -516,7 +528,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         switch spec.mode {
         case .durable:
             name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
-                                               arguments: spec.typeArguments).name
+                                               arguments: spec.mainArguments).name
             _ = try connection.declareQueue(spec.deadLetterQueue, durable: true, exclusive: false, autoDelete: false,
                                             arguments: spec.typeArguments)
             for attempt in spec.policy.retryingAttempts {

@@ -34,12 +34,15 @@ enum ConsumerRead {
 enum HeaderValue: Sendable, Equatable {
     case string(String)
     case int(Int64)
+    /// A boolean (declaration arguments such as `x-single-active-consumer`).
+    case bool(Bool)
     case other
 
     var string: String? {
         switch self {
         case .string(let s): return s
         case .int(let i): return String(i)
+        case .bool(let b): return b ? "true" : "false"
         case .other: return nil
         }
     }
@@ -48,7 +51,7 @@ enum HeaderValue: Sendable, Equatable {
         switch self {
         case .int(let i): return Int(i)
         case .string(let s): return Int(s)
-        case .other: return nil
+        case .bool, .other: return nil
         }
     }
 }
@@ -522,6 +525,9 @@ final class RabbitMQConnection {
                 case .int(let v):
                     entry.value.kind = UInt8(AMQP_FIELD_KIND_I64.rawValue)
                     entry.value.value.i64 = v
+                case .bool(let v):
+                    entry.value.kind = UInt8(AMQP_FIELD_KIND_BOOLEAN.rawValue)
+                    entry.value.value.boolean = v ? 1 : 0
                 default:
                     entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
                     entry.value.value.bytes = b[items.count + i]

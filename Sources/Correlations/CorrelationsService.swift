@@ -42,6 +42,12 @@ public struct CorrelationsService: ServiceModule {
 
     public static var postgresMigrations: [PostgresMigration] { CorrelationsStore.postgresMigrations }
 
+    /// The projection stores the returns each `returns_calculated` carries: a later event
+    /// for a date carries its newer value (the returns service recomputes a return when an
+    /// earlier price comes), so events are applied in publish order — by one worker replica
+    /// at a time. Competing replicas each taking a batch could apply an older value last.
+    public static let singleActiveConsumer = true
+
     public func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {
         try handlers.registerCommands(&registry)
     }

@@ -28,7 +28,7 @@ public enum WorkerRuntime {
                 database: database, publisher: publisher,
                 policy: config.retryPolicy(failureEvent: M.operationFailedEvent), logger: logger
             ) { bindings, policy in
-                AMQPConsumer(settings: config.amqp, queue: config.queueSpec(policy: policy), bindings: bindings, logger: logger)
+                AMQPConsumer(settings: config.amqp, queue: config.queueSpec(policy: policy, singleActiveConsumer: M.singleActiveConsumer), bindings: bindings, logger: logger)
             }
             return AMQPRuntime.plan(worker, publisher: publisher, config: config)
         }

@@ -95,10 +95,12 @@ public struct ServiceConfig: Sendable {
                            failureEvent: failureEvent)
     }
 
-    /// The worker's queue, following `policy`.
-    public func queueSpec(policy: RetryPolicy) -> AMQPConsumer.QueueSpec {
+    /// The worker's queue, following `policy`; with `singleActiveConsumer`, one replica at a
+    /// time consumes it (see `AMQPConsumer.QueueSpec`).
+    public func queueSpec(policy: RetryPolicy, singleActiveConsumer: Bool = false) -> AMQPConsumer.QueueSpec {
         AMQPConsumer.QueueSpec(service: service, mode: queueMode, prefetch: UInt16(prefetch), policy: policy,
-                               batchSize: batchSize, maxInFlightBytes: maxInFlightBytes, queueType: queueType)
+                               batchSize: batchSize, maxInFlightBytes: maxInFlightBytes, queueType: queueType,
+                               singleActiveConsumer: singleActiveConsumer)
     }
 
     /// The SQLite file of the service, shared by its api and worker.

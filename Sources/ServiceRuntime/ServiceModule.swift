@@ -29,12 +29,17 @@ public protocol ServiceModule: Sendable {
     static var operationFailedEvent: (any OperationFailedEvent.Type)? { get }
     /// The page size of the service's SQLite file when it is created; `nil`: SQLite's 4,096.
     static var databasePageSize: Int? { get }
+    /// Whether the worker's events must be handled in the order they were published: its
+    /// queue then has a single active consumer (replicas stand by). `false` for handlers
+    /// that recompute from the store's state, whatever the order.
+    static var singleActiveConsumer: Bool { get }
 }
 
 extension ServiceModule {
     public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
     public static var databasePageSize: Int? { nil }
     public static var postgresMigrations: [PostgresMigration] { [] }
+    public static var singleActiveConsumer: Bool { false }
 }
 
 /// `GET /openapi.json`.

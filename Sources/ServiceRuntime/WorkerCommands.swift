@@ -28,7 +28,7 @@ public enum WorkerCommands {
                 let config = try ServiceConfig(service: M.name, process: process)
                 let report = command == "replay-dead-letters"
                     ? try AMQPAdmin.replayDeadLetters(settings: config.amqp, service: M.name, limit: options.limit,
-                                                                  queueType: config.queueType)
+                                                      queueType: config.queueType, singleActiveConsumer: M.singleActiveConsumer)
                     : try AMQPAdmin.replayUnroutable(settings: config.amqp, limit: options.limit, queueType: config.queueType)
                 print("\(command): \(report)")
                 return 0
