@@ -5,7 +5,7 @@
 export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT ?= swift
 
-.PHONY: deps build release test bench fuzz run stop status logs secrets compose-smoke clean
+.PHONY: deps build release test bench fuzz run run-cluster stop status logs secrets compose-smoke clean
 
 deps:            ## apt packages and Python test clients, when missing
 	@scripts/deps.sh
@@ -44,7 +44,10 @@ bench: release   ## figures beside their baselines (bench/run.py), table in benc
 run: release     ## local broker (unless STEGA_AMQP_URL is set) + every service in the background
 	@scripts/run.sh start
 
-stop:            ## stop what make run started
+run-cluster: release  ## PostgreSQL + 3-node RabbitMQ cluster + two replicas of every api and worker + boundary
+	@scripts/run.sh start-cluster
+
+stop:            ## stop what make run or make run-cluster started
 	@scripts/run.sh stop
 
 status:          ## what make run started, and whether it is ready

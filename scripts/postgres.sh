@@ -8,6 +8,9 @@
 #   scripts/postgres.sh restart DIR      # stop, then start again with the same data
 #   scripts/postgres.sh url DIR          # postgres://stega:stega@127.0.0.1:PORT/stega
 #   scripts/postgres.sh psql DIR ARGS... # psql against that server's database
+# With STEGA_POSTGRES_TLS=CERTDIR at start (CERTDIR/server.pem and server.key, as
+# scripts/test-ca.sh makes them), the server also accepts TLS (ssl = on) with that certificate.
+#
 #   scripts/postgres.sh newdb DIR NAME   # a new empty database NAME owned by stega; prints its URL
 #   scripts/postgres.sh dropdb DIR NAME  # drops it (closing its connections)
 set -euo pipefail
@@ -33,9 +36,17 @@ start() {
       -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
     rm -f "$dir/pwfile"
   fi
+  local tls=""
+  if [ -n "${STEGA_POSTGRES_TLS:-}" ]; then
+    install -m 600 "$STEGA_POSTGRES_TLS/server.pem" "$dir/server.pem"
+    install -m 600 "$STEGA_POSTGRES_TLS/server.key" "$dir/server.key"
+    [ "$(id -u)" -eq 0 ] && chown postgres "$dir/server.pem" "$dir/server.key"
+  fi
+  # Kept for later starts (restart, or start after stop).
+  [ -f "$dir/server.pem" ] && tls="-c ssl=on -c ssl_cert_file=$dir/server.pem -c ssl_key_file=$dir/server.key"
   # fsync stays on: the tests and the bench measure what users would run.
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200 $tls" start >/dev/null
   if ! PGPASSWORD=postgres "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc \
       "SELECT 1 FROM pg_roles WHERE rolname = 'stega'" postgres | grep -q 1; then
     PGPASSWORD=postgres "$bin/psql" -q -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 postgres \

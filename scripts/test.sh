@@ -27,7 +27,8 @@ export STEGA_TEST_BROKER_DIR="$broker_dir"
 export STEGA_BIN_DIR="$(swift build --show-bin-path)"
 
 # A throw-away PostgreSQL too: the store conformance suite and the end-to-end tests on PostgreSQL.
-scripts/postgres.sh start "$postgres_dir" "$(python3 scripts/free-port.py)" || exit 1
+# It accepts TLS too, with the broker's test certificate (the sslmode test).
+STEGA_POSTGRES_TLS="$broker_dir/tls" scripts/postgres.sh start "$postgres_dir" "$(python3 scripts/free-port.py)" || exit 1
 export STEGA_TEST_DATABASE_URL="$(scripts/postgres.sh url "$postgres_dir")?sslmode=disable"
 export STEGA_TEST_POSTGRES_DIR="$postgres_dir"
 

@@ -60,7 +60,8 @@ def test_compose_file_is_valid_against_the_compose_spec(compose):
 def test_every_command_is_a_product_and_the_image_holds_every_product(compose, executable_products):
     assert STACK <= executable_products
     commands = {name: svc["command"][0] for name, svc in compose["services"].items() if "command" in svc}
-    assert set(commands) == STACK
+    # The cluster profile runs the same binaries.
+    assert {name.removeprefix("cluster-") for name in commands} == STACK
     assert set(commands.values()) <= executable_products
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = set(re.search(r"products=\(([^)]+)\)", dockerfile).group(1).split())
@@ -122,7 +123,9 @@ def test_compose_runs_the_stack_as_the_issue_describes(compose):
     assert volumes["returns-api"] != volumes["correlations-api"]
     # No secret in plain text: secrets are files, and no value in the file looks like a password.
     assert all("file" in s for s in compose["secrets"].values())
-    text = json.dumps(compose)  # what compose reads, comments left out
+    # (a variable naming the file that holds a password, such as the postgres image's
+    # POSTGRES_PASSWORD_FILE, is not one)
+    text = re.sub(r'"[A-Z_]*PASSWORD_FILE"', '""', json.dumps(compose))  # what compose reads, comments left out
     assert not re.search(r"(?i)pass(word)?", text)
     assert "amqp://" not in text
 
@@ -170,3 +173,36 @@ def test_make_secrets_writes_matching_random_secrets(tmp_path):
     assert (other / "secrets" / "rabbitmq.conf").read_text() != conf
     # The example layout names the same files.
     assert {p.name for p in (ROOT / "secrets.example").iterdir()} >= {"rabbitmq.conf", "amqp_url", "api_token"}
+
+
+def test_compose_cluster_profile_is_the_scale_out_of_design(compose):
+    """The `cluster` profile: PostgreSQL with a health check and a volume, three RabbitMQ
+    nodes clustered by configuration with one cookie, two replicas of each api and worker on
+    them with quorum queues, secrets only as files."""
+    services = compose["services"]
+    cluster = {name: svc for name, svc in services.items() if "cluster" in svc.get("profiles", [])}
+    assert not any("profiles" in services[name] for name in STACK | {"rabbitmq"}), "the default stack runs without a profile"
+    pg = cluster["postgres"]
+    assert "healthcheck" in pg and any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert pg["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/run/secrets/")
+    nodes = [f"rabbitmq-{i}" for i in (1, 2, 3)]
+    conf = (ROOT / "secrets.example/rabbitmq_cluster.conf").read_text()
+    assert "cluster_formation.classic_config.nodes" in (ROOT / "scripts/secrets.sh").read_text()
+    for node in nodes:
+        svc = cluster[node]
+        assert svc["hostname"] == node and "healthcheck" in svc
+        assert any(s == "erlang_cookie" or (isinstance(s, dict) and s["source"] == "erlang_cookie") for s in svc["secrets"])
+        assert f"rabbit@{node}" in conf
+    for name in ("returns-api", "returns-worker", "correlations-api", "correlations-worker"):
+        svc = cluster[f"cluster-{name}"]
+        assert svc["deploy"]["replicas"] == 2, name
+        env = svc["environment"]
+        assert env["STEGA_QUEUE_TYPE"] == "quorum" and env["STEGA_DATABASE_URL_FILE"] == "/run/secrets/database_url", name
+        assert env["STEGA_AMQP_URL_FILE"] == "/run/secrets/amqp_cluster_url", name
+        assert {"database_url", "amqp_cluster_url"} <= set(svc["secrets"]), name
+        assert set(svc["depends_on"]) == {"postgres", *nodes}, name
+        assert "volumes" not in svc, f"{name}: no SQLite volume on PostgreSQL"
+        for port in svc.get("ports", []):
+            assert re.search(r":\d+-\d+:\d+$", str(port)), f"{name}: a range of host ports for its replicas"
+    for secret in ("postgres_secret", "database_url", "rabbitmq_cluster_conf", "erlang_cookie", "amqp_cluster_url"):
+        assert "file" in compose["secrets"][secret], secret
