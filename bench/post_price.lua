@@ -1,7 +1,9 @@
 -- wrk script of `make bench`: POST /prices with one price per request, a different
 -- (symbol, date) each time, so every request records a new price and raises an event.
 local counter = 0
-local thread_tag = "A"
+-- Set per thread by setup() (a global of the thread's own Lua state: a `local` here would
+-- hide it, and every thread would send the same keys).
+thread_tag = "A"
 
 function setup(thread)
   thread:set("thread_tag", string.char(64 + (setup_count or 1)))

@@ -187,7 +187,7 @@ def fanout(subscribers=1000, rounds=5):
 def main():
     print(f"stega events bench — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores")
-    which = sys.argv[1:] or ["http", "latency", "consume", "drain", "burst", "backfill", "ingest", "fanout"]
+    which = sys.argv[1:] or ["http", "latency", "consume", "drain", "burst", "backfill", "ingest", "fanout", "postgres"]
     if {"http", "latency", "consume"} & set(which):
         import messaging
         broker = messaging.Broker()
@@ -220,6 +220,14 @@ def main():
         broker = messaging.Broker()
         try:
             workers.run(record, broker, which)
+        finally:
+            broker.stop()
+    if "postgres" in which:
+        import messaging
+        import postgres
+        broker = messaging.Broker()
+        try:
+            postgres.run(record, broker)
         finally:
             broker.stop()
     if "ingest" in which:

@@ -47,9 +47,14 @@ def peak_mb(pid):
     return float("nan")
 
 
+# Settings every process of the drain scenarios gets besides its own (the PostgreSQL
+# scenario sets STEGA_DATABASE_URL here).
+EXTRA_ENV = {}
+
+
 def start(name, broker, data, port, wait=True):
     """A durable-mode process of the project on `port`, ready (unless `wait` is off)."""
-    return Proc([str(BIN / name)], env=service_env(broker, data, "durable", port),
+    return Proc([str(BIN / name)], env=service_env(broker, data, "durable", port, **EXTRA_ENV),
                 ready_url=f"http://127.0.0.1:{port}/readyz" if wait else None)
 
 

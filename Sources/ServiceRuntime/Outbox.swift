@@ -147,38 +147,47 @@ extension Outbox {
     ]
 
     /// Appends `envelopes` (in order) in `session`'s transaction, claimed by `relay`, and
-    /// returns them with their sequence numbers. The inserts are sent one after the other
-    /// without waiting; their numbers are read once all are sent.
+    /// returns them with their sequence numbers: one statement whatever their number (each
+    /// column an array, `unnest`ed in order; a null column is a flag beside it).
     static func append(_ envelopes: [EventEnvelope], claimedBy relay: String?,
                        in session: PostgresSession) throws -> [(Int64, EventEnvelope)] {
         guard !envelopes.isEmpty else { return [] }
-        let claimedAt = relay.map { _ in Date().timeIntervalSince1970 }
-        let pending = envelopes.map { e -> PostgresSession.Pending in
-            var binds = PostgresBindings(capacity: 13)
-            binds.append(e.eventId.lowercaseText)
-            binds.append(e.routingKey)
-            binds.append(e.type)
-            binds.append(e.correlationId)
-            binds.append(e.causationId)
-            binds.append(e.appId)
-            binds.append(e.timestamp.timeIntervalSince1970)
-            binds.append(e.schemaVersion)
-            binds.append(e.traceparent)
-            binds.append(e.contentType)
-            binds.append(ByteBuffer(data: e.body))
-            binds.append(relay)
-            binds.append(claimedAt)
-            return session.submit("""
-                INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
-                                    timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING seq
-                """, binds)
+        var binds = PostgresBindings(capacity: 16)
+        binds.append(envelopes.map(\.eventId.lowercaseText))
+        binds.append(envelopes.map(\.routingKey))
+        binds.append(envelopes.map(\.type))
+        binds.append(envelopes.map { $0.correlationId ?? "" })
+        binds.append(envelopes.map { $0.correlationId == nil })
+        binds.append(envelopes.map { $0.causationId ?? "" })
+        binds.append(envelopes.map { $0.causationId == nil })
+        binds.append(envelopes.map(\.appId))
+        binds.append(envelopes.map(\.timestamp.timeIntervalSince1970))
+        binds.append(envelopes.map(\.schemaVersion))
+        binds.append(envelopes.map { $0.traceparent ?? "" })
+        binds.append(envelopes.map { $0.traceparent == nil })
+        binds.append(envelopes.map(\.contentType))
+        binds.append(envelopes.map { ByteBuffer(data: $0.body) })
+        binds.append(relay)
+        binds.append(relay.map { _ in Date().timeIntervalSince1970 })
+        // Rows go in in the order of the arrays (ORDER BY the ordinality), so the sequence
+        // numbers follow it; RETURNING has no order, hence the ordinality beside each.
+        let rows = try session.query("""
+            INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
+                                timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
+            SELECT e, k, t, CASE WHEN cn THEN NULL ELSE c END, CASE WHEN un THEN NULL ELSE u END, a,
+                   ts, v, CASE WHEN pn THEN NULL ELSE p END, ct, b, $15, $16
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bool[],
+                        $8::text[], $9::float8[], $10::int8[], $11::text[], $12::bool[], $13::text[], $14::bytea[])
+                 WITH ORDINALITY AS r(e, k, t, c, cn, u, un, a, ts, v, p, pn, ct, b, n)
+            ORDER BY n
+            RETURNING seq
+            """, binds)
+        guard rows.count == envelopes.count else {
+            throw StoreUnavailable(reason: "INSERT INTO outbox returned \(rows.count) rows for \(envelopes.count)")
         }
-        try session.sync()
-        return try zip(pending, envelopes).map { pending, envelope in
-            guard let row = try pending.rows().first else { throw StoreUnavailable(reason: "INSERT INTO outbox returned no seq") }
-            return (try row.column(0, as: Int64.self), envelope)
-        }
+        // Sequence numbers are drawn in insertion order: sorted, they match the envelopes.
+        let seqs = try rows.map { try $0.column(0, as: Int64.self) }.sorted()
+        return Array(zip(seqs, envelopes))
     }
 
     /// ``claim(limit:relay:includeOwn:after:staleAfter:in:)`` on PostgreSQL: rows another

@@ -12,6 +12,8 @@ public final class PostgresSession {
     let connection: PostgresConnection
     private let logger: Logger
     private var inFlight: [EventLoopFuture<PostgresQueryResult>] = []
+    /// Rows gathered for one statement each (see ``batch(_:_:)``), in the order first asked for.
+    private var batches: [(key: String, batch: any PostgresRowBatch)] = []
 
     init(connection: PostgresConnection, logger: Logger) {
         self.connection = connection
@@ -38,9 +40,28 @@ public final class PostgresSession {
         return Pending(future: future)
     }
 
+    /// The batch of rows named `key` of this transaction, made by `make` when first asked for:
+    /// rows of many writes that share the transaction (group commit) go to the server in one
+    /// statement, sent before the next query and before the outbox rows.
+    public func batch<B: PostgresRowBatch>(_ key: String, _ make: () -> B) -> B {
+        if let found = batches.first(where: { $0.key == key })?.batch as? B { return found }
+        let made = make()
+        batches.append((key, made))
+        return made
+    }
+
+    /// Sends every batch of rows gathered so far (each one statement), without waiting.
+    public func sendBatches() throws {
+        let pending = batches
+        batches = []
+        for (_, batch) in pending { try batch.send(on: self) }
+    }
+
     /// Runs `sql` after everything sent before, and returns its rows.
     @discardableResult
     public func query(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) throws -> [PostgresRow] {
+        // What the transaction wrote so far is seen by its reads.
+        try sendBatches()
         let pending = submit(sql, binds)
         try sync()
         return try pending.rows()
@@ -49,6 +70,7 @@ public final class PostgresSession {
     /// Runs `sql` after everything sent before, and returns how many rows it changed.
     @discardableResult
     public func execute(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) throws -> Int {
+        try sendBatches()
         let pending = submit(sql, binds)
         try sync()
         return try pending.future.wait().metadata.rows ?? 0
@@ -64,6 +86,13 @@ public final class PostgresSession {
         }
         if let firstError { throw firstError }
     }
+}
+
+/// Rows of one table gathered from several writes of a transaction, sent as one statement
+/// (``PostgresSession/batch(_:_:)``).
+public protocol PostgresRowBatch: AnyObject {
+    /// Sends the statement that stores the rows (``PostgresSession/send(_:_:)``).
+    func send(on session: PostgresSession) throws
 }
 
 extension PostgresRow {

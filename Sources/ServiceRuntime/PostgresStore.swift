@@ -27,6 +27,8 @@ final class PostgresStore: Sendable {
     private let logger: Logger
     private let tls: PostgresConnection.Configuration.TLS
     private let connectionIDs = Atomic<Int>(0)
+    /// Set by ``close()``: no connection is opened after it (work still queued fails).
+    private let closed = Atomic<Bool>(false)
 
     init(settings: PostgresSettings, schema: String, logger: Logger) throws {
         self.settings = settings
@@ -106,6 +108,7 @@ final class PostgresStore: Sendable {
     }
 
     private func run<T>(_ body: (PostgresSession) throws -> T, on slot: Slot) throws -> T {
+        guard !closed.load(ordering: .acquiring) else { throw StoreUnavailable(reason: "the store is closed") }
         let connection: PostgresConnection
         if let open = slot.connection, !open.isClosed {
             connection = open
@@ -149,8 +152,10 @@ final class PostgresStore: Sendable {
         waiter?.resume(returning: index)
     }
 
-    /// Closes every connection (at shutdown).
+    /// Closes every connection (at shutdown); the store opens none after it. Work running on
+    /// a connection ends first (each connection's queue runs one thing at a time).
     func close() {
+        closed.store(true, ordering: .releasing)
         for slot in slots {
             slot.queue.sync {
                 try? slot.connection?.close().wait()

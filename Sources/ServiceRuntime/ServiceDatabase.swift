@@ -55,10 +55,13 @@ public final class ServiceDatabase: Sendable {
         /// The advisory lock a worker's batch takes: one service's event handlers apply one
         /// batch at a time across every replica, as on SQLite.
         let eventLock: String
+        /// Commands share transactions.
+        let combiner: PostgresWriteCombiner
 
-        init(store: PostgresStore) {
+        init(store: PostgresStore, relayId: String) {
             self.store = store
             eventLock = "stega.\(store.schema).events"
+            combiner = PostgresWriteCombiner(store: store, relayId: relayId)
         }
     }
 
@@ -144,7 +147,7 @@ public final class ServiceDatabase: Sendable {
         location = "\(settings) schema \(schema)"
         let store = try PostgresStore(settings: settings, schema: schema, logger: logger)
         try store.migrate([PostgresMigration("outbox-inbox", Outbox.postgresSchema + Inbox.postgresSchema)] + migrations)
-        engine = .postgres(PostgresEngine(store: store))
+        engine = .postgres(PostgresEngine(store: store, relayId: relayId))
     }
 
     /// Runs `body` and stores the events raised in `context` in the outbox, in one transaction:
@@ -190,8 +193,26 @@ public final class ServiceDatabase: Sendable {
                 return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: db))
             }
             return written.fresh
+        case .postgres(let postgres) where command:
+            // Shares a transaction with the commands waiting (see `PostgresWriteCombiner`).
+            let written = try await postgres.combiner.submit { session in
+                let handled = try Inbox.markHandled(contexts.compactMap(\.handledEventId), in: session)
+                var next = handled.makeIterator()
+                let fresh = contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }
+                guard !fresh.isEmpty else { return ([], []) }
+                do {
+                    try body(.postgres(session), fresh)
+                } catch {
+                    // What it raised before failing is not kept (it may run again, alone).
+                    for index in fresh { _ = contexts[index].takeRaised() }
+                    throw error
+                }
+                return (fresh, fresh.flatMap { contexts[$0].takeRaised() })
+            }
+            committed(written.rows, postgres)
+            return written.fresh
         case .postgres(let postgres):
-            let written = try await postgres.store.transaction(lock: command ? nil : postgres.eventLock) { [relayId] session in
+            let written = try await postgres.store.transaction(lock: postgres.eventLock) { [relayId] session in
                 let handled = try Inbox.markHandled(contexts.compactMap(\.handledEventId), in: session)
                 var next = handled.makeIterator()
                 let fresh = contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }

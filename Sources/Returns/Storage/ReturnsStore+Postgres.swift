@@ -35,15 +35,8 @@ struct PostgresReturnsTables: ReturnsTables {
     let session: PostgresSession
 
     func savePrices(_ points: [PricePoint], of symbol: String) throws {
-        guard !points.isEmpty else { return }
-        var binds = PostgresBindings(capacity: 3)
-        binds.append(symbol)
-        binds.append(points.map(\.date.description))
-        binds.append(points.map(\.close))
-        session.send("""
-            INSERT INTO prices (symbol, date, close) SELECT $1, d, c FROM unnest($2::text[], $3::float8[]) AS p(d, c)
-            ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
-            """, binds)
+        let batch = session.batch("returns.prices") { PricesBatch() }
+        for point in points { batch.add(symbol, point.date.description, point.close) }
     }
 
     func pricesAndReturns(of symbol: String, from first: CalendarDate) throws -> [(PricePoint, Double?)] {
@@ -63,17 +56,8 @@ struct PostgresReturnsTables: ReturnsTables {
     }
 
     func saveReturns(_ returns: [DailyReturn], of symbol: String) throws {
-        guard !returns.isEmpty else { return }
-        var binds = PostgresBindings(capacity: 4)
-        binds.append(symbol)
-        binds.append(returns.map(\.date.description))
-        binds.append(returns.map(\.simple))
-        binds.append(returns.map(\.log))
-        session.send("""
-            INSERT INTO returns (symbol, date, simple, log)
-            SELECT $1, d, s, l FROM unnest($2::text[], $3::float8[], $4::float8[]) AS r(d, s, l)
-            ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
-            """, binds)
+        let batch = session.batch("returns.returns") { ReturnsBatch() }
+        for r in returns { batch.add(symbol, r.date.description, r.simple, r.log) }
     }
 
     func symbols() throws -> [String] {
@@ -111,5 +95,71 @@ struct PostgresReturnsTables: ReturnsTables {
 
     private func known(_ symbol: String) throws -> Bool {
         try !session.query("SELECT 1 FROM prices WHERE symbol = $1 LIMIT 1", PostgresBindings(symbol)).isEmpty
+    }
+}
+
+/// The prices written in one transaction (by every command sharing it), upserted in one
+/// statement; a (symbol, date) written twice keeps its last close, as one upsert after the
+/// other would (one statement may not update a row twice).
+final class PricesBatch: PostgresRowBatch {
+    private var symbols: [String] = [], dates: [String] = [], closes: [Double] = []
+    private var position: [String: Int] = [:]
+
+    func add(_ symbol: String, _ date: String, _ close: Double) {
+        let key = symbol + "\u{0}" + date
+        if let at = position[key] {
+            closes[at] = close
+            return
+        }
+        position[key] = symbols.count
+        symbols.append(symbol)
+        dates.append(date)
+        closes.append(close)
+    }
+
+    func send(on session: PostgresSession) throws {
+        guard !symbols.isEmpty else { return }
+        var binds = PostgresBindings(capacity: 3)
+        binds.append(symbols)
+        binds.append(dates)
+        binds.append(closes)
+        session.send("""
+            INSERT INTO prices (symbol, date, close) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
+            ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
+            """, binds)
+    }
+}
+
+/// The returns written in one transaction, upserted in one statement (the last of a
+/// (symbol, date) written twice kept).
+final class ReturnsBatch: PostgresRowBatch {
+    private var symbols: [String] = [], dates: [String] = [], simple: [Double] = [], log: [Double] = []
+    private var position: [String: Int] = [:]
+
+    func add(_ symbol: String, _ date: String, _ simpleReturn: Double, _ logReturn: Double) {
+        let key = symbol + "\u{0}" + date
+        if let at = position[key] {
+            simple[at] = simpleReturn
+            log[at] = logReturn
+            return
+        }
+        position[key] = symbols.count
+        symbols.append(symbol)
+        dates.append(date)
+        simple.append(simpleReturn)
+        log.append(logReturn)
+    }
+
+    func send(on session: PostgresSession) throws {
+        guard !symbols.isEmpty else { return }
+        var binds = PostgresBindings(capacity: 4)
+        binds.append(symbols)
+        binds.append(dates)
+        binds.append(simple)
+        binds.append(log)
+        session.send("""
+            INSERT INTO returns (symbol, date, simple, log) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[])
+            ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
+            """, binds)
     }
 }
