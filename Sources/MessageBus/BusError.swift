@@ -25,10 +25,18 @@ public struct BusError: Error, CustomStringConvertible, Equatable {
 
     public let code: Code
     public let message: String
+    /// The error a handler threw (`handlersFailed`): what the worker decides on (a store
+    /// that is down is not the event's fault). Not part of equality.
+    public let cause: (any Error)?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
+    }
+
+    public static func == (lhs: BusError, rhs: BusError) -> Bool {
+        lhs.code == rhs.code && lhs.message == rhs.message
     }
 
     public var description: String { "\(code): \(message)" }

@@ -90,7 +90,7 @@ public final class MessageBus: Sendable {
                 if let bus = error as? BusError, bus.code == .undecodable {
                     results[start + index] = bus
                 } else {
-                    results[start + index] = BusError(.handlersFailed, "\(error)")
+                    results[start + index] = BusError(.handlersFailed, "\(error)", cause: error)
                 }
             }
         }

@@ -80,7 +80,7 @@ public struct ConsumerService: Service {
         // inbox). The broker keeps the deliveries meanwhile, and redelivers them if this
         // process dies.
         var pause = Duration.milliseconds(200)
-        while !Task.isCancelled, let down = errors.lazy.compactMap({ $0 as? StoreUnavailable }).first {
+        while !Task.isCancelled, let down = errors.lazy.compactMap(Self.storeUnavailable).first {
             logger.warning("store unavailable: holding the batch until it answers",
                            metadata: ["batch.size": "\(envelopes.count)", "error": "\(down)"])
             while !Task.isCancelled {
@@ -122,6 +122,11 @@ public struct ConsumerService: Service {
             outcomes[index] = outcome
         }
         return outcomes.map { $0! }
+    }
+
+    /// The ``StoreUnavailable`` behind `error` (as thrown, or as the bus's wrapped cause).
+    static func storeUnavailable(_ error: (any Error)?) -> StoreUnavailable? {
+        (error as? StoreUnavailable) ?? ((error as? BusError)?.cause as? StoreUnavailable)
     }
 
     private static func milliseconds(_ duration: Duration) -> Double {

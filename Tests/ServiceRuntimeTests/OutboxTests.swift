@@ -326,3 +326,43 @@ struct ReleaseMemoryTests {
         #expect(try await database.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 201)
     }
 }
+
+@Suite("A store that is down")
+struct StoreDownTests {
+    @Test("a batch that failed because the store is down is held and handled again, no attempt spent, nothing dead-lettered")
+    func held() async throws {
+        let (database, dir) = try temporaryDatabase()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let failures = Counter()
+        var registry = HandlerRegistry()
+        // The store answers again at the third try.
+        registry.on(WindowAdded.self) { _, _ in
+            if failures.next() < 2 { throw StoreUnavailable(reason: "PostgreSQL restarting") }
+        }
+        let transport = InMemoryTransport()
+        let bus = MessageBus(appId: "correlations", registry: registry)
+        let service = ConsumerService(consumer: await transport.consumer(queue: "x", bindings: []), bus: bus,
+                                      policy: RetryPolicy(maxAttempts: 1), database: database, logger: .init(label: "t"))
+        let event = try EventEnvelope(WindowAdded(window: 4), correlationId: "op-7")
+        // One attempt allowed: without the hold, the first failure would dead-letter it.
+        let outcome = await service.handle(Delivery(envelope: event, routingKey: event.routingKey, body: Array(event.body),
+                                                    redelivered: false, attempt: 1))
+        #expect(outcome == .ack)
+        #expect(failures.value == 3)
+        // Any other failure still goes to the policy.
+        #expect(ConsumerService.storeUnavailable(BusError(.handlersFailed, "x", cause: StoreUnavailable(reason: "y"))) != nil)
+        #expect(ConsumerService.storeUnavailable(BusError(.handlersFailed, "x", cause: CancellationError())) == nil)
+    }
+
+    final class Counter: Sendable {
+        private let count = Mutex(0)
+        /// The count before this call.
+        func next() -> Int {
+            count.withLock { value in
+                defer { value += 1 }
+                return value
+            }
+        }
+        var value: Int { count.withLock { $0 } }
+    }
+}

@@ -213,7 +213,8 @@ def postgres_script(*args):
 @pytest.fixture
 def postgres_db():
     """Makes empty databases on the throw-away PostgreSQL that `make test` runs; returns
-    a function giving the STEGA_DATABASE_URL of a new one. Dropped afterwards."""
+    a function giving the STEGA_DATABASE_URL of a new one. Dropped afterwards: a test names
+    it before `stack_factory`, so that its processes stop first."""
     if not os.environ.get("STEGA_TEST_POSTGRES_DIR"):
         pytest.skip("STEGA_TEST_POSTGRES_DIR is not set: run through `make test`, which starts PostgreSQL")
     made = []

@@ -26,7 +26,7 @@ def series(n=80):
     return out
 
 
-def test_prices_to_returns_to_correlations(stack_factory, seed_consumer, store_env):
+def test_prices_to_returns_to_correlations(store_env, stack_factory, seed_consumer):
     stack = stack_factory(extra_env=store_env)
     watcher = seed_consumer(stack.exchange, ["correlations.events.correlations_updated"])
     stack.start("returns-worker")

@@ -65,7 +65,7 @@ def check_returns(api_url, symbols, days, all_dates):
         assert [x["date"] for x in view["returns"]] == all_dates[1:days]
 
 
-def test_two_replicas_of_every_process_on_postgresql_apply_1000_concurrent_writes_once(stack_factory, postgres_db, amqp_url):
+def test_two_replicas_of_every_process_on_postgresql_apply_1000_concurrent_writes_once(postgres_db, stack_factory, amqp_url):
     url = postgres_db()
     stack = stack_factory(extra_env={"STEGA_DATABASE_URL": url})
     counter = KeyCounter(amqp_url, stack.exchange, ["returns.events.returns_calculated",
@@ -147,7 +147,7 @@ def test_two_replicas_of_every_process_on_postgresql_apply_1000_concurrent_write
         counter.close()
 
 
-def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_lost(stack_factory, postgres_db):
+def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_lost(postgres_db, stack_factory):
     url = postgres_db()
     stack = stack_factory(extra_env={"STEGA_DATABASE_URL": url, "STEGA_RETRY_DELAY_MS": "100"})
     worker = stack.start("returns-worker")
@@ -194,8 +194,10 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
         view = requests.get(f"{api.url}/returns/S{s}", timeout=10).json()["returns"]
         closes = np.array([close_for(s, d) for d in mine])
         np.testing.assert_allclose([x["value"] for x in view], closes[1:] / closes[:-1] - 1, rtol=1e-9)
-    # Nothing was dead-lettered for the outage: the worker held its batch until the store came back.
+    # Nothing was retried or dead-lettered for the outage: the worker held its batch until
+    # the store came back.
     assert "dead-lettering" not in worker.log_text()
+    assert not [l for l in worker.log_text().splitlines() if "will be retried" in l and "store unavailable" in l]
     assert sql(url, "SELECT count(*) FROM returns.outbox") == "0" or wait_until(
         "outbox drained", lambda: sql(url, "SELECT count(*) FROM returns.outbox") == "0", timeout=30)
     codes = stack.stop()
