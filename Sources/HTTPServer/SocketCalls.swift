@@ -28,6 +28,16 @@ enum SocketCalls {
         _ = Glibc.close(fd)
     }
 
+    /// Calls `connect(2)` with `AF_UNSPEC`, which drops the TCP connection at once (a reset
+    /// when data is left unread) while the descriptor stays open for its owner to close: a
+    /// `shutdown(2)` would queue its FIN behind what the peer has not read, so a peer that
+    /// never reads would never see it.
+    static func abort(_ fd: Int32) {
+        var address = sockaddr()
+        address.sa_family = sa_family_t(AF_UNSPEC)
+        _ = Glibc.connect(fd, &address, socklen_t(MemoryLayout<sockaddr>.size))
+    }
+
     enum SendResult { case ok, failed }
 
     /// Calls `send(2)` (`MSG_NOSIGNAL`) with the queued frames of `s` until the socket's

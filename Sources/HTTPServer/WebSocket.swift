@@ -150,6 +150,8 @@ public final class WebSocket: Sendable {
         let pingEvery = Duration.milliseconds(Int64(limits.pingInterval * 1000))
         var lastHeard = ContinuousClock.now
         var lastPing = lastHeard
+        // Whether everything queued for the client went out before the connection ended.
+        var flushed = true
         processing: while true {
             // Messages already buffered.
             do {
@@ -185,7 +187,10 @@ public final class WebSocket: Sendable {
                 if drained && peerClosed { break processing }
                 // Our close is out (or stuck behind a client that does not read): wait a
                 // little for the client's, then go.
-                if ContinuousClock.now - closingSince > .milliseconds(Int64(limits.closeTimeout * 1000)) { break processing }
+                if ContinuousClock.now - closingSince > .milliseconds(Int64(limits.closeTimeout * 1000)) {
+                    flushed = drained
+                    break processing
+                }
             }
             // Wake for the next ping (or, closing, to check the close timeout).
             let untilPing = (pingEvery - (ContinuousClock.now - lastPing)) / .milliseconds(1)
@@ -209,6 +214,10 @@ public final class WebSocket: Sendable {
             $0.queued = 0
         }
         SocketCalls.closeFD(wakeFD)
+        // A client that does not read what is sent to it (even our close frame is stuck) is cut
+        // off now, not when libmicrohttpd gets to close the socket: it would go on sending into
+        // a socket nobody reads until then. One that reads gets our close frame, then the end.
+        if !flushed { SocketCalls.abort(socket) }
         delegate.closed(self)
         onClose()  // hands the socket back to libmicrohttpd to close
     }
