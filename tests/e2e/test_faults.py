@@ -101,17 +101,21 @@ def db(stack):
     return sqlite3.connect(str(stack.tmp_path / "data" / "returns.sqlite"), timeout=30)
 
 
-def check_views(stack, symbols, days, all_dates):
-    """Every price once, every return equal to numpy's on the full series."""
-    api = stack.api
+def check_returns(api_url, symbols, days, all_dates):
+    """Every return of every symbol, equal to numpy's on the full series."""
     for s in range(symbols):
         def complete():
-            r = requests.get(f"{api.url}/returns/S{s}", timeout=10)
+            r = requests.get(f"{api_url}/returns/S{s}", timeout=10)
             return r.status_code == 200 and len(r.json()["returns"]) == days - 1 and r.json()
         view = wait_until(f"returns of S{s}", complete, timeout=90)
         closes = np.array([close_for(s, d) for d in range(days)])
         np.testing.assert_allclose([x["value"] for x in view["returns"]], closes[1:] / closes[:-1] - 1, rtol=1e-9)
         assert [x["date"] for x in view["returns"]] == all_dates[1:days]
+
+
+def check_views(stack, symbols, days, all_dates):
+    """Every price once, every return equal to numpy's on the full series."""
+    check_returns(stack.api.url, symbols, days, all_dates)
     with db(stack) as conn:
         assert conn.execute("SELECT COUNT(*) FROM prices").fetchone()[0] == symbols * days
 

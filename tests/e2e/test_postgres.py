@@ -1,19 +1,16 @@
 """The services on PostgreSQL (STEGA_DATABASE_URL), with the real binaries: two replicas of
 every api and worker sharing one database under 1,000 concurrent writes, and PostgreSQL
 restarted in the middle of a write load (DESIGN.md "Scale-out")."""
-import json
-import re
 import subprocess
 import threading
 import time
-import uuid
 
 import numpy as np
 import pika
 import requests
 
 from conftest import postgres_script, wait_until
-from test_faults import close_for, dates, load_with_disruption, run_load, writes
+from test_faults import check_returns, close_for, dates, load_with_disruption, run_load, writes
 
 
 def sql(url, query):
@@ -51,18 +48,6 @@ class KeyCounter:
             self.conn.close()
         except Exception:
             pass
-
-
-def check_returns(api_url, symbols, days, all_dates):
-    """Every return of every symbol, equal to numpy's on the full series."""
-    for s in range(symbols):
-        def complete():
-            r = requests.get(f"{api_url}/returns/S{s}", timeout=10)
-            return r.status_code == 200 and len(r.json()["returns"]) == days - 1 and r.json()
-        view = wait_until(f"returns of S{s}", complete, timeout=90)
-        closes = np.array([close_for(s, d) for d in range(days)])
-        np.testing.assert_allclose([x["value"] for x in view["returns"]], closes[1:] / closes[:-1] - 1, rtol=1e-9)
-        assert [x["date"] for x in view["returns"]] == all_dates[1:days]
 
 
 def test_two_replicas_of_every_process_on_postgresql_apply_1000_concurrent_writes_once(postgres_db, stack_factory, amqp_url):

@@ -35,7 +35,7 @@ struct PostgresReturnsTables: ReturnsTables {
     let session: PostgresSession
 
     func savePrices(_ points: [PricePoint], of symbol: String) throws {
-        let batch = session.batch("returns.prices") { PricesBatch() }
+        let batch = session.batch("returns.prices", SymbolDateRows.prices)
         for point in points { batch.add(symbol, point.date.description, point.close) }
     }
 
@@ -56,7 +56,7 @@ struct PostgresReturnsTables: ReturnsTables {
     }
 
     func saveReturns(_ returns: [DailyReturn], of symbol: String) throws {
-        let batch = session.batch("returns.returns") { ReturnsBatch() }
+        let batch = session.batch("returns.returns", SymbolDateRows.returns)
         for r in returns { batch.add(symbol, r.date.description, r.simple, r.log) }
     }
 
@@ -98,68 +98,57 @@ struct PostgresReturnsTables: ReturnsTables {
     }
 }
 
-/// The prices written in one transaction (by every command sharing it), upserted in one
-/// statement; a (symbol, date) written twice keeps its last close, as one upsert after the
-/// other would (one statement may not update a row twice).
-final class PricesBatch: PostgresRowBatch {
-    private var symbols: [String] = [], dates: [String] = [], closes: [Double] = []
+/// Rows of one table keyed by (symbol, date), written in one transaction (by every write
+/// sharing it) and upserted in one statement: `columns` doubles per row beside the key. A
+/// key written twice keeps its last values, as one upsert after the other would (one
+/// statement may not update a row twice).
+final class SymbolDateRows: PostgresRowBatch {
+    private let sql: String
+    private var symbols: [String] = [], dates: [String] = []
+    private var values: [[Double]]
     private var position: [String: Int] = [:]
 
-    func add(_ symbol: String, _ date: String, _ close: Double) {
+    /// `sql` takes the symbols as `$1::text[]`, the dates as `$2::text[]` and each column of
+    /// values as `$3::float8[]`, `$4::float8[]`…
+    init(columns: Int, sql: String) {
+        self.sql = sql
+        values = Array(repeating: [], count: columns)
+    }
+
+    func add(_ symbol: String, _ date: String, _ row: Double...) {
         let key = symbol + "\u{0}" + date
         if let at = position[key] {
-            closes[at] = close
+            for (column, value) in row.enumerated() { values[column][at] = value }
             return
         }
         position[key] = symbols.count
         symbols.append(symbol)
         dates.append(date)
-        closes.append(close)
+        for (column, value) in row.enumerated() { values[column].append(value) }
     }
 
     func send(on session: PostgresSession) throws {
         guard !symbols.isEmpty else { return }
-        var binds = PostgresBindings(capacity: 3)
+        var binds = PostgresBindings(capacity: 2 + values.count)
         binds.append(symbols)
         binds.append(dates)
-        binds.append(closes)
-        session.send("""
+        for column in values { binds.append(column) }
+        session.send(sql, binds)
+    }
+
+    /// The prices of a transaction.
+    static func prices() -> SymbolDateRows {
+        SymbolDateRows(columns: 1, sql: """
             INSERT INTO prices (symbol, date, close) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
             ON CONFLICT (symbol, date) DO UPDATE SET close = excluded.close
-            """, binds)
-    }
-}
-
-/// The returns written in one transaction, upserted in one statement (the last of a
-/// (symbol, date) written twice kept).
-final class ReturnsBatch: PostgresRowBatch {
-    private var symbols: [String] = [], dates: [String] = [], simple: [Double] = [], log: [Double] = []
-    private var position: [String: Int] = [:]
-
-    func add(_ symbol: String, _ date: String, _ simpleReturn: Double, _ logReturn: Double) {
-        let key = symbol + "\u{0}" + date
-        if let at = position[key] {
-            simple[at] = simpleReturn
-            log[at] = logReturn
-            return
-        }
-        position[key] = symbols.count
-        symbols.append(symbol)
-        dates.append(date)
-        simple.append(simpleReturn)
-        log.append(logReturn)
+            """)
     }
 
-    func send(on session: PostgresSession) throws {
-        guard !symbols.isEmpty else { return }
-        var binds = PostgresBindings(capacity: 4)
-        binds.append(symbols)
-        binds.append(dates)
-        binds.append(simple)
-        binds.append(log)
-        session.send("""
+    /// The returns of a transaction.
+    static func returns() -> SymbolDateRows {
+        SymbolDateRows(columns: 2, sql: """
             INSERT INTO returns (symbol, date, simple, log) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[])
             ON CONFLICT (symbol, date) DO UPDATE SET simple = excluded.simple, log = excluded.log
-            """, binds)
+            """)
     }
 }
