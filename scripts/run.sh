@@ -62,7 +62,7 @@ start_cluster() {
   if [ ! -f "$RUN/postgres/data/postmaster.pid" ]; then
     scripts/postgres.sh start "$RUN/postgres" "$(cat "$RUN/postgres/port" 2>/dev/null || pick_port 5432)" >/dev/null
   fi
-  if [ ! -f "$RUN/amqp_url" ] || ! kill -0 "$(cat "$RUN/cluster/n1/rabbit.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+  if [ ! -f "$RUN/amqp_url" ] || ! kill -0 "$(cat "$RUN/cluster/n1/server.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
     ports=()
     for p in 5672 5673 5674; do
       p=$(pick_port "$p" pair)
@@ -169,7 +169,7 @@ stop() {
   if [ -f "$RUN/broker/server.pid" ]; then
     scripts/broker.sh stop "$RUN/broker" && echo "stopped the local broker"
   fi
-  if [ -d "$RUN/cluster/n1" ]; then
+  if ls "$RUN"/cluster/n*/server.pid >/dev/null 2>&1; then
     scripts/broker-cluster.sh stop "$RUN/cluster" && echo "stopped the local RabbitMQ cluster"
   fi
   if [ -f "$RUN/postgres/data/postmaster.pid" ]; then
