@@ -62,7 +62,17 @@ start_cluster() {
   if [ ! -f "$RUN/postgres/data/postmaster.pid" ]; then
     scripts/postgres.sh start "$RUN/postgres" "$(cat "$RUN/postgres/port" 2>/dev/null || pick_port 5432)" >/dev/null
   fi
-  if [ ! -f "$RUN/amqp_url" ] || ! kill -0 "$(cat "$RUN/cluster/n1/server.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+  if kill -0 "$(cat "$RUN/cluster/n1/server.pid" 2>/dev/null || echo 0)" 2>/dev/null && [ -s "$RUN/amqp_url" ]; then
+    :  # running
+  elif [ -f "$RUN/cluster/n3/port" ]; then
+    # The cluster of an earlier run: its three nodes again, with their data, ports and cookie,
+    # all at once (a node of a cluster waits at boot for the others).
+    for i in 1 2 3; do scripts/broker-cluster.sh start-node "$RUN/cluster" "$i" & done
+    wait
+    urls=()
+    for i in 1 2 3; do urls+=("amqp://guest:guest@127.0.0.1:$(cat "$RUN/cluster/n$i/port")"); done
+    (IFS=,; echo "${urls[*]}") > "$RUN/amqp_url"
+  else
     ports=()
     for p in 5672 5673 5674; do
       p=$(pick_port "$p" pair)
