@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MessageBus
 
 /// The inbox table: the ids of the events a service has handled, so a redelivered event
 /// changes nothing (handlers are idempotent by event id).
@@ -50,5 +51,14 @@ extension Inbox {
             ON CONFLICT (event_id) DO NOTHING RETURNING event_id
             """, binds).map { try $0.column(0, as: String.self) })
         return texts.map { inserted.remove($0) != nil }
+    }
+}
+
+extension Inbox {
+    /// The indices of `contexts` to run (in order): those of commands, and those of events
+    /// not handled before, which are recorded as handled in `session`'s transaction.
+    static func fresh(_ contexts: [HandlerContext], in session: PostgresSession) throws -> [Int] {
+        var next = try markHandled(contexts.compactMap(\.handledEventId), in: session).makeIterator()
+        return contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }
     }
 }

@@ -196,9 +196,7 @@ public final class ServiceDatabase: Sendable {
         case .postgres(let postgres) where command:
             // Shares a transaction with the commands waiting (see `PostgresWriteCombiner`).
             let written = try await postgres.combiner.submit { session in
-                let handled = try Inbox.markHandled(contexts.compactMap(\.handledEventId), in: session)
-                var next = handled.makeIterator()
-                let fresh = contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }
+                let fresh = try Inbox.fresh(contexts, in: session)
                 guard !fresh.isEmpty else { return ([], []) }
                 do {
                     try body(.postgres(session), fresh)
@@ -213,9 +211,7 @@ public final class ServiceDatabase: Sendable {
             return written.fresh
         case .postgres(let postgres):
             let written = try await postgres.store.transaction(lock: postgres.eventLock) { [relayId] session in
-                let handled = try Inbox.markHandled(contexts.compactMap(\.handledEventId), in: session)
-                var next = handled.makeIterator()
-                let fresh = contexts.indices.filter { contexts[$0].handledEventId == nil || next.next() == true }
+                let fresh = try Inbox.fresh(contexts, in: session)
                 guard !fresh.isEmpty else { return WriteCombiner.Written(fresh: [], rows: []) }
                 try body(.postgres(session), fresh)
                 return .init(fresh: fresh, rows: try Outbox.append(fresh.flatMap { contexts[$0].takeRaised() }, claimedBy: relayId, in: session))
