@@ -66,6 +66,13 @@ struct StoreConformanceTests {
         }
         #expect(try await writer.outboxDepth() == 1_000)
         writer.close()
+        // The relays take the dead writer's rows once its claims are older than `staleAfter`.
+        // The same age makes a live relay's claims stale too: a batch it claimed and has not
+        // deleted within `staleAfter` is taken again by the other relay (at least once, by
+        // design). 3 s is far above a batch's publish on a loaded machine; with 0.2 s a slow
+        // CI run saw one batch of 50 published twice.
+        let staleAfter = 3.0
+        try await Task.sleep(for: .seconds(staleAfter + 0.1))
 
         let publishers = [RecordingPublisher(), RecordingPublisher()]
         var tasks: [Task<Void, any Error>] = []
@@ -73,7 +80,7 @@ struct StoreConformanceTests {
         for publisher in publishers {
             let database = try place.open("svc")
             databases.append(database)
-            let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 50, staleAfter: 0.2)
+            let relay = OutboxRelay(database: database, publisher: publisher, batchSize: 50, staleAfter: staleAfter)
             tasks.append(Task { try await relay.run() })
         }
         defer { tasks.forEach { $0.cancel() } }
