@@ -1,34 +1,37 @@
 import Dispatch
 import Synchronization
 
-/// Wakes one waiting task; a ring with nobody waiting is kept for the next wait.
+/// Wakes the tasks waiting; a ring with nobody waiting is kept for the next wait.
 ///
 /// A wait costs a lock and a continuation: its timeout comes from one timer shared by every
 /// wait, armed at most once per `timeout`, so a waiter may wake early (nothing rang) — the
 /// caller loops anyway. (A timer task per wait cost two task creations and a cancellation
 /// on every ring: under a steady trickle of writes, a large part of the relay's CPU.)
+/// A process has one waiter, its relay; tests run an api's and a worker's relays on one store,
+/// and a second waiter must not take the first one's place (it would never wake again).
 public final class Doorbell: Sendable {
     private struct State {
         var rung = false
-        var waiter: CheckedContinuation<Void, Never>?
+        var waiters: [CheckedContinuation<Void, Never>] = []
         var timerArmed = false
+
+        mutating func takeWaiters() -> [CheckedContinuation<Void, Never>] {
+            defer { waiters = [] }
+            return waiters
+        }
     }
 
     private let state = Mutex(State())
 
     public init() {}
 
-    /// Wakes the waiter, or lets the next ``wait(timeout:)`` return at once.
+    /// Wakes the waiters, or lets the next ``wait(timeout:)`` return at once.
     public func ring() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return waiter
-            }
-            state.rung = true
-            return nil
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            if state.waiters.isEmpty { state.rung = true }
+            return state.takeWaiters()
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Waits for a ring, at most about `timeout` (possibly less).
@@ -39,7 +42,7 @@ public final class Doorbell: Sendable {
                     state.rung = false
                     return (true, false)
                 }
-                state.waiter = continuation
+                state.waiters.append(continuation)
                 defer { state.timerArmed = true }
                 return (false, !state.timerArmed)
             }
@@ -48,12 +51,11 @@ public final class Doorbell: Sendable {
                 let (seconds, attoseconds) = timeout.components
                 let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
                 DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
-                    let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                    let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
                         state.timerArmed = false
-                        defer { state.waiter = nil }
-                        return state.waiter
+                        return state.takeWaiters()
                     }
-                    waiter?.resume()
+                    for waiter in waiters { waiter.resume() }
                 }
             }
         }

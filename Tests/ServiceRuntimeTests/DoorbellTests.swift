@@ -43,4 +43,27 @@ struct DoorbellTests {
             #expect(waited < .seconds(30))
         }
     }
+
+    @Test("two tasks waiting at once are both woken by a ring (a second waiter does not take the first one's place)")
+    func twoWaiters() async {
+        let bell = Doorbell()
+        final class Count: Sendable { let value = Atomic<Int>(0) }
+        let count = Count()
+        // Not awaited: a waiter that is never woken must fail the test, not hang it.
+        for _ in 0..<2 {
+            Task {
+                await bell.wait(timeout: .seconds(600))
+                count.value.add(1, ordering: .relaxed)
+            }
+        }
+        try? await Task.sleep(for: .milliseconds(200))
+        bell.ring()
+        let start = ContinuousClock.now
+        while count.value.load(ordering: .relaxed) < 2, ContinuousClock.now - start < .seconds(20) {
+            try? await Task.sleep(for: .milliseconds(10))
+            // A waiter that began after the ring is woken by the next one.
+            if ContinuousClock.now - start > .seconds(1) { bell.ring() }
+        }
+        #expect(count.value.load(ordering: .relaxed) == 2)
+    }
 }
