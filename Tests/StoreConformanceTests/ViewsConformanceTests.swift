@@ -6,6 +6,7 @@ import Logging
 import MessageBus
 import Returns
 @testable import ServiceRuntime
+import Synchronization
 import Testing
 
 /// Both services' apis and workers on one in-memory broker, with their stores on `engine`.
@@ -68,12 +69,31 @@ final class Chain: Sendable {
     /// window's backfill (last bits), so each step waits for the one before.
     func settle(_ response: HTTPResponse, updates: Int) async throws {
         let op = (try JSONSerialization.jsonObject(with: Data(response.body)) as! [String: String])["operation_id"]!
-        try await waitUntil("operation \(op) to end", seconds: 60) {
-            let done = await transport.published.filter { $0.routingKey == CorrelationsUpdated.routingKey && $0.correlationId == op }
-            guard done.count >= updates else { return false }
-            for database in databases where try await database.outboxDepth() > 0 { return false }
-            return true
+        // What was still missing at the last look, for the message of a timeout.
+        let missing = Mutex("")
+        do {
+            try await waitUntil("operation \(op) to end", seconds: 60) {
+                let done = await transport.published.filter { $0.routingKey == CorrelationsUpdated.routingKey && $0.correlationId == op }
+                guard done.count >= updates else {
+                    missing.withLock { $0 = "\(done.count) of \(updates) correlations_updated" }
+                    return false
+                }
+                let depths = try await databases.asyncMap { try await $0.outboxDepth() }
+                missing.withLock { $0 = "outbox rows \(depths) (returns, correlations)" }
+                return depths.allSatisfy { $0 == 0 }
+            }
+        } catch {
+            Issue.record("on \(place.engine): \(missing.withLock { $0 })")
+            throw error
         }
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for element in self { out.append(try await transform(element)) }
+        return out
     }
 }
 
