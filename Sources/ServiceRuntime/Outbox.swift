@@ -151,8 +151,66 @@ extension Outbox {
     /// column an array, `unnest`ed in order; a null column is a flag beside it).
     static func append(_ envelopes: [EventEnvelope], claimedBy relay: String?,
                        in session: PostgresSession) throws -> [(Int64, EventEnvelope)] {
-        guard !envelopes.isEmpty else { return [] }
+        let appended = try submitAppend(envelopes, claimedBy: relay, in: session)
+        try session.sync()
+        return try appended.rows()
+    }
+
+    /// The rows an ``submitAppend(_:claimedBy:in:)`` stored, read once its statement has run.
+    struct Appended: Sendable {
+        fileprivate let pending: PostgresSession.Pending?
+        fileprivate let envelopes: [EventEnvelope]
+
+        /// The sequence numbers of the rows, beside their envelopes (waits for the statement).
+        func rows() throws -> [(Int64, EventEnvelope)] {
+            guard let pending else { return [] }
+            let rows = try pending.rows()
+            guard rows.count == envelopes.count else {
+                throw StoreUnavailable(reason: "INSERT INTO outbox returned \(rows.count) rows for \(envelopes.count)")
+            }
+            // Sequence numbers are drawn in insertion order: sorted, they match the envelopes.
+            let seqs = try rows.map { try $0.column(0, as: Int64.self) }.sorted()
+            return Array(zip(seqs, envelopes))
+        }
+    }
+
+    /// ``append(_:claimedBy:in:)`` sent without waiting (after the row batches gathered so far):
+    /// a shared transaction sends it and its `COMMIT` together and waits once.
+    static func submitAppend(_ envelopes: [EventEnvelope], claimedBy relay: String?,
+                             in session: PostgresSession) throws -> Appended {
+        guard !envelopes.isEmpty else { return Appended(pending: nil, envelopes: []) }
+        try session.sendBatches()
         var binds = PostgresBindings(capacity: 16)
+        let sql = appendStatement(envelopes, claimedBy: relay, into: &binds)
+        return Appended(pending: session.submit(sql, binds), envelopes: envelopes)
+    }
+
+    /// A shared transaction of row batches only, as one statement with no `BEGIN` or
+    /// `COMMIT` (one transaction all the same): the rows of each batch, the deletion of
+    /// published rows and the outbox rows, each a part of one `WITH`. The server parses,
+    /// plans and commits one statement instead of four or five, and the process sends and
+    /// reads one.
+    static func submitAlone(_ envelopes: [EventEnvelope], claimedBy relay: String?, deleting: [Int64],
+                            in session: PostgresSession) -> Appended {
+        var binds = PostgresBindings(capacity: 24)
+        var parts: [String] = []
+        for batch in session.takeBatches() {
+            if let sql = batch.statement(into: &binds) { parts.append(sql) }
+        }
+        if !deleting.isEmpty {
+            binds.append(deleting)
+            parts.append("DELETE FROM outbox WHERE seq = ANY($\(binds.count))")
+        }
+        let main = envelopes.isEmpty ? "SELECT NULL::int8 WHERE false"
+            : appendStatement(envelopes, claimedBy: relay, into: &binds)
+        let with = parts.isEmpty ? "" : "WITH " + parts.enumerated().map { "w\($0) AS (\($1))" }.joined(separator: ", ") + "\n"
+        return Appended(pending: session.submitAlone(with + main, binds), envelopes: envelopes)
+    }
+
+    /// The `INSERT` of `envelopes` (`RETURNING seq`), its values appended to `binds`.
+    private static func appendStatement(_ envelopes: [EventEnvelope], claimedBy relay: String?,
+                                        into binds: inout PostgresBindings) -> String {
+        let first = binds.count + 1
         binds.append(envelopes.map(\.eventId.lowercaseText))
         binds.append(envelopes.map(\.routingKey))
         binds.append(envelopes.map(\.type))
@@ -171,7 +229,7 @@ extension Outbox {
         binds.append(relay.map { _ in Date().timeIntervalSince1970 })
         // Rows go in in the order of the arrays (ORDER BY the ordinality), so the sequence
         // numbers follow it; RETURNING has no order, hence the ordinality beside each.
-        let rows = try session.query("""
+        return PostgresSQL.renumbered("""
             INSERT INTO outbox (event_id, routing_key, type, correlation_id, causation_id, app_id,
                                 timestamp, schema_version, traceparent, content_type, body, claimed_by, claimed_at)
             SELECT e, k, t, CASE WHEN cn THEN NULL ELSE c END, CASE WHEN un THEN NULL ELSE u END, a,
@@ -181,13 +239,7 @@ extension Outbox {
                  WITH ORDINALITY AS r(e, k, t, c, cn, u, un, a, ts, v, p, pn, ct, b, n)
             ORDER BY n
             RETURNING seq
-            """, binds)
-        guard rows.count == envelopes.count else {
-            throw StoreUnavailable(reason: "INSERT INTO outbox returned \(rows.count) rows for \(envelopes.count)")
-        }
-        // Sequence numbers are drawn in insertion order: sorted, they match the envelopes.
-        let seqs = try rows.map { try $0.column(0, as: Int64.self) }.sorted()
-        return Array(zip(seqs, envelopes))
+            """, from: first)
     }
 
     /// ``claim(limit:relay:includeOwn:after:staleAfter:in:)`` on PostgreSQL: rows another
@@ -241,6 +293,12 @@ extension Outbox {
     static func remove(_ seqs: [Int64], in session: PostgresSession) throws {
         guard !seqs.isEmpty else { return }
         try session.execute("DELETE FROM outbox WHERE seq = ANY($1)", PostgresBindings(seqs))
+    }
+
+    /// ``remove(_:in:)`` sent without waiting: its error, if any, is thrown by the next wait.
+    static func sendRemove(_ seqs: [Int64], in session: PostgresSession) {
+        guard !seqs.isEmpty else { return }
+        session.send("DELETE FROM outbox WHERE seq = ANY($1)", PostgresBindings(seqs))
     }
 
     /// Rows waiting to be published.

@@ -10,6 +10,14 @@ struct OutboxFeed: Sendable {
     /// Closed by an overflow or by the relay while it sweeps its own rows; opened by the relay.
     var closed = false
 
+    /// Committed rows that could not be read back: the relay reads them from the table, as
+    /// after an overflow.
+    mutating func lose() {
+        rows = []
+        overflowed = true
+        closed = true
+    }
+
     mutating func add(_ more: [(Int64, EventEnvelope)]) {
         guard !more.isEmpty, !closed else { return }
         if rows.count + more.count > Self.limit {

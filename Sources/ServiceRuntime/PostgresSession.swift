@@ -12,6 +12,12 @@ public final class PostgresSession {
     let connection: PostgresConnection
     private let logger: Logger
     private var inFlight: [EventLoopFuture<PostgresQueryResult>] = []
+    /// A transaction begun lazily (``beginLazily()``) that has sent nothing yet: its `BEGIN`
+    /// goes out before its first statement, and it may instead end as one statement of its
+    /// own (``submitAlone(_:_:)``).
+    private var beginPending = false
+    /// Whether a `BEGIN` was sent and no `COMMIT` or `ROLLBACK` since.
+    public private(set) var inTransaction = false
     /// Rows gathered for one statement each (see ``batch(_:_:)``), in the order first asked for.
     private var batches: [(key: String, batch: any PostgresRowBatch)] = []
 
@@ -21,7 +27,7 @@ public final class PostgresSession {
     }
 
     /// A statement's result, waited for when asked.
-    public struct Pending {
+    public struct Pending: Sendable {
         let future: EventLoopFuture<PostgresQueryResult>
 
         /// Its rows (waits for it).
@@ -35,9 +41,36 @@ public final class PostgresSession {
 
     /// Sends `sql` without waiting; its rows are read later from the result.
     public func submit(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) -> Pending {
+        if beginPending {
+            beginPending = false
+            _ = submitAlone("BEGIN")
+        }
+        return submitAlone(sql, binds)
+    }
+
+    /// Starts a transaction whose `BEGIN` is sent with its first statement.
+    func beginLazily() {
+        beginPending = true
+    }
+
+    /// Sends `sql` without waiting and without the lazy `BEGIN` (when nothing was sent yet, the
+    /// statement is a transaction of its own).
+    func submitAlone(_ sql: String, _ binds: PostgresBindings = PostgresBindings()) -> Pending {
+        switch sql {
+        case "BEGIN": inTransaction = true
+        case "COMMIT", "ROLLBACK": inTransaction = false
+        default: break
+        }
         let future = connection.query(PostgresQuery(unsafeSQL: sql, binds: binds), logger: logger)
         inFlight.append(future)
         return Pending(future: future)
+    }
+
+    /// Takes the batches of rows gathered so far, unsent: the caller sends them (as part of one
+    /// statement, see ``PostgresRowBatch/statement(into:)``).
+    func takeBatches() -> [any PostgresRowBatch] {
+        defer { batches = [] }
+        return batches.map(\.batch)
     }
 
     /// The batch of rows named `key` of this transaction, made by `make` when first asked for:
@@ -54,7 +87,7 @@ public final class PostgresSession {
     public func sendBatches() throws {
         let pending = batches
         batches = []
-        for (_, batch) in pending { try batch.send(on: self) }
+        for (_, batch) in pending { batch.send(on: self) }
     }
 
     /// Runs `sql` after everything sent before, and returns its rows.
@@ -91,8 +124,49 @@ public final class PostgresSession {
 /// Rows of one table gathered from several writes of a transaction, sent as one statement
 /// (``PostgresSession/batch(_:_:)``).
 public protocol PostgresRowBatch: AnyObject {
-    /// Sends the statement that stores the rows (``PostgresSession/send(_:_:)``).
-    func send(on session: PostgresSession) throws
+    /// The statement that stores the rows, its values appended to `binds`: its parameters are
+    /// numbered from `binds.count + 1` as it was on entry (it may be a part of a larger
+    /// statement, see ``PostgresSQL/renumbered(_:from:)``). Nil when there is nothing to store.
+    func statement(into binds: inout PostgresBindings) -> String?
+}
+
+extension PostgresRowBatch {
+    /// Sends the statement that stores the rows, without waiting.
+    func send(on session: PostgresSession) {
+        var binds = PostgresBindings()
+        guard let sql = statement(into: &binds) else { return }
+        session.send(sql, binds)
+    }
+}
+
+/// Helpers for the SQL the stores compose.
+public enum PostgresSQL {
+    /// `sql` with its parameters `$1`, `$2`… renumbered to start at `first`: statements
+    /// written alone, put together into one (data-modifying `WITH` parts) whose bindings
+    /// follow each other.
+    public static func renumbered(_ sql: String, from first: Int) -> String {
+        guard first != 1 else { return sql }
+        var out = ""
+        out.reserveCapacity(sql.utf8.count + 16)
+        var rest = Substring(sql)
+        while let dollar = rest.firstIndex(of: "$") {
+            out += rest[..<dollar]
+            rest = rest[rest.index(after: dollar)...]
+            let digits = rest.prefix(while: \.isASCIIDigit)
+            if let number = Int(digits) {
+                out += "$\(number + first - 1)"
+                rest = rest.dropFirst(digits.count)
+            } else {
+                out += "$"
+            }
+        }
+        out += rest
+        return out
+    }
+}
+
+extension Character {
+    fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
 }
 
 extension PostgresRow {

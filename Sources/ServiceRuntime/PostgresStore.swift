@@ -90,18 +90,29 @@ final class PostgresStore: Sendable {
     /// Runs `body` in a transaction (read committed) on a pooled connection; with `lock`, the
     /// transaction first takes that advisory lock (held until it ends), so the transactions of
     /// every process that use the same key run one after the other.
-    func transaction<T: Sendable>(lock: String? = nil,
+    /// `lazily`: the `BEGIN` waits for the body's first statement, and a body that sends none
+    /// may end as one statement of its own (``PostgresSession/submitAlone(_:_:)``), which
+    /// needs no `COMMIT`.
+    func transaction<T: Sendable>(lock: String? = nil, lazily: Bool = false,
                                   _ body: @escaping @Sendable (PostgresSession) throws -> T) async throws -> T {
         try await withSession { session in
-            session.send("BEGIN")
+            if lazily {
+                session.beginLazily()
+            } else {
+                session.send("BEGIN")
+            }
             if let lock { session.send("SELECT pg_advisory_xact_lock(hashtext($1))", PostgresBindings(lock)) }
             do {
                 let result = try body(session)
-                try session.execute("COMMIT")
+                if session.inTransaction {
+                    try session.execute("COMMIT")
+                } else {
+                    try session.sync()
+                }
                 return result
             } catch {
                 try? session.sync()
-                if !session.connection.isClosed { _ = try? session.execute("ROLLBACK") }
+                if session.inTransaction && !session.connection.isClosed { _ = try? session.execute("ROLLBACK") }
                 throw error
             }
         }

@@ -50,8 +50,6 @@ public final class ServiceDatabase: Sendable {
         let store: PostgresStore
         /// Outbox rows committed by this process, for the relay.
         let feed = Mutex(OutboxFeed())
-        /// Published rows to delete, and whether a deletion is on its way.
-        let deletions = Mutex((seqs: [Int64](), armed: false))
         /// The advisory lock a worker's batch takes: one service's event handlers apply one
         /// batch at a time across every replica, as on SQLite.
         let eventLock: String
@@ -207,7 +205,12 @@ public final class ServiceDatabase: Sendable {
                 }
                 return (fresh, fresh.flatMap { contexts[$0].takeRaised() })
             }
-            committed(written.rows, postgres)
+            if let rows = written.rows {
+                committed(rows, postgres)
+            } else {
+                postgres.feed.withLock { $0.lose() }
+                outboxBell.ring()
+            }
             return written.fresh
         case .postgres(let postgres):
             let written = try await postgres.store.transaction(lock: postgres.eventLock) { [relayId] session in
@@ -288,40 +291,11 @@ public final class ServiceDatabase: Sendable {
     }
 
     /// Deletes published outbox rows in the next shared transaction (or, with no write
-    /// coming, in one of their own within 20 ms). On PostgreSQL, in one statement within 20 ms.
+    /// coming, in one of their own within 20 ms).
     func removeFromOutbox(_ seqs: [Int64]) {
-        guard !seqs.isEmpty else { return }
         switch engine {
-        case .sqlite(let sqlite):
-            sqlite.combiner.delete(seqs)
-        case .postgres(let postgres):
-            let arm = postgres.deletions.withLock { state -> Bool in
-                state.seqs.append(contentsOf: seqs)
-                defer { state.armed = true }
-                return !state.armed
-            }
-            guard arm else { return }
-            Task {
-                try? await Task.sleep(for: .milliseconds(20))
-                try? await deletePublished(postgres)
-            }
-        }
-    }
-
-    /// Deletes the published rows waiting (PostgreSQL); on failure they wait for the next try.
-    private func deletePublished(_ postgres: PostgresEngine, then more: (@Sendable (PostgresSession) throws -> [(Int64, EventEnvelope)])? = nil) async throws -> [(Int64, EventEnvelope)] {
-        let seqs = postgres.deletions.withLock { state -> [Int64] in
-            defer { state = ([], false) }
-            return state.seqs
-        }
-        do {
-            return try await postgres.store.withSession { session in
-                try Outbox.remove(seqs, in: session)
-                return try more?(session) ?? []
-            }
-        } catch {
-            postgres.deletions.withLock { $0.seqs.insert(contentsOf: seqs, at: 0) }
-            throw error
+        case .sqlite(let sqlite): sqlite.combiner.delete(seqs)
+        case .postgres(let postgres): postgres.combiner.removeFromOutbox(seqs)
         }
     }
 
@@ -337,7 +311,7 @@ public final class ServiceDatabase: Sendable {
                                                                            after: after, staleAfter: staleAfter, in: db))
             }.claimed
         case .postgres(let postgres):
-            return try await deletePublished(postgres) { [relayId] session in
+            return try await postgres.combiner.deletePublished { [relayId] session in
                 try Outbox.claim(limit: limit, relay: relayId, includeOwn: includeOwn, after: after, staleAfter: staleAfter,
                                  in: session)
             }
@@ -348,7 +322,7 @@ public final class ServiceDatabase: Sendable {
     func commitOutboxRemovals() async throws {
         switch engine {
         case .sqlite(let sqlite): _ = try await sqlite.combiner.submit { _ in .init(fresh: [], rows: []) }
-        case .postgres(let postgres): _ = try await deletePublished(postgres)
+        case .postgres(let postgres): try await postgres.combiner.deletePublished { _ in }
         }
     }
 

@@ -146,6 +146,77 @@ struct StoreConformanceTests {
     }
 }
 
+extension StoreConformanceTests {
+    /// 200 commands, as an api's requests: 100 at once that only write rows (on PostgreSQL a
+    /// group of those is one statement), then 100 at once of which every seventh reads first
+    /// (a group with one is a transaction of several statements).
+    private func sharedCommands(_ store: ReturnsStore, refusing: Set<Int>,
+                                symbol: @escaping @Sendable (Int) -> String) async throws -> [Int: Bool] {
+        struct Refused: Error {}
+        var outcome: [Int: Bool] = [:]
+        for wave in [0..<100, 100..<200] {
+            let results = try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
+                for i in wave {
+                    group.addTask {
+                        let context = HandlerContext(metadata: .newOperation(), appId: "returns")
+                        do {
+                            try await store.write(context) { tx in
+                                if i >= 100 && i % 7 == 0 {
+                                    _ = try tx.pricesAndReturns(of: symbol(i), from: CalendarDate("2024-01-01")!)
+                                }
+                                try tx.savePrices([PricePoint(date: CalendarDate("2024-01-02")!, close: Double(i))], of: symbol(i))
+                                try context.raise(WindowAdded(window: i + 1))
+                                if refusing.contains(i) { throw Refused() }
+                            }
+                            return (i, true)
+                        } catch {
+                            return (i, false)
+                        }
+                    }
+                }
+                return try await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+            }
+            outcome.merge(results) { $1 }
+        }
+        return outcome
+    }
+
+    @Test("commands at once share transactions: each stored once with its outbox row; one whose body throws stores nothing, alone",
+          arguments: Engine.available)
+    func concurrentCommands(engine: Engine) async throws {
+        let place = engine.place()
+        let database = try place.open("returns", sqlite: ReturnsService.migrate, postgres: ReturnsService.postgresMigrations)
+        let store = ReturnsStore(database: database)
+        let outcome = try await sharedCommands(store, refusing: [13, 77, 140]) { "S\($0)" }
+        #expect(outcome.filter { !$0.value }.keys.sorted() == [13, 77, 140])
+        let expected = (0..<200).filter { ![13, 77, 140].contains($0) }
+        #expect(try await store.symbols() == expected.map { "S\($0)" }.sorted())
+        for i in [0, 1, 14, 199] {
+            #expect(try await store.prices(of: "S\(i)", from: nil, to: nil)?.map(\.close) == [Double(i)])
+        }
+        #expect(try await database.outboxDepth() == expected.count)
+        database.close()
+        await place.remove()
+    }
+
+    @Test("PostgreSQL: a row the server refuses fails its write alone, in a group of one statement or of several",
+          .enabled(if: Engine.databaseURL != nil, Engine.skipReason))
+    func serverRefusesOneRow() async throws {
+        let place = Engine.postgres.place()
+        let database = try place.open("returns", postgres: ReturnsService.postgresMigrations)
+        let store = ReturnsStore(database: database)
+        // A NUL byte is not valid in PostgreSQL text: the whole statement fails at the server.
+        let refused: Set<Int> = [5, 21, 150]
+        let outcome = try await sharedCommands(store, refusing: []) { refused.contains($0) ? "BAD\u{0}\($0)" : "S\($0)" }
+        #expect(outcome.filter { !$0.value }.keys.sorted() == refused.sorted())
+        let expected = (0..<200).filter { !refused.contains($0) }
+        #expect(try await store.symbols() == expected.map { "S\($0)" }.sorted())
+        #expect(try await database.outboxDepth() == expected.count)
+        database.close()
+        await place.remove()
+    }
+}
+
 /// Records what a relay published.
 final class RecordingPublisher: EventPublisher {
     private let published = Mutex<[UUID]>([])

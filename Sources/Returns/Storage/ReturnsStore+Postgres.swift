@@ -127,13 +127,13 @@ final class SymbolDateRows: PostgresRowBatch {
         for (column, value) in row.enumerated() { values[column].append(value) }
     }
 
-    func send(on session: PostgresSession) throws {
-        guard !symbols.isEmpty else { return }
-        var binds = PostgresBindings(capacity: 2 + values.count)
+    func statement(into binds: inout PostgresBindings) -> String? {
+        guard !symbols.isEmpty else { return nil }
+        let first = binds.count + 1
         binds.append(symbols)
         binds.append(dates)
         for column in values { binds.append(column) }
-        session.send(sql, binds)
+        return PostgresSQL.renumbered(sql, from: first)
     }
 
     /// The prices of a transaction.
