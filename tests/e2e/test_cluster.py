@@ -4,13 +4,15 @@ names and ports, one Erlang cookie), quorum queues, and the nodes listed in STEG
 middle of 1,000 writes, then started again. Nothing accepted is lost, nothing applied twice."""
 import os
 import subprocess
+import threading
 import time
 
 import pytest
 import requests
 
 from conftest import ROOT, wait_until
-from test_faults import check_views, dates, inbox_count, load_with_disruption, nodes_connected, writes
+from test_faults import (check_returns, check_views, dates, inbox_count, load_with_disruption, nodes_connected,
+                         run_load, writes)
 
 CLUSTER = str(ROOT / "scripts/broker-cluster.sh")
 
@@ -77,3 +79,75 @@ def test_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(clus
     wait_until("inbox complete", lambda: inbox_count(stack) == symbols * days, timeout=120)
     assert requests.get(api.url + "/readyz", timeout=5).status_code == 200
     assert stack.stop() == {"returns-worker": 0, "returns-api": 0}
+
+
+def test_on_postgresql_with_two_replicas_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(
+        cluster, postgres_db, stack_factory):
+    """The same, scaled out: two replicas of returns-api and of returns-worker on one
+    PostgreSQL database, every one of them on the node that is stopped."""
+    from test_postgres import KeyCounter, sql
+    folder, urls = cluster
+    url = postgres_db()
+    stack = stack_factory(extra_env={"STEGA_AMQP_URL": ",".join(urls), "STEGA_QUEUE_TYPE": "quorum",
+                                     "STEGA_RETRY_DELAY_MS": "100", "STEGA_DATABASE_URL": url})
+    stack.amqp_url = urls[0]
+    names = ["returns-worker", "returns-worker-2", "returns-api", "returns-api-2"]
+    for name in names:
+        stack.start(name.removesuffix("-2"), alias=name)
+    processes = [stack.processes[n] for n in names]
+    first = urls[0].rsplit("@", 1)[1]
+    assert all(set(nodes_connected(p)) == {first} for p in processes)
+    # Counts returns_calculated from the third node, which stays up.
+    counter = KeyCounter(urls[2], stack.exchange, ["returns.events.returns_calculated"])
+    symbols, days = 10, 100
+    all_dates = dates(days)
+    items = writes(symbols, days)
+    observations, progress = {}, {0: 0, 1: 0}
+
+    def bounce():
+        subprocess.run([CLUSTER, "stop-node", str(folder), "1"], check=True, capture_output=True, timeout=180)
+        observations["accepted_at_stop"] = sum(progress.values())
+        for process in processes:
+            wait_until(f"{process.name} on another node", lambda: nodes_connected(process)[-1] != first, timeout=60)
+        time.sleep(1)
+        subprocess.run([CLUSTER, "start-node", str(folder), "1"], check=True, capture_output=True, timeout=300)
+        observations["restarted"] = True
+
+    # Half the writes to each api (4 clients each, paced), the node stopped after 300.
+    results = {}
+
+    def load(i):
+        results[i] = run_load(processes[2 + i].url, items[i::2], all_dates, threads=4, pause=0.1,
+                              on_progress=lambda n: progress.__setitem__(i, n))
+    loaders = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in loaders:
+        t.start()
+    wait_until("300 accepted", lambda: sum(progress.values()) >= 300, timeout=120)
+    bounce()
+    for t in loaders:
+        t.join()
+    print(f"cluster on postgresql: {observations}")
+    assert observations.get("restarted") and observations["accepted_at_stop"] < symbols * days, observations
+    accepted = results[0][0] + results[1][0]
+    statuses = results[0][1] + results[1][1]
+    assert len(accepted) == symbols * days, {s: statuses.count(s) for s in set(statuses)}
+    # Every write in the views through either api, each applied once (the inbox has one row
+    # per event; a second application would be refused there), the outbox drained.
+    check_returns(processes[3].url, symbols, days, all_dates)
+    assert sql(url, "SELECT count(*) FROM returns.prices") == str(symbols * days)
+    wait_until("inbox complete", lambda: sql(url, "SELECT count(*) FROM returns.inbox") == str(symbols * days),
+               timeout=120)
+    wait_until("outbox drained", lambda: sql(url, "SELECT count(*) FROM returns.outbox") == "0", timeout=60)
+    # One returns_calculated per write: a second application would raise another, with an
+    # event id of its own (a message published twice keeps its id and counts once).
+    key = "returns.events.returns_calculated"
+    wait_until("every returns_calculated", lambda: counter.pump() and len(counter.by_key(key)) >= symbols * days,
+               timeout=120)
+    time.sleep(1)
+    counter.pump()
+    calculated = list(counter.by_key(key).values())
+    counter.close()
+    assert len(calculated) == symbols * days and len(set(calculated)) == symbols * days
+    for process in processes:
+        assert requests.get(process.url + "/readyz", timeout=5).status_code == 200
+    assert set(stack.stop().values()) == {0}

@@ -152,7 +152,15 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
         time.sleep(2)
         observations["accepted_before_start"] = observations.get("accepted", 0)
         postgres_script("start")
+        # What the outage costs after the server is back (it accepts connections once the
+        # script returns): the time to the first write accepted again, and to /readyz 200.
+        started = time.monotonic()
         observations["restarted"] = True
+        wait_until("a write accepted again",
+                   lambda: observations.get("accepted", 0) > observations["accepted_before_start"], timeout=60)
+        observations["first_202_after_start_s"] = round(time.monotonic() - started, 3)
+        wait_until("api ready again", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 200, timeout=60)
+        observations["readyz_200_after_start_s"] = round(time.monotonic() - started, 3)
 
     # Paced at about 50 writes/s so that the load spans the stop and the start.
     accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 200, bounce, observations,
@@ -163,7 +171,11 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
     refused = statuses.count(503)
     assert refused > 0, "no write was refused while PostgreSQL was down"
     assert set(statuses) <= {202, 503}, {s: statuses.count(s) for s in set(statuses)}
-    print(f"postgres restart: {len(accepted)} accepted, {refused} refused with 503")
+    print(f"postgres restart: {len(accepted)} accepted, {refused} refused with 503; first 202 "
+          f"{observations['first_202_after_start_s']} s and /readyz 200 {observations['readyz_200_after_start_s']} s "
+          f"after the server was back")
+    # Recovery needs no restart and no long back-off: the next request opens a connection.
+    assert observations["first_202_after_start_s"] < 5, observations
     # Everything recovers by itself.
     wait_until("api ready again", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 200, timeout=60)
     # Every accepted write is stored and its returns computed; the refused ones are not stored.
