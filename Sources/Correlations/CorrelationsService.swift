@@ -1,6 +1,5 @@
 import EventCatalog
 import Foundation
-import GRDB
 import HTTPServer
 import Logging
 import MessageBus
@@ -36,11 +35,7 @@ public struct CorrelationsService: ServiceModule {
         OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
     }
 
-    public static func migrate(_ migrator: inout DatabaseMigrator) {
-        CorrelationsStore.migrate(&migrator)
-    }
-
-    public static var postgresMigrations: [PostgresMigration] { CorrelationsStore.postgresMigrations }
+    public static var storeMigrations: StoreMigrations { CorrelationsStore.migrations }
 
     /// The projection stores the returns each `returns_calculated` carries: a later event
     /// for a date carries its newer value (the returns service recomputes a return when an

@@ -1,6 +1,5 @@
 import EventCatalog
 import Foundation
-import GRDB
 import HTTPServer
 import Logging
 import MessageBus
@@ -29,11 +28,7 @@ public struct ReturnsService: ServiceModule {
         OpenAPIRoute.load(Bundle.module.url(forResource: "openapi", withExtension: "json"))
     }
 
-    public static func migrate(_ migrator: inout DatabaseMigrator) {
-        ReturnsStore.migrate(&migrator)
-    }
-
-    public static var postgresMigrations: [PostgresMigration] { ReturnsStore.postgresMigrations }
+    public static var storeMigrations: StoreMigrations { ReturnsStore.migrations }
 
     public func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {
         try handlers.registerCommands(&registry)

@@ -34,14 +34,14 @@ public struct ServiceAssembly<M: ServiceModule>: Sendable {
 
     /// Opens (creating and migrating) the service's SQLite file.
     public static func openDatabase(path: String) throws -> ServiceDatabase {
-        try ServiceDatabase(path: path, pageSize: M.databasePageSize, migrations: M.migrate)
+        try ServiceDatabase(path: path, pageSize: M.databasePageSize, migrations: M.storeMigrations.sqlite)
     }
 
     /// Opens (creating and migrating) the service's store: its schema in PostgreSQL when
     /// `config` names one, else its SQLite file.
     public static func openDatabase(_ config: ServiceConfig, logger: Logger) throws -> ServiceDatabase {
         guard let postgres = config.postgres else { return try openDatabase(path: config.databasePath) }
-        return try ServiceDatabase(postgres: postgres, schema: M.name, migrations: M.postgresMigrations, logger: logger)
+        return try ServiceDatabase(postgres: postgres, schema: M.name, migrations: M.storeMigrations.postgres, logger: logger)
     }
 
     /// An api: the module's command handlers on the bus, its routes, the relay to `publisher`.

@@ -10,10 +10,9 @@ import MessageBus
 public protocol ServiceModule: Sendable {
     /// `returns`: the `app_id` of its events, the prefix of its routing keys and queue.
     static var name: String { get }
-    /// Registers the service's SQLite migrations (idempotent: api and worker both run them).
-    static func migrate(_ migrator: inout DatabaseMigrator)
-    /// The service's PostgreSQL migrations, in order (each applied once per schema).
-    static var postgresMigrations: [PostgresMigration] { get }
+    /// The service's tables on each store engine (declared by its store: a module names no
+    /// engine's types).
+    static var storeMigrations: StoreMigrations { get }
 
     init(database: ServiceDatabase, logger: Logger)
     /// The api's command handlers.
@@ -38,8 +37,23 @@ public protocol ServiceModule: Sendable {
 extension ServiceModule {
     public static var operationFailedEvent: (any OperationFailedEvent.Type)? { nil }
     public static var databasePageSize: Int? { nil }
-    public static var postgresMigrations: [PostgresMigration] { [] }
+    public static var storeMigrations: StoreMigrations { .none }
     public static var singleActiveConsumer: Bool { false }
+}
+
+/// A service's tables on each engine: SQLite migrations (idempotent: api and worker both run
+/// them) and PostgreSQL ones, in order (each applied once per schema).
+public struct StoreMigrations: Sendable {
+    public let sqlite: @Sendable (inout DatabaseMigrator) -> Void
+    public let postgres: [PostgresMigration]
+
+    public init(sqlite: @escaping @Sendable (inout DatabaseMigrator) -> Void, postgres: [PostgresMigration]) {
+        self.sqlite = sqlite
+        self.postgres = postgres
+    }
+
+    /// No tables of the service's own (the outbox and the inbox are always there).
+    public static let none = StoreMigrations(sqlite: { _ in }, postgres: [])
 }
 
 /// `GET /openapi.json`.

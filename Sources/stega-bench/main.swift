@@ -37,7 +37,6 @@ struct Tick: Event {
 /// is the cost of the worker runtime itself (consume, decode, dispatch, ack).
 struct NoopModule: ServiceModule {
     static let name = "bench"
-    static func migrate(_ migrator: inout DatabaseMigrator) {}
     init(database: ServiceDatabase, logger: Logger) {}
     func registerCommandHandlers(_ registry: inout HandlerRegistry) throws {}
     func addRoutes(to router: inout Router, bus: MessageBus) {}

@@ -11,7 +11,7 @@ import Testing
 /// The routes each api serves, built the way its runtime builds them.
 func apiRouter<M: ServiceModule>(_ type: M.Type) throws -> Router {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("oas-\(UUID().uuidString)")
-    let database = try ServiceDatabase(path: dir.appendingPathComponent("x.sqlite").path, migrations: M.migrate)
+    let database = try ServiceDatabase(path: dir.appendingPathComponent("x.sqlite").path, migrations: M.storeMigrations.sqlite)
     let module = M(database: database, logger: Logger(label: "t"))
     var registry = HandlerRegistry()
     try module.registerCommandHandlers(&registry)

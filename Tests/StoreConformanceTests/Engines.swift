@@ -30,15 +30,14 @@ struct Place: Sendable {
 
     /// Opens (creating and migrating) `name`'s store at this place, as a process would; each
     /// call is another "process" on the same store.
-    func open(_ name: String, pageSize: Int? = nil, sqlite migrations: @escaping (inout DatabaseMigrator) -> Void = { _ in },
-              postgres postgresMigrations: [PostgresMigration] = []) throws -> ServiceDatabase {
+    func open(_ name: String, pageSize: Int? = nil, migrations: StoreMigrations = .none) throws -> ServiceDatabase {
         switch engine {
         case .sqlite:
             return try ServiceDatabase(path: directory.appendingPathComponent("\(name).sqlite").path, pageSize: pageSize,
-                                       migrations: migrations)
+                                       migrations: migrations.sqlite)
         case .postgres:
             return try ServiceDatabase(postgres: try PostgresSettings(url: Engine.databaseURL!, poolSize: 4),
-                                       schema: "\(tag)_\(name)", migrations: postgresMigrations)
+                                       schema: "\(tag)_\(name)", migrations: migrations.postgres)
         }
     }
 

@@ -22,8 +22,7 @@ struct StoreConformanceTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<8 {
                 group.addTask {
-                    let database = try place.open("correlations", sqlite: CorrelationsService.migrate,
-                                                  postgres: CorrelationsService.postgresMigrations)
+                    let database = try place.open("correlations", migrations: CorrelationsService.storeMigrations)
                     opened.add()
                     database.close()
                 }
@@ -31,8 +30,7 @@ struct StoreConformanceTests {
             try await group.waitForAll()
         }
         #expect(opened.value == 8)
-        let database = try place.open("correlations", sqlite: CorrelationsService.migrate,
-                                      postgres: CorrelationsService.postgresMigrations)
+        let database = try place.open("correlations", migrations: CorrelationsService.storeMigrations)
         let (applied, windows) = try await database.read { connection -> ([String], [Int]) in
             switch connection {
             case .sqlite(let db):
@@ -126,7 +124,7 @@ struct StoreConformanceTests {
     @Test("a write whose body throws stores nothing: no state, no outbox row, no inbox row", arguments: Engine.available)
     func rollback(engine: Engine) async throws {
         let place = engine.place()
-        let database = try place.open("returns", sqlite: ReturnsService.migrate, postgres: ReturnsService.postgresMigrations)
+        let database = try place.open("returns", migrations: ReturnsService.storeMigrations)
         let store = ReturnsStore(database: database)
         let event = try EventEnvelope(WindowAdded(window: 1), appId: "returns")
         struct Refused: Error {}
@@ -185,7 +183,7 @@ extension StoreConformanceTests {
           arguments: Engine.available)
     func concurrentCommands(engine: Engine) async throws {
         let place = engine.place()
-        let database = try place.open("returns", sqlite: ReturnsService.migrate, postgres: ReturnsService.postgresMigrations)
+        let database = try place.open("returns", migrations: ReturnsService.storeMigrations)
         let store = ReturnsStore(database: database)
         let outcome = try await sharedCommands(store, refusing: [13, 77, 140]) { "S\($0)" }
         #expect(outcome.filter { !$0.value }.keys.sorted() == [13, 77, 140])
@@ -203,7 +201,7 @@ extension StoreConformanceTests {
           .enabled(if: Engine.databaseURL != nil, Engine.skipReason))
     func serverRefusesOneRow() async throws {
         let place = Engine.postgres.place()
-        let database = try place.open("returns", postgres: ReturnsService.postgresMigrations)
+        let database = try place.open("returns", migrations: ReturnsService.storeMigrations)
         let store = ReturnsStore(database: database)
         // A NUL byte is not valid in PostgreSQL text: the whole statement fails at the server.
         let refused: Set<Int> = [5, 21, 150]

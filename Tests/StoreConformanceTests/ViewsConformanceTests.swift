@@ -26,7 +26,7 @@ final class Chain: Sendable {
         var tasks: [Task<Void, any Error>] = []
         let transport = transport
         func wire<M: ServiceModule>(_ type: M.Type) async throws {
-            let database = try place.open(M.name, pageSize: M.databasePageSize, sqlite: M.migrate, postgres: M.postgresMigrations)
+            let database = try place.open(M.name, pageSize: M.databasePageSize, migrations: M.storeMigrations)
             let api = try ServiceAssembly<M>.api(database: database, publisher: transport, logger: logger)
             let worker = try await ServiceAssembly<M>.worker(
                 database: database, publisher: transport, policy: RetryPolicy(failureEvent: M.operationFailedEvent),

@@ -19,6 +19,10 @@ public final class CorrelationsStore: Sendable {
     /// Windows tracked from the start.
     public static let defaultWindows = [20, 60, 252]
 
+    /// The tables of the correlations service on each engine.
+    public static let migrations = StoreMigrations(sqlite: migrate, postgres: postgresMigrations)
+
+    /// The tables of the correlations service (SQLite).
     public static func migrate(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("correlations-v1") { db in
             try db.execute(sql: """

@@ -13,7 +13,10 @@ public struct ReturnsStore: Sendable {
 
     public init(database: ServiceDatabase) { self.database = database }
 
-    /// The tables of the returns service.
+    /// The tables of the returns service on each engine.
+    public static let migrations = StoreMigrations(sqlite: migrate, postgres: postgresMigrations)
+
+    /// The tables of the returns service (SQLite).
     public static func migrate(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("returns-v1") { db in
             try db.execute(sql: """
