@@ -8,10 +8,15 @@
 #   2. podman build of the Dockerfile with BUILDER_IMAGE/RUNTIME_IMAGE pointing at them
 #   3. make secrets, docker-compose up, then: every service healthy, a price POSTed with the
 #      token reaches the boundary as a succeeded operation, the correlation matrix is served,
-#      returns-worker scaled to 3, the broker restarted with nothing lost, the logs are JSON
+#      returns-worker scaled to 3, the broker restarted with nothing lost, the logs are JSON;
+#      then the `cluster` profile: PostgreSQL, three RabbitMQ nodes clustered by configuration
+#      (quorum queues), two replicas of every api and worker: a write through each api replica
+#      reaches the cluster boundary, is read through the other replica, and one node stopped
+#      loses nothing
 #   4. docker-compose down -v; the podman service this script started is stopped by its PID
 #
-# Host ports: 18080-18082 and 25672/15673 (SMOKE_PORT_BASE changes the 18000 part).
+# Host ports: 18080-18082, 18180, 18672 (SMOKE_PORT_BASE changes the 18000 part) and free
+# ones for the cluster profile's api replicas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,7 +57,10 @@ export CONTAINERS_CONF="$WORK/containers.conf"
 
 BASE_IMAGE=localhost/stega-base:bookworm
 BUILDER_IMAGE=localhost/stega-swift:6.3-bookworm
-RABBITMQ_IMAGE=localhost/stega-rabbitmq:bookworm
+# Tagged by what they are built from: a change to scripts/smoke builds them again.
+smoke_tag=$(cat scripts/smoke/* | sha256sum | cut -c1-12)
+RABBITMQ_IMAGE=localhost/stega-rabbitmq:$smoke_tag
+POSTGRES_IMAGE=localhost/stega-postgres:$smoke_tag
 STACK_IMAGE=localhost/stega-events:smoke
 
 if ! podman image exists "$BASE_IMAGE"; then
@@ -86,6 +94,11 @@ if ! podman image exists "$RABBITMQ_IMAGE"; then
   log "broker image: Debian's rabbitmq-server with the management plugin"
   podman build -q --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$RABBITMQ_IMAGE" \
     -f scripts/smoke/rabbitmq.Containerfile scripts/smoke > /dev/null
+fi
+if ! podman image exists "$POSTGRES_IMAGE"; then
+  log "database image: Debian's PostgreSQL 15, initialized like the official image"
+  podman build -q --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$POSTGRES_IMAGE" \
+    -f scripts/smoke/postgres.Containerfile scripts/smoke > /dev/null
 fi
 
 log "podman build of the Dockerfile (BUILDER_IMAGE=$BUILDER_IMAGE, RUNTIME_IMAGE=$BASE_IMAGE)"
@@ -126,9 +139,12 @@ trap cleanup EXIT
   done ) &
 HEALTH_PID=$!
 
-export STACK_IMAGE RABBITMQ_IMAGE PUBLISH_HOST=127.0.0.1 \
+export STACK_IMAGE RABBITMQ_IMAGE POSTGRES_IMAGE PUBLISH_HOST=127.0.0.1 \
   BOUNDARY_PORT=$((BASE + 80)) RETURNS_API_PORT=$((BASE + 81)) CORRELATIONS_API_PORT=$((BASE + 82)) \
-  MANAGEMENT_PORT=$((BASE + 672))
+  MANAGEMENT_PORT=$((BASE + 672)) CLUSTER_BOUNDARY_PORT=$((BASE + 180)) \
+  CLUSTER_RETURNS_API_PORTS= CLUSTER_CORRELATIONS_API_PORTS=
+# podman's Docker API takes no range of host ports: the api replicas of the cluster profile get
+# free ones (compose.yaml), found with `docker-compose port`.
 scripts/secrets.sh
 TOKEN=$(cat secrets/api_token)
 B=http://127.0.0.1:$BOUNDARY_PORT R=http://127.0.0.1:$RETURNS_API_PORT C=http://127.0.0.1:$CORRELATIONS_API_PORT
@@ -136,10 +152,11 @@ B=http://127.0.0.1:$BOUNDARY_PORT R=http://127.0.0.1:$RETURNS_API_PORT C=http://
 log "docker-compose up -d"
 start=$(date +%s)
 "$COMPOSE" -p "$PROJECT" up -d --no-build 2>&1 | tail -8
-wait_healthy() {
-  local want=$1 deadline=$(( $(date +%s) + 240 )) healthy
+wait_healthy() {  # count [container name pattern]
+  local want=$1 pattern=${2:-.} deadline=$(( $(date +%s) + 300 )) healthy
   while :; do
-    healthy=$(podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}' | grep -c '(healthy)' || true)
+    healthy=$(podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}' \
+                | grep -E "$pattern" | grep -c '(healthy)' || true)
     [ "$healthy" -ge "$want" ] && break
     [ "$(date +%s)" -lt "$deadline" ] || { podman ps -a --format '{{.Names}} {{.Status}}'; "$COMPOSE" -p "$PROJECT" logs --tail 20; exit 1; }
     sleep 2
@@ -149,15 +166,15 @@ wait_healthy 6
 echo "all 6 containers healthy $(( $(date +%s) - start )) s after up"
 podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}  {{.Status}}  {{.Ports}}'
 
-post_prices() {  # symbol, first close: five days of prices, prints the operation id
-  curl -fsS -X POST "$R/prices" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+post_prices() {  # symbol, first close [returns-api URL]: five days of prices, prints the operation id
+  curl -fsS -X POST "${3:-$R}/prices" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d "{\"symbol\":\"$1\",\"prices\":[{\"date\":\"2024-01-02\",\"close\":$2},{\"date\":\"2024-01-03\",\"close\":$(( $2 + 2 ))},{\"date\":\"2024-01-04\",\"close\":$(( $2 + 1 ))},{\"date\":\"2024-01-05\",\"close\":$(( $2 + 4 ))},{\"date\":\"2024-01-08\",\"close\":$(( $2 + 3 ))}]}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["operation_id"])'
 }
-wait_succeeded() {  # operation id
+wait_succeeded() {  # operation id [boundary URL]
   local deadline=$(( $(date +%s) + 60 )) status
   while :; do
-    status=$(curl -sS "$B/operations/$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("status"), len(d.get("events", [])))' 2>/dev/null || true)
+    status=$(curl -sS "${2:-$B}/operations/$1" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("status"), len(d.get("events", [])))' 2>/dev/null || true)
     case "$status" in succeeded*) echo "operation $1: $status events"; return 0;; esac
     [ "$(date +%s)" -lt "$deadline" ] || { echo "operation $1 did not succeed: $status"; exit 1; }
     sleep 0.5
@@ -200,4 +217,57 @@ wait_succeeded "$during"
 
 log "worker logs (JSON), last lines"
 "$COMPOSE" -p "$PROJECT" logs --no-color --tail 2 returns-worker correlations-worker | cut -c1-220
+
+log "docker-compose --profile cluster up -d: PostgreSQL, rabbitmq-1..3, two replicas of every api and worker"
+start=$(date +%s)
+"$COMPOSE" -p "$PROJECT" --profile cluster up -d --no-build --scale returns-worker=3 2>&1 | tail -4
+CLUSTER_NAMES="_(postgres|rabbitmq-[123]|cluster-[a-z-]+)_[0-9]+ "
+wait_healthy 13 "$CLUSTER_NAMES"
+echo "13 cluster containers healthy $(( $(date +%s) - start )) s after up:"
+podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}  {{.Status}}' | grep -E "$CLUSTER_NAMES"
+node() { podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1; }
+running_nodes() {  # the "Running Nodes" section of cluster_status, on one line
+  podman exec "$(node rabbitmq-2)" rabbitmqctl -q cluster_status \
+    | awk '/Running Nodes/ {f = 1; next} f && NF {print; seen = 1; next} f && seen {exit}' \
+    | grep -o 'rabbit@[a-z0-9-]*' | sort | tr '\n' ' '
+}
+members=$(running_nodes)
+echo "cluster members running: $members"
+[ "$members" = "rabbit@rabbitmq-1 rabbit@rabbitmq-2 rabbit@rabbitmq-3 " ]
+# Just declared, a quorum queue may not answer list_queues yet (it elects its leader): a few tries.
+for _ in 1 2 3 4 5; do
+  queues=$(podman exec "$(node rabbitmq-2)" rabbitmqctl -q list_queues --timeout 20 name type 2>&1 || true)
+  echo "$queues" | grep -Eq "^returns\.events\s+quorum" && break
+  sleep 3
+done
+echo "queues on the cluster:"; echo "$queues" | sed 's/^/  /'
+echo "$queues" | grep -Eq "^returns\.events\s+quorum"
+replica() {  # service, index, container port: the replica's URL on the host
+  echo "http://$("$COMPOSE" -p "$PROJECT" port --index="$2" "$1" "$3" | tr -d '\r')"
+}
+CB=http://127.0.0.1:$CLUSTER_BOUNDARY_PORT
+CR1=$(replica cluster-returns-api 1 8081) CR2=$(replica cluster-returns-api 2 8081)
+CC2=$(replica cluster-correlations-api 2 8082)
+echo "returns-api replicas at $CR1 and $CR2, correlations-api replica 2 at $CC2"
+op=$(post_prices NVDA 400 "$CR1")
+wait_succeeded "$op" "$CB"
+op=$(post_prices AMD 80 "$CR2")
+wait_succeeded "$op" "$CB"
+echo "NVDA, written through cluster-returns-api replica 1, read through replica 2: $(curl -fsS "$CR2/prices/NVDA" | cut -c1-120)"
+op=$(curl -fsS -X POST "$CC2/windows" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+       -d '{"window":4}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["operation_id"])')
+wait_succeeded "$op" "$CB"
+echo "GET /correlations?symbols=AMD,NVDA&window=4 (replica 2): $(curl -fsS "$CC2/correlations?symbols=AMD,NVDA&window=4")"
+echo "tables in PostgreSQL: $(podman exec "$(node postgres)" psql -U stega -d stega -Atc \
+  "SELECT string_agg(schemaname || '.' || tablename, ' ' ORDER BY 1) FROM pg_tables WHERE schemaname IN ('returns', 'correlations')")"
+
+log "cluster: rabbitmq-1 killed, a write through each replica still succeeds; started again"
+podman kill "$(node rabbitmq-1)" > /dev/null
+during=$(post_prices INTC 30 "$CR1")
+during2=$(post_prices QCOM 150 "$CR2")
+wait_succeeded "$during" "$CB"
+wait_succeeded "$during2" "$CB"
+podman start "$(node rabbitmq-1)" > /dev/null
+wait_healthy 13 "$CLUSTER_NAMES"
+echo "rabbitmq-1 back; running: $(running_nodes)"
 log "smoke test passed"
