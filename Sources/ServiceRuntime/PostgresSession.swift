@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
@@ -115,9 +117,36 @@ public final class PostgresSession {
         inFlight = []
         var firstError: (any Error)?
         for future in futures {
-            do { _ = try future.wait() } catch { if firstError == nil { firstError = error } }
+            do { try wait(for: future) } catch { if firstError == nil { firstError = error } }
         }
         if let firstError { throw firstError }
+    }
+
+    /// How long a statement may go unanswered before its connection is taken for dead. Seen
+    /// under load: PostgreSQL restarted while a worker's transaction had statements in flight,
+    /// and PostgresNIO never completed one of them — the worker waited forever. The store's
+    /// statements are small (a batch of rows); one unanswered for this long means the server
+    /// or the connection is gone.
+    static let answerTimeout: TimeInterval = 10
+
+    /// Waits for `future`, at most ``answerTimeout``; then closes the connection and throws
+    /// ``StoreUnavailable`` (the pool opens a new one next time).
+    private func wait(for future: EventLoopFuture<PostgresQueryResult>) throws {
+        final class Outcome: @unchecked Sendable {
+            var error: (any Error)?
+        }
+        let outcome = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        future.whenComplete { result in
+            if case .failure(let error) = result { outcome.error = error }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + Self.answerTimeout) == .success else {
+            let _: EventLoopFuture<Void> = connection.close()
+            throw StoreUnavailable(reason: "PostgreSQL did not answer a statement within \(Int(Self.answerTimeout)) s; "
+                                   + "its connection is closed")
+        }
+        if let error = outcome.error { throw error }
     }
 }
 

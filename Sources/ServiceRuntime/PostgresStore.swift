@@ -133,7 +133,8 @@ final class PostgresStore: Sendable {
         } catch {
             // A broken connection is opened again next time; its error says the store is down.
             if connection.isClosed || Self.isConnectionError(error) {
-                try? connection.close().wait()
+                // Not waited for: a connection that stopped answering may not close promptly.
+                let _: EventLoopFuture<Void> = connection.close()
                 slot.connection = nil
                 throw StoreUnavailable(reason: Self.describe(error))
             }

@@ -345,14 +345,30 @@ public final class ServiceDatabase: Sendable {
         sqlite.checkpointer.releaseMemory()
     }
 
-    /// Whether the store answers a query.
-    public func isReadable() async -> Bool {
-        (try? await read { connection in
-            switch connection {
-            case .sqlite(let db): return try Int.fetchOne(db, sql: "SELECT 1")
-            case .postgres(let session): return try session.query("SELECT 1").first?.column(0, as: Int.self)
+    /// Whether the store answers a query within `timeout` (a readiness probe answers in time
+    /// even while every PostgreSQL connection waits on a server that went away).
+    public func isReadable(timeout: Duration = .seconds(2)) async -> Bool {
+        // Not a task group: it would wait for the read, which cannot be cut short.
+        final class Once: Sendable {
+            private let taken = Atomic<Bool>(false)
+            func take() -> Bool { !taken.exchange(true, ordering: .acquiringAndReleasing) }
+        }
+        let once = Once()
+        return await withCheckedContinuation { continuation in
+            let answer: @Sendable (Bool) -> Void = { if once.take() { continuation.resume(returning: $0) } }
+            Task {
+                answer((try? await self.read { connection in
+                    switch connection {
+                    case .sqlite(let db): return try Int.fetchOne(db, sql: "SELECT 1")
+                    case .postgres(let session): return try session.query("SELECT 1").first?.column(0, as: Int.self)
+                    }
+                }) == 1)
             }
-        }) == 1
+            Task {
+                try? await Task.sleep(for: timeout)
+                answer(false)
+            }
+        }
     }
 
     /// Closes the store's connections (PostgreSQL; SQLite's close with the pool).

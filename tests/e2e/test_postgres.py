@@ -1,6 +1,8 @@
 """The services on PostgreSQL (STEGA_DATABASE_URL), with the real binaries: two replicas of
 every api and worker sharing one database under 1,000 concurrent writes, and PostgreSQL
 restarted in the middle of a write load (DESIGN.md "Scale-out")."""
+import os
+import pathlib
 import subprocess
 import threading
 import time
@@ -140,6 +142,20 @@ def test_two_replicas_of_every_process_on_postgresql_apply_1000_concurrent_write
         counter.close()
 
 
+def store_diagnostics(url, stack):
+    """The returns tables' counts, the outbox rows by claim, and the processes' last warnings."""
+    counts = sql(url, "SELECT (SELECT count(*) FROM returns.prices) || ' prices, ' || "
+                      "(SELECT count(*) FROM returns.inbox) || ' inbox, ' || (SELECT count(*) FROM returns.outbox) || ' outbox'")
+    claims = sql(url, "SELECT coalesce(string_agg(c, '; '), 'none') FROM (SELECT coalesce(claimed_by, '-') || ' ' || "
+                      "count(*) || ' rows, type ' || min(type) AS c FROM returns.outbox GROUP BY claimed_by) x")
+    sessions = sql(url, "SELECT coalesce(string_agg(application_name || ' ' || state || ' ' || coalesce(wait_event_type, '-') "
+                        "|| '/' || coalesce(wait_event, '-') || ': ' || left(query, 60), '; '), 'none') "
+                        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    logs = "\n".join(f"{name}: {line}" for name, p in stack.processes.items() for line in p.log_text().splitlines()
+                     if " error " in line or " warning " in line or "relay" in line)
+    return f"{counts}; outbox claims: {claims}; sessions: {sessions}\n{logs[-6000:]}"
+
+
 def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_lost(postgres_db, stack_factory):
     url = postgres_db()
     stack = stack_factory(extra_env={"STEGA_DATABASE_URL": url, "STEGA_RETRY_DELAY_MS": "100"})
@@ -187,8 +203,14 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
     # Everything recovers by itself.
     wait_until("api ready again", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 200, timeout=60)
     # Every accepted write is stored and its returns computed; the refused ones are not stored.
-    wait_until("inbox has every accepted write",
-               lambda: sql(url, "SELECT count(*) FROM returns.inbox") == str(len(accepted)), timeout=90)
+    try:
+        wait_until("inbox has every accepted write",
+                   lambda: sql(url, "SELECT count(*) FROM returns.inbox") == str(len(accepted)), timeout=90)
+    except AssertionError as e:
+        stacks = subprocess.run(["gdb", "-p", str(worker.proc.pid), "-batch", "-ex", "thread apply all bt 25"],
+                                capture_output=True, text=True, timeout=120).stdout if os.environ.get("STEGA_TEST_GDB") else ""
+        pathlib.Path("/tmp/stega-worker-stacks.txt").write_text(stacks)
+        raise AssertionError(f"{e}: {len(accepted)} accepted; " + store_diagnostics(url, stack)) from None
     stored = {(r.split("|")[0], r.split("|")[1]) for r in
               sql(url, "SELECT symbol || '|' || date FROM returns.prices").splitlines()}
     assert stored == {(f"S{s}", all_dates[d]) for s, d in accepted}
