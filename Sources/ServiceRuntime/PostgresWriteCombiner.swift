@@ -98,13 +98,12 @@ final class PostgresWriteCombiner: Sendable {
         guard arm else { return }
         Task {
             try? await Task.sleep(for: .milliseconds(20))
-            let seqs = takeDeletions(disarm: true)
-            guard !seqs.isEmpty else { return }
-            do {
-                try await store.withSession { try Outbox.remove(seqs, in: $0) }
-            } catch {
-                restoreDeletions(seqs)
+            // A shared transaction since may have taken them: then there is nothing to do.
+            let waiting = deletions.withLock { state -> Bool in
+                if state.seqs.isEmpty { state.armed = false }
+                return !state.seqs.isEmpty
             }
+            if waiting { _ = try? await deletePublished { _ in } }
         }
     }
 
@@ -134,7 +133,7 @@ final class PostgresWriteCombiner: Sendable {
     }
 
     /// The rows to delete; for a shared transaction (`shared`), counted in flight until
-    /// ``endDeletions(restoring:)``.
+    /// ``endDeletions(_:failed:)``.
     private func takeDeletions(disarm: Bool, shared: Bool = false) -> [Int64] {
         deletions.withLock { state -> [Int64] in
             let seqs = state.seqs

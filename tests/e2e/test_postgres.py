@@ -207,9 +207,10 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
         wait_until("inbox has every accepted write",
                    lambda: sql(url, "SELECT count(*) FROM returns.inbox") == str(len(accepted)), timeout=90)
     except AssertionError as e:
-        stacks = subprocess.run(["gdb", "-p", str(worker.proc.pid), "-batch", "-ex", "thread apply all bt 25"],
-                                capture_output=True, text=True, timeout=120).stdout if os.environ.get("STEGA_TEST_GDB") else ""
-        pathlib.Path("/tmp/stega-worker-stacks.txt").write_text(stacks)
+        if os.environ.get("STEGA_TEST_GDB"):  # the stuck worker's threads, for whoever debugs it
+            stacks = subprocess.run(["gdb", "-p", str(worker.proc.pid), "-batch", "-ex", "thread apply all bt 25"],
+                                    capture_output=True, text=True, timeout=120).stdout
+            pathlib.Path("/tmp/stega-worker-stacks.txt").write_text(stacks)
         raise AssertionError(f"{e}: {len(accepted)} accepted; " + store_diagnostics(url, stack)) from None
     stored = {(r.split("|")[0], r.split("|")[1]) for r in
               sql(url, "SELECT symbol || '|' || date FROM returns.prices").splitlines()}
