@@ -109,9 +109,16 @@ let package = Package(
             resources: [.copy("openapi.json")]
         ),
         .executableTarget(name: "boundary", dependencies: ["Boundary"]),
+        // The CLI's local daemon: the operations store, the unix socket, the boundary link.
+        .target(
+            name: "CLIDaemon",
+            dependencies: ["EventCatalog", "HTTPServer", .product(name: "GRDB", package: "GRDB.swift"),
+                           .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "stega",
-            dependencies: ["EventCatalog", "HTTPServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["EventCatalog", "HTTPServer", "CLIDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(name: "returns-api", dependencies: ["Returns", "ServiceRuntime"]),
         .executableTarget(name: "correlations-api", dependencies: ["Correlations", "ServiceRuntime"]),
@@ -142,6 +149,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer"]),
+        .testTarget(name: "CLIDaemonTests", dependencies: ["CLIDaemon", "EventCatalog", "HTTPServer"]),
         .testTarget(name: "BoundaryTests", dependencies: ["Boundary", "EventCatalog", "HTTPServer", "Returns", "Correlations", "ServiceRuntime", "MessageBus"]),
         .testTarget(
             name: "ServiceRuntimeTests",

@@ -3,7 +3,7 @@
 # link, the broker the tests and `make run` start, and the Python test clients.
 set -euo pipefail
 
-apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server postgresql pkg-config curl)
+apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server postgresql pkg-config curl tmux)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

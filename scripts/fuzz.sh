@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="json websocket topic events"]: builds each
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="json websocket topic events daemon"]: builds each
 # libFuzzer target (swiftc -sanitize=fuzzer,address) from its harness in fuzz/<target>/ and the
 # sources it exercises, runs it for FUZZ_SECONDS from the seed corpus in fuzz/corpus/<target>,
 # then times every input of the grown corpus once. Fails on a crash, a sanitizer report (leaks
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-${1:-60}}
 slow_ms=${FUZZ_SLOW_MS:-100}
-targets=${FUZZ_TARGETS:-json websocket topic events}
+targets=${FUZZ_TARGETS:-json websocket topic events daemon}
 swiftc=${SWIFTC:-/opt/swift/usr/bin/swiftc}
 [ -x "$swiftc" ] || swiftc=swiftc
 
@@ -18,6 +18,8 @@ sources() {
     websocket) echo Sources/HTTPServer/WebSocketFrame.swift ;;
     topic) echo Sources/EventCatalog/TopicPattern.swift Tests/EventCatalogTests/TopicPatternReference.swift ;;
     events) echo Sources/EventCatalog/*.swift ;;
+    daemon) echo Sources/CLIDaemon/DaemonProtocol.swift Sources/CLIDaemon/DaemonPaths.swift Sources/EventCatalog/*.swift \
+      Sources/HTTPServer/JSONValue.swift Sources/HTTPServer/HTTPError.swift ;;
   esac
 }
 

@@ -37,10 +37,8 @@ public struct Operation: Sendable, Equatable, Encodable {
     public internal(set) var events: [Event]
     let firstSeen: Date
     var deadline: Date
-    var started = 0
-    var resolved = 0
-    /// Every event id counted, so a redelivered event counts once.
-    var seen: Set<String> = []
+    /// The events counted by the workflow catalog (each event id once).
+    var progress = WorkflowProgress()
     /// What the tracker counts against its byte budget for this operation.
     var bytes = 0
 
@@ -111,7 +109,7 @@ public final class OperationTracker: Sendable {
                                deadline: now.addingTimeInterval(timeout))
                 state.order.append(id)
             }
-            guard op.seen.insert(event.eventId).inserted else {
+            guard op.progress.count(eventId: event.eventId, routingKey: envelope.routingKey) else {
                 state.operations[id] = op
                 return nil
             }
@@ -122,15 +120,9 @@ public final class OperationTracker: Sendable {
             if keep { op.events.append(event) }
             op.bytes += added
             state.bytes += added
-            if Workflow.started(by: envelope.routingKey) != nil { op.started += 1 }
-            if Workflow.all.contains(where: { $0.resolvedBy == envelope.routingKey }) { op.resolved += 1 }
             let wasPending = op.status == .pending
-            if op.status == .pending {
-                if Workflow.isFailure(envelope.routingKey) {
-                    op.status = .failed
-                } else if op.started > 0, op.resolved >= op.started {
-                    op.status = .succeeded
-                }
+            if wasPending, let outcome = op.progress.outcome {
+                op.status = outcome == .failed ? .failed : .succeeded
             }
             state.operations[id] = op
             evict(&state, now: now, keeping: id)

@@ -104,9 +104,14 @@ enum SocketCalls {
             if fd >= 0 { Glibc.close(fd) }
             return nil
         }
-        var tv = timeval(tv_sec: Int(receiveTimeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setReceiveTimeout(fd, receiveTimeout)
         return fd
+    }
+
+    /// `SO_RCVTIMEO`: reads on `fd` wait at most `seconds`.
+    static func setReceiveTimeout(_ fd: Int32, _ seconds: Double) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// Calls `send(2)` (`MSG_NOSIGNAL`) on a blocking socket until every byte went; `false`
@@ -127,7 +132,7 @@ enum SocketCalls {
     static func receiveWaiting(_ socket: Int32, upTo limit: Int) -> WaitingReceive {
         var buffer = [UInt8](repeating: 0, count: limit)
         let n = buffer.withUnsafeMutableBytes { Glibc.recv(socket, $0.baseAddress, $0.count, 0) }
-        if n < 0 { return errno == EAGAIN ? .timedOut : .failed }
+        if n < 0 { return errno == EAGAIN || errno == EINTR ? .timedOut : .failed }
         return .bytes(Array(buffer[0..<n]))
     }
 }

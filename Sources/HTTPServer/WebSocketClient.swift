@@ -35,29 +35,58 @@ public final class WebSocketClient {
 
     deinit { SocketCalls.closeFD(socket) }
 
+    /// Makes reads wait at most `seconds` (``next()`` then answers `.timedOut`).
+    public func setReceiveTimeout(_ seconds: Double) {
+        SocketCalls.setReceiveTimeout(socket, seconds)
+    }
+
     /// Sends a text message.
     public func send(_ text: String) throws {
         try write(WebSocketFrame.encode(.text, Array(text.utf8), maskKey: (0..<4).map { _ in UInt8.random(in: 0...255) }))
     }
 
+    /// What ``next()`` read.
+    public enum Received: Equatable {
+        case text(String)
+        /// The server closed the connection.
+        case closed
+        /// Nothing came within the receive time-out; the connection is still usable.
+        case timedOut
+    }
+
     /// The next text message; `nil` when the server closed the connection.
     /// Throws on a read time-out (`HTTPServerError`) or a protocol violation.
     public func receive() throws -> String? {
+        switch try next() {
+        case .text(let text): return text
+        case .closed: return nil
+        case .timedOut: throw HTTPServerError("timed out waiting for the server")
+        }
+    }
+
+    /// The next text message, the server's close, or a time-out after the receive time-out
+    /// given to `init` (a partly read frame is kept for the next call). Throws on a failed
+    /// read or a protocol violation.
+    public func next() throws -> Received {
         while true {
             do {
                 switch try parser.next() {
-                case .text(let text)?: return text
+                case .text(let text)?: return .text(text)
                 case .ping(let data)?: try write(WebSocketFrame.encode(.pong, data, maskKey: [0, 0, 0, 0]))
-                case .close?: return nil
+                case .close?: return .closed
                 case .binary?, .pong?: continue
                 case nil: break
                 }
             } catch let violation as WebSocketViolation {
                 throw HTTPServerError("WebSocket protocol error: \(violation.reason)")
             }
-            let chunk = try read()
-            if chunk.isEmpty { return nil }
-            parser.feed(chunk)
+            switch SocketCalls.receiveWaiting(socket, upTo: 16 * 1024) {
+            case .bytes(let chunk):
+                if chunk.isEmpty { return .closed }
+                parser.feed(chunk)
+            case .timedOut: return .timedOut
+            case .failed: throw HTTPServerError("read failed")
+            }
         }
     }
 

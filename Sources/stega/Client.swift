@@ -79,19 +79,31 @@ struct Follower {
 
     /// Waits for `operation`'s outcome, calling `progress` for each event; returns the status.
     func wait(for operation: String, timeout: Double, progress: (String, [String: Any]) -> Void) throws -> String {
-        let client = try WebSocketClient(url: endpoints.webSocket, timeout: timeout)
-        defer { client.close() }
-        try client.send(#"{"action":"subscribe","operation":"\#(operation)"}"#)
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            guard let text = try client.receive() else { throw CLIError("the boundary closed the connection") }
-            guard let message = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { continue }
-            switch message["type"] as? String {
-            case "event": progress(message["routing_key"] as? String ?? "", message)
-            case "operation": return message["status"] as? String ?? "unknown"
-            case "error": throw CLIError(message["message"] as? String ?? "error")
-            default: continue
+        do {
+            let client = try WebSocketClient(url: endpoints.webSocket, timeout: max(timeout, 0.001))
+            defer { client.close() }
+            try client.send(#"{"action":"subscribe","operation":"\#(operation)"}"#)
+            while true {
+                let remaining = deadline.timeIntervalSinceNow
+                guard remaining > 0 else { break }
+                client.setReceiveTimeout(remaining)
+                let text: String
+                switch try client.next() {
+                case .text(let received): text = received
+                case .closed: throw CLIError("the boundary closed the connection")
+                case .timedOut: continue
+                }
+                guard let message = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { continue }
+                switch message["type"] as? String {
+                case "event": progress(message["routing_key"] as? String ?? "", message)
+                case "operation": return message["status"] as? String ?? "unknown"
+                case "error": throw CLIError(message["message"] as? String ?? "error")
+                default: continue
+                }
             }
+        } catch let error as HTTPServerError {
+            throw CLIError("the boundary at \(endpoints.boundary.absoluteString): \(error)")
         }
         throw CLIError("no outcome for \(operation) after \(Int(timeout)) s")
     }

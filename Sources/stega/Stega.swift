@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLIDaemon
 import EventCatalog
 import Foundation
 
@@ -10,13 +11,16 @@ struct Stega: AsyncParsableCommand {
         commandName: "stega",
         abstract: "Talk to the stega services (STEGA_RETURNS_URL, STEGA_CORRELATIONS_URL, STEGA_BOUNDARY_URL).",
         subcommands: [Prices.self, ReturnsCmd.self, Summary.self, CorrelationsCmd.self, Windows.self,
-                      OperationCmd.self, Watch.self, Events.self])
+                      OperationCmd.self, Watch.self, Events.self, WaitCmd.self, Ops.self, DaemonCmd.self])
 
     /// Runs `body`, printing a failure as one line on standard error with exit code 1.
     static func guarded(_ body: () async throws -> Void) async throws {
         do {
             try await body()
         } catch let error as CLIError {
+            FileHandle.standardError.write(Data("stega: \(error)\n".utf8))
+            throw ExitCode(1)
+        } catch let error as DaemonError {
             FileHandle.standardError.write(Data("stega: \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -33,36 +37,57 @@ struct WaitOptions: ParsableArguments {
     @Option(help: "Seconds to wait for the outcome.") var timeout: Double = 60
 }
 
-/// Submits a write and, with `--wait`, follows it to its outcome.
-func submitted(_ response: Any, common: Common, wait: WaitOptions) async throws {
+/// Submits a write and, with `--wait`, follows it to its outcome. Without `--wait` the
+/// operation is registered with the daemon when one runs (`stega ops` shows its outcome).
+func submitted(_ response: Any, command: String, common: Common, wait: WaitOptions) async throws {
     guard let operation = (response as? [String: Any])?["operation_id"] as? String else {
         throw CLIError("the service did not return an operation id")
     }
     guard wait.wait else {
-        common.json ? Output.json(["operation_id": operation]) : print("accepted: operation \(operation)")
+        var recorded = false
+        if case .running(let daemon) = DaemonClient.reach(DaemonPaths(), timeout: 5) {
+            recorded = (try? daemon.ask(["request": "register", "operation_id": operation, "command": command,
+                                         "submitted": Date().timeIntervalSince1970]))?["type"] as? String == "registered"
+        }
+        common.json ? Output.json(["operation_id": operation])
+            : print("accepted: operation \(operation)" + (recorded ? " (the daemon records its outcome: stega ops)" : ""))
         return
     }
+    try followOutcome(operation, command: command, json: common.json, timeout: wait.timeout)
+}
+
+/// Follows `operation` to its outcome, through the daemon when it runs and over the
+/// boundary's WebSocket otherwise (the same output either way): its events as they come,
+/// then the status; exit 0 on success, 1 on failure, 2 on time-out.
+func followOutcome(_ operation: String, command: String, json: Bool, timeout: Double) throws {
     var events: [[String: Any]] = []
-    let live = Output.isTerminal && !common.json
-    if !common.json { print("operation \(operation)") }
+    let live = Output.isTerminal && !json
+    if !json { print("operation \(operation)") }
+    let progress: (String, [String: Any]) -> Void = { key, event in
+        events.append(event)
+        guard !json else { return }
+        if live {
+            FileHandle.standardOutput.write(Data("\r\u{1B}[K  \(events.count) events, last: \(key)".utf8))
+        } else {
+            print("  event \(key)")
+        }
+    }
     let status: String
     do {
-        status = try Follower(endpoints: Endpoints()).wait(for: operation, timeout: wait.timeout) { key, event in
-            events.append(event)
-            guard !common.json else { return }
-            if live {
-                FileHandle.standardOutput.write(Data("\r\u{1B}[K  \(events.count) events, last: \(key)".utf8))
-            } else {
-                print("  event \(key)")
-            }
+        if case .running(let daemon) = DaemonClient.reach(DaemonPaths(), timeout: 5) {
+            status = try DaemonWait(client: daemon).wait(for: operation, command: command, timeout: timeout, progress: progress)
+        } else {
+            status = try Follower(endpoints: Endpoints()).wait(for: operation, timeout: timeout, progress: progress)
         }
     } catch let error as CLIError where error.description.hasPrefix("no outcome") {
         if live { print("") }
         FileHandle.standardError.write(Data("stega: \(error)\n".utf8))
         throw ExitCode(2)
+    } catch let error as DaemonError {
+        throw CLIError(error.description)
     }
     if live { print("") }
-    if common.json {
+    if json {
         Output.json(["operation_id": operation, "status": status, "events": events])
     } else {
         print("\(status): \(events.count) events")
@@ -93,7 +118,7 @@ struct Prices: AsyncParsableCommand {
                     prices.append(["date": fields[0], "close": close])
                 }
                 let response = try await HTTP.post(Endpoints().returns, "prices", json: ["symbol": symbol, "prices": prices])
-                try await submitted(response, common: common, wait: wait)
+                try await submitted(response, command: "record_prices", common: common, wait: wait)
             }
         }
     }
@@ -162,7 +187,7 @@ struct Windows: AsyncParsableCommand {
         func run() async throws {
             try await Stega.guarded {
                 let response = try await HTTP.post(Endpoints().correlations, "windows", json: ["window": window])
-                try await submitted(response, common: common, wait: wait)
+                try await submitted(response, command: "add_window", common: common, wait: wait)
             }
         }
     }

@@ -140,3 +140,32 @@ struct DateAndPatternTests {
         #expect(RoutingKey.matches(pattern: pattern, key: key) == matches)
     }
 }
+
+@Suite("Workflow progress (the boundary's and the daemon's rule)")
+struct WorkflowProgressTests {
+    @Test("succeeds with as many resolving as starting events, fails on operation_failed, and stays")
+    func rule() {
+        var progress = WorkflowProgress()
+        var counted = progress.count(eventId: "u1", routingKey: CorrelationsUpdated.routingKey)
+        #expect(counted)
+        #expect(progress.outcome == nil)  // resolving events alone decide nothing
+        counted = progress.count(eventId: "p1", routingKey: PricesRecorded.routingKey)
+        #expect(counted)
+        #expect(progress.outcome == .succeeded)
+        counted = progress.count(eventId: "p1", routingKey: PricesRecorded.routingKey)
+        #expect(!counted)
+        #expect(progress.events == 2)
+        progress.count(eventId: "f1", routingKey: "returns.events.operation_failed")
+        #expect(progress.outcome == .succeeded)  // decided already
+
+        var two = WorkflowProgress()
+        two.count(eventId: "a", routingKey: PricesRecorded.routingKey)
+        two.count(eventId: "b", routingKey: PricesRecorded.routingKey)
+        two.count(eventId: "c", routingKey: CorrelationsUpdated.routingKey)
+        #expect(two.outcome == nil && two.started == 2 && two.resolved == 1)
+        two.count(eventId: "c", routingKey: CorrelationsUpdated.routingKey)  // the same event again
+        #expect(two.outcome == nil)
+        two.count(eventId: "f", routingKey: "correlations.events.operation_failed")
+        #expect(two.outcome == .failed)
+    }
+}
