@@ -154,6 +154,8 @@ Try:
        -d '{"symbol":"AAPL","prices":[{"date":"2024-01-02","close":185.64},{"date":"2024-01-03","close":184.25}]}'
   curl -s http://127.0.0.1:8081/returns/AAPL
   curl -s 'http://127.0.0.1:8082/correlations?symbols=AAPL,MSFT&window=20'
+The CLI (README, "The stega CLI"): $BIN/stega --help
+  $BIN/stega daemon start   records the outcome of every write; $BIN/stega ops lists them
 Stop with: make stop
 MSG
 }

@@ -46,6 +46,10 @@ final class DaemonServer: Sendable {
     func serve(_ connection: LineConnection) {
         guard let uid = UnixSocket.peerUID(connection.fd), uid == getuid() else {
             logger.warning("refused a connection from another user")
+            // Its request is read first: closing with unread bytes would reset the
+            // connection, and the answer would be lost.
+            connection.setReceiveTimeout(1)
+            _ = try? connection.readLine()
             connection.write(Self.error("this daemon belongs to another user"))
             return
         }

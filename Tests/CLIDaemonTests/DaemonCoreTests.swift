@@ -266,3 +266,17 @@ struct DaemonProtocolTests {
         #expect(UnixSocket.connect(path: temp.directory + "/none") == .failure(.missing))
     }
 }
+
+@Suite("The daemon's files")
+struct DaemonPathsTests {
+    @Test("STEGA_HOME holds all four; else the socket goes to XDG_RUNTIME_DIR, the rest to ~/.stega")
+    func paths() {
+        let moved = DaemonPaths(environment: ["STEGA_HOME": "/srv/s", "XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"])
+        #expect([moved.socket, moved.pidFile, moved.log, moved.database]
+            == ["/srv/s/stega.sock", "/srv/s/daemon.pid", "/srv/s/daemon.log", "/srv/s/operations.sqlite"])
+        let runtime = DaemonPaths(environment: ["XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"])
+        #expect(runtime.socket == "/run/user/7/stega.sock" && runtime.database == "/home/u/.stega/operations.sqlite")
+        let plain = DaemonPaths(environment: ["HOME": "/home/u", "XDG_RUNTIME_DIR": ""])
+        #expect(plain.socket == "/home/u/.stega/stega.sock" && plain.pidFile == "/home/u/.stega/daemon.pid")
+    }
+}

@@ -27,8 +27,8 @@ def cli_env(stack, home, boundary_url=None):
                 STEGA_BOUNDARY_URL=boundary_url or stack.processes["boundary"].url)
 
 
-def stega(env, *args, timeout=60, user=None):
-    command = [str(BIN / "stega"), *args]
+def stega(env, *args, timeout=60, user=None, binary=None):
+    command = [str(binary or BIN / "stega"), *args]
     if user is not None:
         command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -55,12 +55,15 @@ def write_prices(env, tmp_path, symbol, *extra):
 @pytest.fixture
 def shared_home():
     """A daemon home another user can look into (mode 0755), so that what keeps that user
-    out is the socket's own mode, not a directory on the way."""
+    out is the socket's own mode, not a directory on the way; beside it a copy of the CLI
+    that user can run (the build directory may be out of their reach)."""
     parent = tempfile.mkdtemp(prefix="stega-home-", dir="/tmp")
     os.chmod(parent, 0o755)
     home = os.path.join(parent, "home")
     os.mkdir(home, 0o755)
     os.chmod(home, 0o755)
+    shutil.copy(BIN / "stega", os.path.join(parent, "stega"))
+    os.chmod(os.path.join(parent, "stega"), 0o755)
     yield home
     shutil.rmtree(parent, ignore_errors=True)
 
@@ -156,9 +159,10 @@ def test_outcomes_survive_a_boundary_restart_and_a_daemon_restart(stack_factory,
         assert waited.stdout.splitlines()[-1] == "succeeded: 3 events"
 
         # Another user cannot use the socket, though the directory lets them see it.
-        other = stega(env, "daemon", "status", user=NOBODY)
+        theirs = os.path.join(os.path.dirname(shared_home), "stega")
+        other = stega(env, "daemon", "status", user=NOBODY, binary=theirs)
         assert other.returncode == 1 and "permission denied" in other.stderr, other.stderr + other.stdout
-        other = stega(env, "ops", "--follow", user=NOBODY, timeout=10)
+        other = stega(env, "ops", "--follow", user=NOBODY, timeout=10, binary=theirs)
         assert other.returncode == 1 and "permission denied" in other.stderr, other.stderr + other.stdout
     finally:
         stop_daemon(env)
@@ -288,3 +292,22 @@ def test_ops_follow_prints_outcomes_live_in_a_terminal(stack_factory, tmp_path, 
     finally:
         tmux("kill-session", "-t", session)
         stop_daemon(env)
+
+
+def test_a_daemon_refuses_a_connection_from_another_user(shared_home):
+    # The socket's mode keeps other users out; root is not kept out by modes, so the daemon
+    # also checks who connects (SO_PEERCRED). A daemon of `nobody`, asked by root:
+    os.chown(shared_home, NOBODY, NOBODY)
+    theirs = os.path.join(os.path.dirname(shared_home), "stega")
+    env = dict(os.environ, STEGA_HOME=shared_home, STEGA_BOUNDARY_URL="http://127.0.0.1:9")
+    started = stega(env, "daemon", "start", user=NOBODY, binary=theirs)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert stega(env, "daemon", "status", user=NOBODY, binary=theirs).returncode == 0
+        refused = stega(env, "daemon", "status")
+        assert refused.returncode == 1 and "belongs to another user" in refused.stderr, refused.stderr
+        log = open(os.path.join(shared_home, "daemon.log")).read()
+        assert "refused a connection from another user" in log
+    finally:
+        stopped = stega(env, "daemon", "stop", user=NOBODY, binary=theirs)
+        assert stopped.returncode == 0, stopped.stderr
