@@ -111,8 +111,15 @@ struct Follower {
     /// Calls `handle` with every event matching `pattern` until the connection ends.
     func watch(_ pattern: String, handle: ([String: Any]) -> Void) throws {
         let client = try WebSocketClient(url: endpoints.webSocket, timeout: 3600)
-        try client.send(#"{"action":"subscribe","pattern":"\#(pattern)"}"#)
-        while let text = try client.receive() {
+        let request = try JSONSerialization.data(withJSONObject: ["action": "subscribe", "pattern": pattern])
+        try client.send(String(decoding: request, as: UTF8.self))
+        while true {
+            let text: String
+            switch try client.next() {
+            case .text(let received): text = received
+            case .closed: return
+            case .timedOut: continue  // a quiet hour: still watching
+            }
             guard let message = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { continue }
             if message["type"] as? String == "event" { handle(message) }
             if message["type"] as? String == "error" { throw CLIError(message["message"] as? String ?? "error") }
