@@ -106,7 +106,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            resources: [.copy("openapi.json")]
+            resources: [.copy("openapi.json"), .copy("Console")]
         ),
         .executableTarget(name: "boundary", dependencies: ["Boundary"]),
         // The CLI's local daemon: the operations store, the unix socket, the boundary link.

@@ -3,7 +3,7 @@
 # link, the broker the tests and `make run` start, and the Python test clients.
 set -euo pipefail
 
-apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server postgresql pkg-config curl tmux)
+apt_packages=(librabbitmq-dev libmicrohttpd-dev libsqlite3-dev rabbitmq-server postgresql pkg-config curl tmux chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +20,7 @@ fi
 
 if [ "${1:-}" != "--no-python" ]; then
   scripts=$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")
-  if ! { python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator, yaml" 2>/dev/null && { [ -x "$scripts/hadolint" ] || command -v hadolint >/dev/null; }; }; then
+  if ! { python3 -c "import pytest, pika, requests, numpy, websockets, jsonschema, openapi_spec_validator, yaml, selenium" 2>/dev/null && { [ -x "$scripts/hadolint" ] || command -v hadolint >/dev/null; }; }; then
     echo "deps: installing Python test clients"
     python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
     # Under pyenv a new console script (hadolint) has no shim until a rehash.

@@ -103,6 +103,7 @@ stega events is running as a cluster on this host.
   returns-worker       http://127.0.0.1:9081  http://127.0.0.1:9181   (competing consumers)
   correlations-worker  http://127.0.0.1:9082  http://127.0.0.1:9182   (one active, one standing by)
   boundary             http://127.0.0.1:8080
+  console              http://127.0.0.1:8080/   (open it in a browser: events, operations, heatmap, charts)
   logs                 $RUN/logs/<name>.log
 Try:
   curl -s -X POST http://127.0.0.1:8181/prices -H 'Content-Type: application/json' \\
@@ -147,6 +148,7 @@ stega events is running.
   returns-worker       http://127.0.0.1:9081   (GET /healthz, /readyz)
   correlations-worker  http://127.0.0.1:9082   (GET /healthz, /readyz)
   boundary             http://127.0.0.1:8080   (GET /operations/{id}, /operations/{id}/events)
+  console              http://127.0.0.1:8080/  (open it in a browser: events, operations, heatmap, charts)
   logs                 $RUN/logs/<name>.log    (make logs tails the workers)
   data                 $STEGA_DATA_DIR
 Try:

@@ -16,8 +16,14 @@ public enum BoundaryRuntime {
         var operationTimeout: Int
         var trackerBytes: Int
         var limits = WebSocketLimits()
+        /// The console's page and its reads of the apis (STEGA_RETURNS_URL, STEGA_CORRELATIONS_URL).
+        var console: ConsoleRoutes
 
         init(_ environment: Environment) throws {
+            console = try ConsoleRoutes(environment: [
+                "STEGA_RETURNS_URL": try environment.string("STEGA_RETURNS_URL") ?? "",
+                "STEGA_CORRELATIONS_URL": try environment.string("STEGA_CORRELATIONS_URL") ?? "",
+            ])
             operationTimeout = try environment.int("STEGA_OPERATION_TIMEOUT_S", default: 30, range: 1...86_400)
             trackerBytes = try environment.int("STEGA_OPERATION_MAX_BYTES", default: 64 << 20, range: (1 << 20)...(1 << 40))
             limits.maxClients = try environment.int("STEGA_WS_MAX_CLIENTS", default: limits.maxClients, range: 1...100_000)
@@ -37,13 +43,16 @@ public enum BoundaryRuntime {
             BoundaryRoutes(tracker: tracker).add(to: &router)
             router.webSocket("/ws", limits: settings.limits) { _ in hub }
             OpenAPIRoute.add(to: &router, document: BoundaryRoutes.openAPIDocument)
+            settings.console.add(to: &router)
             let tracking = TrackingConsumer(consumer: consumer, tracker: tracker, hub: hub, logger: logger)
             return ProcessRuntime.Plan(
                 router: router, services: [Sweeper(tracker: tracker)], consumers: [tracking],
                 checks: [ReadinessCheck("broker") { consumer.isConnected }],
                 activity: { tracking.seen.value },
                 metadata: ["amqp.url": "\(config.amqp.nodes.map(\.description).joined(separator: ","))", "operation_timeout_s": "\(settings.operationTimeout)",
-                           "ws.max_clients": "\(settings.limits.maxClients)"])
+                           "ws.max_clients": "\(settings.limits.maxClients)",
+                           "console.returns_url": "\(settings.console.returns)",
+                           "console.correlations_url": "\(settings.console.correlations)"])
         }
     }
 }

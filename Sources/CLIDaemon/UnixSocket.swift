@@ -109,6 +109,8 @@ enum UnixSocket {
 final class LineConnection: @unchecked Sendable {  // used by one thread at a time, except `write` (locked)
     let fd: Int32
     private var buffer: [UInt8] = []
+    /// How much of `buffer` holds no line break.
+    private var scanned = 0
     private let writeLock = NSLock()
     /// The longest line accepted (a request is a few hundred bytes; an event message of the
     /// boundary is bounded by what the services accept).
@@ -131,12 +133,15 @@ final class LineConnection: @unchecked Sendable {  // used by one thread at a ti
     /// The next line without its `\n`; nil at the end of the stream.
     func readLine() throws(ReadError) -> String? {
         while true {
-            if let end = buffer.firstIndex(of: 10) {
+            // Only the bytes not looked at yet are searched: a long line costs linear time.
+            if let end = buffer[scanned...].firstIndex(of: 10) {
+                scanned = 0
                 guard end <= Self.maxLine else { throw .tooLong }
                 let line = String(decoding: buffer[..<end], as: UTF8.self)
                 buffer.removeSubrange(...end)
                 return line
             }
+            scanned = buffer.count
             guard buffer.count <= Self.maxLine else { throw .tooLong }
             var chunk = [UInt8](repeating: 0, count: 64 * 1024)
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -146,7 +151,10 @@ final class LineConnection: @unchecked Sendable {  // used by one thread at a ti
             }
             if n == 0 {
                 guard !buffer.isEmpty else { return nil }
-                defer { buffer = [] }
+                defer {
+                    buffer = []
+                    scanned = 0
+                }
                 return String(decoding: buffer, as: UTF8.self)
             }
             buffer += chunk[0..<n]

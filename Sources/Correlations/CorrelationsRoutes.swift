@@ -21,6 +21,7 @@ public struct CorrelationsRoutes: Sendable {
         router.post("/windows") { request in
             try await CommandEndpoint.accept(AddWindowBody.parse(request.body), from: request, bus: bus)
         }
+        router.get("/windows") { _ in try .json(WindowsBody(windows: try await store.windows())) }
         router.get("/correlations") { request in
             guard let list = request.query["symbols"], !list.isEmpty else {
                 throw HTTPError.invalidQuery("symbols is required: symbols=A,B,C")
@@ -158,4 +159,9 @@ public struct CorrelationsRoutes: Sendable {
             try c.encode(asOf, forKey: .asOf)
         }
     }
+}
+
+/// `GET /windows`: the tracked windows, ascending.
+struct WindowsBody: Encodable {
+    let windows: [Int]
 }

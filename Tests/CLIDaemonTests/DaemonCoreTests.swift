@@ -20,6 +20,20 @@ final class TempStore {
     deinit { try? FileManager.default.removeItem(atPath: directory) }
 }
 
+/// Runs `body` on a new thread: a test that blocks on sockets must not hold one of the few
+/// threads every concurrently running test shares.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+/// An expectation on a thread of its own (where Swift Testing's `#expect` has no test to
+/// report to): a failure is thrown, and the test that awaited the thread fails with it.
+func check(_ condition: Bool, _ what: String = "", file: String = #fileID, line: Int = #line) throws {
+    guard condition else { throw DaemonError("check failed at \(file):\(line) \(what)") }
+}
+
 /// The boundary's event message for an operation, as it sends it over `/ws`.
 func event(_ op: String, _ routingKey: String, id: String = UUID().uuidString.lowercased()) -> String {
     #"{"type":"event","routing_key":"\#(routingKey)","event_id":"\#(id)","correlation_id":"\#(op)","payload":{},"timestamp":"2026-01-01T00:00:00Z"}"#
@@ -231,13 +245,18 @@ struct DaemonProtocolTests {
     }
 
     @Test("a real unix socket: mode 0600, hostile lines answered, an over-long line ends the connection")
-    func socket() throws {
+    func socket() async throws {
+        // Blocking socket calls run on a thread of their own, never on the test pool's.
+        try await onThread { try Self.socketScenario() }
+    }
+
+    static func socketScenario() throws {
         let temp = TempStore()
         let core = try DaemonCore(store: try temp.open())
         let path = temp.directory + "/s.sock"
         let listener = try UnixSocket.listen(path: path)
         var info = stat()
-        #expect(lstat(path, &info) == 0 && info.st_mode & 0o777 == 0o600)
+        try check(lstat(path, &info) == 0 && info.st_mode & 0o777 == 0o600)
         let server = DaemonServer(core: core, listener: listener, logger: .init(label: "test")) { [:] }
         Thread.detachNewThread { server.acceptLoop() }
         defer {
@@ -249,21 +268,21 @@ struct DaemonProtocolTests {
         for line in ["garbage", #"{"request":"wait","operation_id":"x"}"#, "\u{0}\u{1}", #"{"request":"status"}"#] {
             connection.write(line)
         }
-        let answers = try (0..<4).map { _ in try #require(try connection.readLine()) }
-        #expect(answers[0...2].allSatisfy { $0.hasPrefix(#"{"message":"#) && $0.contains(#""type":"error""#) })
-        #expect(answers[3].contains(#""type":"status""#) && answers[3].contains(#""pending":0"#))
+        let answers = try (0..<4).map { _ in try connection.readLine() ?? "" }
+        try check(answers[0...2].allSatisfy { $0.hasPrefix(#"{"message":"#) && $0.contains(#""type":"error""#) })
+        try check(answers[3].contains(#""type":"status""#) && answers[3].contains(#""pending":0"#))
         // Longer than a line may be: an error, then the daemon hangs up.
         connection.write(String(repeating: "x", count: LineConnection.maxLine + 10))
-        #expect(try connection.readLine()?.contains("at most") == true)
-        #expect(try connection.readLine() == nil)
+        try check(try connection.readLine()?.contains("at most") == true, "the over-long line's error")
+        try check(try connection.readLine() == nil)
         // A socket nobody listens on reads as stale; a plain file as not a socket.
         let stale = temp.directory + "/stale.sock"
         let orphan = try UnixSocket.listen(path: stale)
         close(orphan)
-        #expect(UnixSocket.connect(path: stale) == .failure(.refused))
-        FileManager.default.createFile(atPath: temp.directory + "/file", contents: Data())
-        #expect(UnixSocket.connect(path: temp.directory + "/file") == .failure(.notSocket))
-        #expect(UnixSocket.connect(path: temp.directory + "/none") == .failure(.missing))
+        try check(UnixSocket.connect(path: stale) == .failure(.refused))
+        _ = FileManager.default.createFile(atPath: temp.directory + "/file", contents: Data())
+        try check(UnixSocket.connect(path: temp.directory + "/file") == .failure(.notSocket))
+        try check(UnixSocket.connect(path: temp.directory + "/none") == .failure(.missing))
     }
 }
 

@@ -176,6 +176,11 @@ public final class CorrelationsStore: Sendable {
         try await database.read { connection in try Self.tables(connection).trackedWindows().contains(window) }
     }
 
+    /// The tracked windows, ascending.
+    public func windows() async throws -> [Int] {
+        try await database.read { connection in try Self.tables(connection).trackedWindows() }
+    }
+
     /// The symbols in the projection.
     public func knownSymbols() async throws -> Set<String> {
         try await database.read { connection in Set(try Self.tables(connection).symbolsByIndex()) }
