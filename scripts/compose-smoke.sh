@@ -193,6 +193,14 @@ op=$(curl -fsS -X POST "$C/windows" -H "Authorization: Bearer $TOKEN" -H 'Conten
 wait_succeeded "$op"
 echo "GET /correlations?symbols=AAPL,MSFT&window=3: $(curl -fsS "$C/correlations?symbols=AAPL,MSFT&window=3")"
 
+log "the console: GET / on the boundary, and the apis' reads through it (by their compose names)"
+curl -fsS "$B/" | grep -q '<script src="/console/console.js"'
+curl -fsS -o /dev/null "$B/console/console.js"
+through=$(curl -fsS "$B/api/correlations/correlations?symbols=AAPL,MSFT&window=3")
+echo "GET $B/api/correlations/correlations?symbols=AAPL,MSFT&window=3: $through"
+[ "$through" = "$(curl -fsS "$C/correlations?symbols=AAPL,MSFT&window=3")" ]
+echo "GET $B/api/returns/symbols: $(curl -fsS "$B/api/returns/symbols")"
+
 log "docker-compose up -d --scale returns-worker=3"
 "$COMPOSE" -p "$PROJECT" up -d --no-build --scale returns-worker=3 2>&1 | tail -4
 wait_healthy 8
@@ -258,6 +266,7 @@ op=$(curl -fsS -X POST "$CC2/windows" -H "Authorization: Bearer $TOKEN" -H 'Cont
        -d '{"window":4}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["operation_id"])')
 wait_succeeded "$op" "$CB"
 echo "GET /correlations?symbols=AMD,NVDA&window=4 (replica 2): $(curl -fsS "$CC2/correlations?symbols=AMD,NVDA&window=4")"
+echo "the cluster boundary's console reads the replicas: $(curl -fsS "$CB/api/correlations/correlations?symbols=AMD,NVDA&window=4")"
 echo "tables in PostgreSQL: $(podman exec "$(node postgres)" psql -U stega -d stega -Atc \
   "SELECT string_agg(schemaname || '.' || tablename, ' ' ORDER BY 1) FROM pg_tables WHERE schemaname IN ('returns', 'correlations')")"
 
