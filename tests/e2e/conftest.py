@@ -239,3 +239,21 @@ def store_env(request):
     if request.param == "sqlite":
         return {}
     return {"STEGA_DATABASE_URL": request.getfixturevalue("postgres_db")()}
+
+
+def publish_unhandleable_returns(amqp_url, exchange, operation):
+    """Publishes with pika, under `operation`, a returns_calculated the correlations-worker can
+    never handle (a date that does not exist): it is dead-lettered, and the worker raises
+    operation_failed for it."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        channel.exchange_declare(exchange=exchange, exchange_type="direct", durable=True)
+        channel.basic_publish(exchange, "returns.events.returns_calculated",
+                              json.dumps({"symbol": "BAD", "returns": [{"date": "2024-13-01", "value": 0.1}]}),
+                              pika.BasicProperties(message_id=str(uuid.uuid4()), correlation_id=operation,
+                                                   type="returns_calculated", app_id="returns",
+                                                   content_type="application/json", delivery_mode=2))
+    finally:
+        conn.close()
+

@@ -8,7 +8,7 @@ import uuid
 import numpy as np
 import requests
 
-from conftest import wait_until
+from conftest import publish_unhandleable_returns, wait_until
 
 SYMBOLS = ["AAA", "BBB", "CCC", "FLAT"]
 
@@ -177,19 +177,11 @@ def test_live_sse_stream_ends_with_timed_out_when_no_outcome_comes(stack_factory
 def test_an_event_that_fails_for_good_fails_its_operation(stack_factory, amqp_url):
     # A returns_calculated that can never be handled (a date that does not exist): the
     # correlations-worker dead-letters it and raises operation_failed; the boundary says failed.
-    import pika
     stack = stack_factory()
     boundary = stack.start("boundary")
     stack.start("correlations-worker")
     op = str(uuid.uuid4())
-    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    channel = conn.channel()
-    channel.exchange_declare(exchange=stack.exchange, exchange_type="direct", durable=True)
-    channel.basic_publish(stack.exchange, "returns.events.returns_calculated",
-                          json.dumps({"symbol": "BAD", "returns": [{"date": "2024-13-01", "value": 0.1}]}),
-                          pika.BasicProperties(message_id=str(uuid.uuid4()), correlation_id=op, type="returns_calculated",
-                                               app_id="returns", content_type="application/json", delivery_mode=2))
-    conn.close()
+    publish_unhandleable_returns(amqp_url, stack.exchange, op)
 
     def failed():
         r = requests.get(f"{boundary.url}/operations/{op}", timeout=5)

@@ -9,7 +9,6 @@ import os
 import shutil
 import time
 import urllib.parse
-import uuid
 
 import numpy as np
 import pytest

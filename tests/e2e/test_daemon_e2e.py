@@ -11,11 +11,10 @@ import tempfile
 import time
 import uuid
 
-import pika
 import pytest
 import requests
 
-from conftest import BIN, Process, wait_until
+from conftest import BIN, Process, publish_unhandleable_returns, wait_until
 
 NOBODY = 65534
 
@@ -273,15 +272,7 @@ def test_ops_follow_prints_outcomes_live_in_a_terminal(stack_factory, tmp_path, 
 
         # A failing operation: a returns_calculated the correlations-worker can never handle.
         failing = str(uuid.uuid4())
-        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        channel = conn.channel()
-        channel.exchange_declare(exchange=stack.exchange, exchange_type="direct", durable=True)
-        channel.basic_publish(stack.exchange, "returns.events.returns_calculated",
-                              json.dumps({"symbol": "BAD", "returns": [{"date": "2024-13-01", "value": 0.1}]}),
-                              pika.BasicProperties(message_id=str(uuid.uuid4()), correlation_id=failing,
-                                                   type="returns_calculated", app_id="returns",
-                                                   content_type="application/json", delivery_mode=2))
-        conn.close()
+        publish_unhandleable_returns(amqp_url, stack.exchange, failing)
         waited = stega(env, "wait", failing, "--timeout", "20")
         assert waited.returncode == 1 and waited.stdout.splitlines()[-1].startswith("failed:"), waited.stdout
         wait_until("the failure shown", lambda: any(failing in line and "failed" in line for line in pane().splitlines()),
