@@ -9,8 +9,10 @@ import os
 import shutil
 import time
 import urllib.parse
+import uuid
 
 import numpy as np
+import pika
 import pytest
 import requests
 
@@ -165,7 +167,35 @@ def test_the_console_in_a_real_browser(console_stack, browser, tmp_path):
     browser.find_element(By.ID, "events-pause").click()
     print(f"event rows shown {seen_after:.2f} s after the 202")
 
+    # Hostile input: markup in a payload published straight to the exchange is shown as
+    # text (no element made, nothing run: the policy would log a violation); a bad pattern or
+    # operation id in the fragment is an error on the page, not a script error.
+    hostile = '<img src=x id=injected onerror="document.title=1">'
+    conn = pika.BlockingConnection(pika.URLParameters(stack.amqp_url))
+    conn.channel().basic_publish(stack.exchange, "returns.events.prices_recorded",
+                                 json.dumps({"symbol": hostile, "count": 1}),
+                                 pika.BasicProperties(message_id=str(uuid.uuid4()), correlation_id=str(uuid.uuid4()),
+                                                      type="prices_recorded", app_id="returns",
+                                                      content_type="application/json"))
+    conn.close()
+    wait_until("the hostile row", lambda: hostile in browser.find_element(By.ID, "events-rows").text, timeout=5)
+    assert browser.find_elements(By.ID, "injected") == [] and browser.title == "stega console"
+    browser.get(f"{boundary.url}/#events?pattern=a..b")
+    wait_until("the pattern error", lambda: "not a routing-key pattern" in browser.find_element(By.ID, "events-error").text,
+               timeout=5)
+    browser.get(f"{boundary.url}/#op=%3Cscript%3E")
+    wait_until("the id error", lambda: "UUID" in browser.find_element(By.ID, "op-note").text, timeout=5)
+    browser.get(f"{boundary.url}/#events?pattern={urllib.parse.quote(pattern, safe='')}")
+    wait_attribute(browser, "#link-status", "data-link", "live", 10)
+
     # --- Operation: a click on the id opens it; it reaches succeeded with its timeline.
+    browser.get(f"{boundary.url}/#events?pattern={urllib.parse.quote(pattern, safe='')}")
+    wait_attribute(browser, "#link-status", "data-link", "live", 10)
+    time.sleep(0.3)
+    again = requests.post(stack.processes["returns-api"].url + "/prices",
+                          json={"symbol": "ZZZ", "prices": [{"date": days[6], "close": 57}]}, timeout=5)
+    op = again.json()["operation_id"]
+    wait_until("the second write's rows", lambda: rows_of_op(), timeout=5)
     rows_of_op()[0].find_element(By.CSS_SELECTOR, f'a[title="{op}"]').click()
     wait_attribute(browser, "[data-operation-status]", "data-operation-status", "succeeded", 15)
     assert browser.current_url.endswith(f"#op={op}")
@@ -175,11 +205,16 @@ def test_the_console_in_a_real_browser(console_stack, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "console-operation.png"))
 
     # --- Correlations: every cell equals GET /correlations; hover and keys show a cell.
+    # ZZZ (six closes) has no correlation over 60 returns: its cells are null, and marked.
+    symbols = symbols + ["ZZZ"]
     browser.get(f"{boundary.url}/#correlations?symbols={','.join(symbols)}&window={WINDOW}")
     wait_until("the heatmap", lambda: len(browser.find_elements(By.CSS_SELECTOR, "#heatmap [data-a]")) == len(symbols) ** 2,
                timeout=10)
     expected = matrix(stack, symbols)
     index = {s: i for i, s in enumerate(expected["symbols"])}
+    nulls = browser.find_elements(By.CSS_SELECTOR, '#heatmap [data-a="ZZZ"]')
+    assert all(c.get_attribute("data-value") == "null" and "null" in c.get_attribute("class") for c in nulls)
+    assert len(nulls) == len(symbols)
 
     def cells():
         found = {}
@@ -196,10 +231,11 @@ def test_the_console_in_a_real_browser(console_stack, browser, tmp_path):
             assert abs(value - want) <= 1e-12, (a, b, value, want)
     values = [v for v in shown.values() if v is not None]
     assert min(values) < 0 < max(values)  # the demo spans the diverging scale
+    assert len(values) == (len(symbols) - 1) ** 2
     # Ordered by clustering: the sectors sit together (AAPL's neighbours are tech).
     order = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#heatmap .label.row")]
     assert set(order) == set(symbols)
-    tech = {i for i, s in enumerate(order) if DEMO[s][0] == "tech"}
+    tech = {i for i, s in enumerate(order) if s in DEMO and DEMO[s][0] == "tech"}
     assert max(tech) - min(tech) == len(tech) - 1, order
     cell = browser.find_element(By.CSS_SELECTOR, '#heatmap [data-a="AAPL"][data-b="MSFT"]')
     ActionChains(browser).move_to_element(cell).perform()
@@ -207,7 +243,9 @@ def test_the_console_in_a_real_browser(console_stack, browser, tmp_path):
     assert browser.find_element(By.ID, "corr-readout").text.startswith("AAPL × MSFT:")
     browser.save_screenshot(str(tmp_path / "console-correlations.png"))
     if os.environ.get("STEGA_UPDATE_SCREENSHOTS") == "1":
+        browser.set_window_size(1400, 1300)  # the whole view, legend included
         browser.find_element(By.ID, "view-correlations").screenshot(str(ROOT / "docs" / "console-correlations.png"))
+        browser.set_window_size(1400, 1000)
     browser.find_element(By.ID, "heatmap").send_keys(Keys.ARROW_DOWN)
     assert not browser.find_element(By.ID, "corr-readout").text.startswith("AAPL × MSFT:")
 
