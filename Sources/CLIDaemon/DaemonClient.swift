@@ -75,7 +75,7 @@ public final class DaemonClient {
     }
 
     /// Makes reads wait at most `seconds`.
-    public func setTimeout(_ seconds: Double) { connection.setReceiveTimeout(max(seconds, 0.001)) }
+    public func setTimeout(_ seconds: Double) { connection.setReceiveTimeout(seconds) }
 
     /// One request, one answer.
     public func ask(_ request: [String: Any]) throws -> [String: Any] {

@@ -15,6 +15,14 @@ public enum DaemonRuntime {
         // Every file it creates (the store and its WAL, the PID file) is the user's alone.
         umask(0o077)
         try paths.createHome()
+        // One daemon per home: the lock is held as long as the process lives (the kernel
+        // drops it on any exit, SIGKILL included), so two starting at once cannot both
+        // take the socket path.
+        let lock = open((paths.home as NSString).appendingPathComponent("daemon.lock"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0, flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            throw DaemonError("the daemon already runs (it holds \(paths.home)/daemon.lock)")
+        }
+        defer { close(lock) }
         try claimSocketPath(paths)
         let store = try OperationsStore(path: paths.database)
         let core = try DaemonCore(store: store, operationTimeout: operationTimeout)

@@ -123,7 +123,9 @@ final class LineConnection: @unchecked Sendable {  // used by one thread at a ti
 
     deinit { close(fd) }
 
-    func setReceiveTimeout(_ seconds: Double) {
+    /// Reads wait at most `requested` seconds (at least 1 ms: zero would mean "wait forever").
+    func setReceiveTimeout(_ requested: Double) {
+        let seconds = max(requested, 0.001)
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }

@@ -108,8 +108,10 @@ enum SocketCalls {
         return fd
     }
 
-    /// `SO_RCVTIMEO`: reads on `fd` wait at most `seconds`.
-    static func setReceiveTimeout(_ fd: Int32, _ seconds: Double) {
+    /// `SO_RCVTIMEO`: reads on `fd` wait at most `seconds` (at least 1 ms: zero would mean
+    /// "wait forever").
+    static func setReceiveTimeout(_ fd: Int32, _ requested: Double) {
+        let seconds = max(requested, 0.001)
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }

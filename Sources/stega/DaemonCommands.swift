@@ -31,8 +31,10 @@ struct DaemonCmd: ParsableCommand {
             let pid = try Spawn.detached(["daemon", "run", "--operation-timeout", String(operationTimeout)], log: paths.log)
             let deadline = Date().addingTimeInterval(15)
             while Date() < deadline {
+                // Its own answer: with two `start`s at once, the other's daemon may be the one there.
                 if case .running(let client) = DaemonClient.reach(paths, timeout: 2),
-                   let answer = try? client.ask(["request": "status"]), answer["type"] as? String == "status" {
+                   let answer = try? client.ask(["request": "status"]), answer["type"] as? String == "status",
+                   Spawn.integer(answer["pid"]) == Int(pid) {
                     print("stega daemon: started (pid \(pid)); socket \(paths.socket), log \(paths.log)")
                     return
                 }
@@ -173,6 +175,15 @@ enum Spawn {
         let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
         guard result == 0 else { throw DaemonCmd.fail("cannot start the daemon: \(String(cString: strerror(result)))") }
         return pid
+    }
+
+    /// A JSON number as an integer (JSONSerialization gives Int or Double).
+    static func integer(_ value: Any?) -> Int? {
+        switch value {
+        case let i as Int: return i
+        case let d as Double where d.rounded() == d && abs(d) < 1e15: return Int(d)
+        default: return nil
+        }
     }
 
     /// Whether child `pid` has exited (and reaps it).
