@@ -142,7 +142,7 @@ public final class PostgresSession {
             done.signal()
         }
         guard done.wait(timeout: .now() + Self.answerTimeout) == .success else {
-            let _: EventLoopFuture<Void> = connection.close()
+            PostgresStore.closeInBackground(connection)
             throw StoreUnavailable(reason: "PostgreSQL did not answer a statement within \(Int(Self.answerTimeout)) s; "
                                    + "its connection is closed")
         }

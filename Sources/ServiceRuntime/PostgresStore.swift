@@ -133,8 +133,7 @@ final class PostgresStore: Sendable {
         } catch {
             // A broken connection is opened again next time; its error says the store is down.
             if connection.isClosed || Self.isConnectionError(error) {
-                // Not waited for: a connection that stopped answering may not close promptly.
-                let _: EventLoopFuture<Void> = connection.close()
+                Self.closeInBackground(connection)
                 slot.connection = nil
                 throw StoreUnavailable(reason: Self.describe(error))
             }
@@ -174,6 +173,14 @@ final class PostgresStore: Sendable {
                 slot.connection = nil
             }
         }
+    }
+
+    /// Closes `connection` without waiting (one that stopped answering may not close
+    /// promptly), keeping it alive until its channel is closed: PostgresNIO asserts, in debug
+    /// builds, that a connection is closed when it is deinitialized — dropped at once, the
+    /// last reference ended a debug process in the middle of a PostgreSQL restart.
+    static func closeInBackground(_ connection: PostgresConnection) {
+        connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
     }
 
     static func isConnectionError(_ error: any Error) -> Bool {

@@ -168,14 +168,31 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
     def bounce():
         postgres_script("stop")
         # Writes are refused (503, nothing stored) and readiness says the store is down.
+        seen = observations.setdefault("readyz_seen", [])
+
         def down():
+            started = time.monotonic()
             try:
                 r = requests.get(api.url + "/readyz", timeout=5)
-            except requests.ConnectionError:  # seen once in a fresh-clone run (reset by peer): look again
+            except requests.RequestException as error:  # seen in fresh-clone runs (reset by peer): look again
+                seen.append(f"{time.monotonic() - started:.2f}s {type(error).__name__}")
                 return False
+            seen.append(f"{time.monotonic() - started:.2f}s {r.status_code} {r.text[:120]}")
             return r.status_code == 503 and r.json()["checks"]["store"] == "down" and r.json()
-        observations["readyz"] = wait_until("readyz store down", down, timeout=30)
-        observations["worker_readyz"] = requests.get(worker.url + "/readyz", timeout=5).json()
+        try:
+            observations["readyz"] = wait_until("readyz store down", down, timeout=30)
+        except AssertionError as failure:
+            # Kept for the test's own assertion: this thread's exception is only a warning.
+            observations["bounce_error"] = (f"{failure}; /readyz answered: {seen[:5]} … {seen[-5:]}; "
+                                            f"api log: {api.log_text()[-3000:]}")
+            raise
+        started = time.monotonic()
+        try:
+            observations["worker_readyz"] = requests.get(worker.url + "/readyz", timeout=5).json()
+        except requests.RequestException as error:
+            observations["bounce_error"] = (f"worker /readyz: {type(error).__name__} after "
+                                            f"{time.monotonic() - started:.2f} s; worker log: {worker.log_text()[-3000:]}")
+            raise
         time.sleep(2)
         observations["accepted_before_start"] = observations.get("accepted", 0)
         postgres_script("start")
@@ -192,7 +209,7 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
     # Paced at about 50 writes/s so that the load spans the stop and the start.
     accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 200, bounce, observations,
                                               pause=0.15)
-    assert observations.get("restarted")
+    assert observations.get("restarted"), observations.get("bounce_error")
     assert observations["readyz"]["checks"]["store"] == "down", observations
     assert observations["worker_readyz"]["checks"]["store"] == "down", observations
     refused = statuses.count(503)
