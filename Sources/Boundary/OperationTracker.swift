@@ -28,7 +28,7 @@ public struct Operation: Sendable, Equatable, Encodable {
             eventId = envelope.eventId.lowercaseText
             correlationId = envelope.correlationId?.lowercased() ?? ""
             payload = (try? JSONValue.parse(Array(envelope.body))) ?? .string(String(decoding: envelope.body, as: UTF8.self))
-            timestamp = OperationTracker.rfc3339(envelope.timestamp)
+            timestamp = RFC3339.string(envelope.timestamp)
         }
     }
 
@@ -200,17 +200,5 @@ public final class OperationTracker: Sendable {
             state.order.removeFirst(state.orderStart)
             state.orderStart = 0
         }
-    }
-
-    /// `date` as RFC 3339 UTC; a date outside years 0001–9999 (a publisher's bogus AMQP
-    /// timestamp) is clamped to that range rather than trapping in `time_t(_:)`.
-    static func rfc3339(_ date: Date) -> String {
-        let interval = date.timeIntervalSince1970
-        let clamped = interval.isNaN ? 0 : min(max(interval, -62_135_596_800), 253_402_300_799)
-        var seconds = time_t(clamped)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
-                      Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
     }
 }

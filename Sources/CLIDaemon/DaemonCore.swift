@@ -29,7 +29,6 @@ public final class DaemonCore: Sendable {
         public var since = Date()
         /// Why the last attempt failed.
         public var error: String?
-        public var attempts = 0
     }
 
     private struct Tracked {
@@ -47,7 +46,6 @@ public final class DaemonCore: Sendable {
         var waiters: [String: [UUID: Waiter]] = [:]
         var followers: [UUID: Follower] = [:]
         var link = LinkState(since: Date())
-        var connected = false
     }
 
     public let store: OperationsStore
@@ -148,8 +146,7 @@ public final class DaemonCore: Sendable {
     /// link was down is missed, and what was counted already counts once.
     public func connected() -> [String] {
         state.withLock { state in
-            state.connected = true
-            state.link = LinkState(connected: true, since: Date(), error: nil, attempts: 0)
+            state.link = LinkState(connected: true, since: Date(), error: nil)
             state.subscribed = []
             state.outgoing = []
             subscribeMore(&state)
@@ -161,13 +158,10 @@ public final class DaemonCore: Sendable {
     /// The link is down (or never came up): `error` says why.
     public func disconnected(_ error: String) {
         state.withLock { state in
-            let wasConnected = state.connected
-            state.connected = false
             state.subscribed = []
             state.outgoing = []
             // `since`: when it went down (or the daemon started, if it never came up).
-            state.link = LinkState(connected: false, since: wasConnected ? Date() : state.link.since, error: error,
-                                   attempts: wasConnected ? 1 : state.link.attempts + 1)
+            state.link = LinkState(connected: false, since: state.link.connected ? Date() : state.link.since, error: error)
         }
     }
 
@@ -247,7 +241,7 @@ public final class DaemonCore: Sendable {
         guard var tracked = state.pending.removeValue(forKey: id) else { return [] }
         tracked.record.status = status
         tracked.record.resolvedAt = tracked.record.resolvedAt ?? now
-        if state.subscribed.remove(id) != nil, state.connected {
+        if state.subscribed.remove(id) != nil, state.link.connected {
             state.outgoing.append(#"{"action":"unsubscribe","operation":"\#(id)"}"#)
         }
         subscribeMore(&state)
@@ -264,7 +258,7 @@ public final class DaemonCore: Sendable {
     /// Queues subscriptions for pending operations not subscribed yet, oldest first, up to
     /// the limit; nothing while the link is down (``connected()`` subscribes them all).
     private func subscribeMore(_ state: inout State) {
-        guard state.connected, state.subscribed.count < maxSubscriptions else { return }
+        guard state.link.connected, state.subscribed.count < maxSubscriptions else { return }
         let waiting = state.pending.values.filter { !state.subscribed.contains($0.record.operationId) }
             .sorted { $0.record.submitted < $1.record.submitted }
         for tracked in waiting.prefix(maxSubscriptions - state.subscribed.count) {

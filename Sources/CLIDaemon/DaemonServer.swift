@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import EventCatalog
 import Foundation
 import HTTPServer
 import Logging
@@ -127,9 +128,9 @@ final class DaemonServer: Sendable {
         var fields = describe()
         fields["type"] = .string("status")
         fields["pid"] = .number(Double(getpid()), integral: true)
-        fields["started"] = .string(OperationRecord.rfc3339(core.started.timeIntervalSince1970))
+        fields["started"] = .string(RFC3339.string(core.started.timeIntervalSince1970, milliseconds: true))
         fields["connected"] = .bool(link.connected)
-        fields["since"] = .string(OperationRecord.rfc3339(link.since.timeIntervalSince1970))
+        fields["since"] = .string(RFC3339.string(link.since.timeIntervalSince1970, milliseconds: true))
         fields["error"] = link.error.map { .string($0) } ?? .null
         fields["pending"] = .number(Double(pending), integral: true)
         fields["subscribed"] = .number(Double(subscribed), integral: true)
@@ -138,11 +139,8 @@ final class DaemonServer: Sendable {
 
     /// `--follow`'s line for `record`: the `ops --json` fields, the duration and the type.
     static func outcome(_ record: OperationRecord) -> String {
-        var fields: [String: JSONValue] = [
-            "type": .string("outcome"), "operation_id": .string(record.operationId), "command": .string(record.command),
-            "submitted": .string(OperationRecord.rfc3339(record.submitted)), "status": .string(record.status),
-            "events": .number(Double(record.events), integral: true),
-        ]
+        var fields = record.fields
+        fields["type"] = .string("outcome")
         fields["duration"] = record.duration.map { .number($0, integral: false) } ?? .null
         return json(fields)
     }

@@ -1,6 +1,7 @@
 import EventCatalog
 import Foundation
 import GRDB
+import HTTPServer
 
 /// One operation as `stega ops` lists it.
 public struct OperationRecord: Sendable, Equatable {
@@ -29,20 +30,11 @@ public struct OperationRecord: Sendable, Equatable {
     /// Seconds from submission to the outcome; nil while pending.
     public var duration: Double? { resolvedAt.map { max(0, $0 - submitted) } }
 
-    /// The JSON `stega ops --json` prints (DESIGN.md: exactly these keys).
-    public var json: [String: Any] {
-        ["operation_id": operationId, "command": command, "submitted": Self.rfc3339(submitted), "status": status,
-         "events": events]
-    }
-
-    /// `seconds` as RFC 3339 UTC with milliseconds.
-    public static func rfc3339(_ seconds: Double) -> String {
-        var whole = time_t(seconds.rounded(.down))
-        var parts = tm()
-        gmtime_r(&whole, &parts)
-        let millis = min(999, Int((seconds - seconds.rounded(.down)) * 1000))
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
-                      Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
+    /// What `stega ops --json` prints for it (DESIGN.md: exactly these keys).
+    public var fields: [String: JSONValue] {
+        ["operation_id": .string(operationId), "command": .string(command),
+         "submitted": .string(RFC3339.string(submitted, milliseconds: true)), "status": .string(status),
+         "events": .number(Double(events), integral: true)]
     }
 }
 

@@ -54,16 +54,6 @@ public final class WebSocketClient {
         case timedOut
     }
 
-    /// The next text message; `nil` when the server closed the connection.
-    /// Throws on a read time-out (`HTTPServerError`) or a protocol violation.
-    public func receive() throws -> String? {
-        switch try next() {
-        case .text(let text): return text
-        case .closed: return nil
-        case .timedOut: throw HTTPServerError("timed out waiting for the server")
-        }
-    }
-
     /// The next text message, the server's close, or a time-out after the receive time-out
     /// given to `init` (a partly read frame is kept for the next call). Throws on a failed
     /// read or a protocol violation.

@@ -1,3 +1,4 @@
+import EventCatalog
 import Foundation
 import Logging
 
@@ -79,11 +80,6 @@ public struct LineLogHandler: LogHandler {
     static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        var seconds = now.tv_sec
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900,
-                      Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min),
-                      Int(parts.tm_sec), Int(now.tv_nsec / 1_000_000))
+        return RFC3339.string(seconds: now.tv_sec, milliseconds: now.tv_nsec / 1_000_000)
     }
 }

@@ -10,11 +10,6 @@ struct DaemonCmd: ParsableCommand {
         commandName: "daemon", abstract: "The local daemon that records the outcome of every write (stega ops).",
         subcommands: [Start.self, Stop.self, Status.self, Logs.self, Run.self])
 
-    static func fail(_ message: String) -> ExitCode {
-        FileHandle.standardError.write(Data("stega: \(message)\n".utf8))
-        return ExitCode(1)
-    }
-
     struct Start: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Start the daemon in the background; returns once it listens.")
         @Option(help: "Seconds an operation may stay pending before the daemon says timed_out.")
@@ -26,7 +21,7 @@ struct DaemonCmd: ParsableCommand {
                 try paths.createHome()
                 try DaemonRuntime.claimSocketPath(paths)
             } catch {
-                throw DaemonCmd.fail("\(error)")
+                throw Stega.fail("\(error)")
             }
             let pid = try Spawn.detached(["daemon", "run", "--operation-timeout", String(operationTimeout)], log: paths.log)
             let deadline = Date().addingTimeInterval(15)
@@ -41,11 +36,11 @@ struct DaemonCmd: ParsableCommand {
                 if Spawn.exited(pid) {
                     let tail = (try? String(contentsOfFile: paths.log, encoding: .utf8))?.split(separator: "\n").suffix(3)
                         .joined(separator: "\n") ?? ""
-                    throw DaemonCmd.fail("the daemon exited at start; its log (\(paths.log)) ends:\n\(tail)")
+                    throw Stega.fail("the daemon exited at start; its log (\(paths.log)) ends:\n\(tail)")
                 }
                 usleep(50_000)
             }
-            throw DaemonCmd.fail("the daemon (pid \(pid)) did not answer within 15 s; see \(paths.log)")
+            throw Stega.fail("the daemon (pid \(pid)) did not answer within 15 s; see \(paths.log)")
         }
     }
 
@@ -56,16 +51,16 @@ struct DaemonCmd: ParsableCommand {
             let paths = DaemonPaths()
             guard let text = try? String(contentsOfFile: paths.pidFile, encoding: .utf8),
                   let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else {
-                throw DaemonCmd.fail("the daemon is not running (no \(paths.pidFile))")
+                throw Stega.fail("the daemon is not running (no \(paths.pidFile))")
             }
             guard Spawn.isDaemon(pid) else {
                 unlink(paths.pidFile)
-                throw DaemonCmd.fail("the daemon is not running (pid \(pid) in \(paths.pidFile) is gone; removed the file)")
+                throw Stega.fail("the daemon is not running (pid \(pid) in \(paths.pidFile) is gone; removed the file)")
             }
             kill(pid, SIGTERM)
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline, Spawn.isDaemon(pid) { usleep(20_000) }
-            guard !Spawn.isDaemon(pid) else { throw DaemonCmd.fail("the daemon (pid \(pid)) did not stop within 10 s") }
+            guard !Spawn.isDaemon(pid) else { throw Stega.fail("the daemon (pid \(pid)) did not stop within 10 s") }
             print("stega daemon: stopped (pid \(pid))")
         }
     }
@@ -81,9 +76,9 @@ struct DaemonCmd: ParsableCommand {
                 answer = try DaemonClient.connect(paths, timeout: 5).ask(["request": "status"])
             } catch let error as DaemonError {
                 if json { Output.json(["running": false, "error": error.description]) }
-                throw DaemonCmd.fail(error.description)
+                throw Stega.fail(error.description)
             } catch {
-                throw DaemonCmd.fail("the daemon did not answer within 5 s")
+                throw Stega.fail("the daemon did not answer within 5 s")
             }
             if json {
                 var fields = answer
@@ -113,7 +108,7 @@ struct DaemonCmd: ParsableCommand {
         func run() throws {
             let paths = DaemonPaths()
             guard let handle = FileHandle(forReadingAtPath: paths.log) else {
-                throw DaemonCmd.fail("no log at \(paths.log): the daemon never ran here")
+                throw Stega.fail("no log at \(paths.log): the daemon never ran here")
             }
             let text = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
             for line in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().suffix(max(lines, 0)) {
@@ -146,7 +141,7 @@ struct DaemonCmd: ParsableCommand {
                                       operationTimeout: operationTimeout, logger: logger)
             } catch {
                 logger.error("cannot start: \(error)")
-                throw DaemonCmd.fail("\(error)")
+                throw Stega.fail("\(error)")
             }
         }
     }
@@ -173,7 +168,7 @@ enum Spawn {
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-        guard result == 0 else { throw DaemonCmd.fail("cannot start the daemon: \(String(cString: strerror(result)))") }
+        guard result == 0 else { throw Stega.fail("cannot start the daemon: \(String(cString: strerror(result)))") }
         return pid
     }
 

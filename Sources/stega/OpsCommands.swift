@@ -1,6 +1,8 @@
 import ArgumentParser
 import CLIDaemon
+import EventCatalog
 import Foundation
+import HTTPServer
 
 /// `stega ops`: the operations the daemon recorded, from `operations.sqlite` (so outcomes
 /// that arrived while no CLI ran are there); `--follow` prints outcomes as they arrive.
@@ -17,10 +19,12 @@ struct Ops: ParsableCommand {
         do {
             records = try OperationsStore.reader(path: paths.database)?.list(limit: all ? nil : 20) ?? []
         } catch {
-            throw DaemonCmd.fail("cannot read \(paths.database): \(error)")
+            throw Stega.fail("cannot read \(paths.database): \(error)")
         }
         if json {
-            Output.json(records.map(\.json))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(records.map(\.fields)), as: UTF8.self))
         } else {
             Output.table(["operation", "command", "submitted", "status", "events", "duration"], records.map(Self.row))
         }
@@ -30,7 +34,7 @@ struct Ops: ParsableCommand {
     }
 
     static func row(_ record: OperationRecord) -> [String] {
-        [record.operationId, record.command, OperationRecord.rfc3339(record.submitted), record.status, String(record.events),
+        [record.operationId, record.command, RFC3339.string(record.submitted, milliseconds: true), record.status, String(record.events),
          record.duration.map { String(format: "%.1f s", $0) } ?? "-"]
     }
 
@@ -41,7 +45,7 @@ struct Ops: ParsableCommand {
             try client.send(["request": "follow"])
             _ = try client.receive()  // {"type":"following"}
         } catch {
-            throw DaemonCmd.fail("\(error)")
+            throw Stega.fail("\(error)")
         }
         let bell = Output.isTerminal && !json
         // Unbuffered: each outcome at once, also into a pipe.
@@ -55,9 +59,9 @@ struct Ops: ParsableCommand {
             } catch is DaemonTimeout {
                 continue
             } catch {
-                throw DaemonCmd.fail("\(error)")
+                throw Stega.fail("\(error)")
             }
-            guard var message else { throw DaemonCmd.fail("the daemon stopped") }
+            guard var message else { throw Stega.fail("the daemon stopped") }
             guard message["type"] as? String == "outcome" else { continue }
             message["type"] = nil
             if json {
@@ -91,11 +95,11 @@ struct WaitCmd: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
-        guard UUID(uuidString: id) != nil else { throw DaemonCmd.fail("the operation id must be a UUID, got \(id)") }
+        guard UUID(uuidString: id) != nil else { throw Stega.fail("the operation id must be a UUID, got \(id)") }
         do {
             try followOutcome(id.lowercased(), command: "-", json: json, timeout: timeout)
         } catch let error as CLIError {
-            throw DaemonCmd.fail(error.description)
+            throw Stega.fail(error.description)
         }
     }
 }

@@ -18,12 +18,16 @@ struct Stega: AsyncParsableCommand {
         do {
             try await body()
         } catch let error as CLIError {
-            FileHandle.standardError.write(Data("stega: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw fail(error.description)
         } catch let error as DaemonError {
-            FileHandle.standardError.write(Data("stega: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw fail(error.description)
         }
+    }
+
+    /// Prints `message` as the one line of a failure; the exit code 1 to throw.
+    static func fail(_ message: String) -> ExitCode {
+        FileHandle.standardError.write(Data("stega: \(message)\n".utf8))
+        return ExitCode(1)
     }
 }
 

@@ -169,3 +169,18 @@ struct WorkflowProgressTests {
         #expect(two.outcome == .failed)
     }
 }
+
+@Suite("RFC 3339 times")
+struct RFC3339Tests {
+    @Test("whole seconds, milliseconds (0.123 stays 123), and years past 9999 or before 1 clamped")
+    func format() {
+        #expect(RFC3339.string(1_764_806_400) == "2025-12-04T00:00:00Z")
+        #expect(RFC3339.string(1_764_806_400.123, milliseconds: true) == "2025-12-04T00:00:00.123Z")
+        #expect(RFC3339.string(seconds: 1_764_806_400, milliseconds: 7) == "2025-12-04T00:00:00.007Z")
+        #expect(RFC3339.string(1e30) == "9999-12-31T23:59:59Z")
+        #expect(RFC3339.string(-1e30) == "0001-01-01T00:00:00Z")
+        #expect(RFC3339.string(.nan) == "1970-01-01T00:00:00Z")
+        #expect(RFC3339.string(1_764_806_400.9999, milliseconds: true) == "2025-12-04T00:00:01.000Z")
+        #expect(RFC3339.string(-0.25, milliseconds: true) == "1969-12-31T23:59:59.750Z")
+    }
+}
