@@ -34,11 +34,8 @@ BASELINES = pathlib.Path(os.environ.get("STEGA_BASELINE_DIR", ROOT / ".build-ben
 WRK = ["wrk", "-t2", "-c32", "-d10s", "--latency", "-s", str(ROOT / "bench/post_price.lua")]
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from ports import free_port  # noqa: E402,F401  (below the ephemeral range: see scripts/ports.py)
 
 
 def rss_mb(pid):
@@ -53,9 +50,7 @@ class Broker:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="stega-bench-broker.")
-        out = subprocess.run([sys.executable, str(ROOT / "scripts/free-port.py"), "--pair"], capture_output=True,
-                             text=True, check=True)
-        self.port = int(out.stdout)
+        self.port = free_port(pair=True)
         subprocess.run([str(ROOT / "scripts/broker.sh"), "start", self.dir, str(self.port)], check=True,
                        capture_output=True)
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}"

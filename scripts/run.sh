@@ -49,9 +49,9 @@ pick_port() {
 for p in ($port,) + (($port + 20000,) if '$pair' else ()): socket.socket().bind(('127.0.0.1', p))" 2>/dev/null; then
     echo "$port"
   elif [ -n "$pair" ]; then
-    python3 scripts/free-port.py --pair
+    python3 scripts/ports.py --pair
   else
-    python3 scripts/free-port.py
+    python3 scripts/ports.py
   fi
 }
 
@@ -76,7 +76,7 @@ start_cluster() {
     ports=()
     for p in 5672 5673 5674; do
       p=$(pick_port "$p" pair)
-      while [[ " ${ports[*]} " == *" $p "* ]]; do p=$(python3 scripts/free-port.py --pair); done
+      while [[ " ${ports[*]} " == *" $p "* ]]; do p=$(python3 scripts/ports.py --pair); done
       ports+=("$p")
     done
     scripts/broker-cluster.sh start "$RUN/cluster" "${ports[@]}" | sed -n 's/^cluster up: //p' > "$RUN/amqp_url"
@@ -127,7 +127,7 @@ start() {
       # 5672 when it and its Erlang distribution port (+20000) are free, another pair otherwise.
       python3 -c "import socket
 for p in ($port, $port + 20000): socket.socket().bind(('127.0.0.1', p))" 2>/dev/null \
-        || port=$(python3 scripts/free-port.py --pair)
+        || port=$(python3 scripts/ports.py --pair)
       scripts/broker.sh start "$RUN/broker" "$port"
       STEGA_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
       echo "$STEGA_AMQP_URL" > "$RUN/amqp_url"

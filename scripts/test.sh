@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 broker_dir=$(mktemp -d /tmp/stega-test-broker.XXXXXX)
 postgres_dir=$(mktemp -d /tmp/stega-test-postgres.XXXXXX)
-port=$(python3 scripts/free-port.py --pair)
+port=$(python3 scripts/ports.py --pair)
 cleanup() {
   scripts/broker.sh stop "$broker_dir" || true
   scripts/postgres.sh stop "$postgres_dir" || true
@@ -17,8 +17,7 @@ trap cleanup EXIT INT TERM
 
 # A TLS listener too, with a certificate authority made for this run (the TLS test).
 scripts/test-ca.sh "$broker_dir/tls"
-tls_port=$(python3 scripts/free-port.py)
-while [ "$tls_port" = "$((port + 20000))" ]; do tls_port=$(python3 scripts/free-port.py); done  # not the node's dist port
+read -r tls_port postgres_port <<< "$(python3 scripts/ports.py --count 2 --avoid "$port" --avoid "$((port + 20000))")"
 STEGA_BROKER_TLS_PORT=$tls_port scripts/broker.sh start "$broker_dir" "$port" || exit 1
 export STEGA_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$port"
 export STEGA_TEST_AMQPS_URL="amqps://guest:guest@localhost:$tls_port"
@@ -28,7 +27,7 @@ export STEGA_BIN_DIR="$(swift build --show-bin-path)"
 
 # A throw-away PostgreSQL too: the store conformance suite and the end-to-end tests on PostgreSQL.
 # It accepts TLS too, with the broker's test certificate (the sslmode test).
-STEGA_POSTGRES_TLS="$broker_dir/tls" scripts/postgres.sh start "$postgres_dir" "$(python3 scripts/free-port.py)" || exit 1
+STEGA_POSTGRES_TLS="$broker_dir/tls" scripts/postgres.sh start "$postgres_dir" "$postgres_port" || exit 1
 export STEGA_TEST_DATABASE_URL="$(scripts/postgres.sh url "$postgres_dir")?sslmode=disable"
 export STEGA_TEST_POSTGRES_DIR="$postgres_dir"
 

@@ -4,9 +4,10 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
+import sys
 import time
+import urllib.parse
 import uuid
 
 import pika
@@ -16,11 +17,15 @@ import requests
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("STEGA_BIN_DIR", ROOT / ".build/debug"))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from ports import free_port, reserve  # noqa: E402  (below the ephemeral range: see scripts/ports.py)
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The throw-away broker's and PostgreSQL's ports: a restart frees them for a moment, and no
+# process of a test may take them then.
+for _name in ("STEGA_TEST_AMQP_URL", "STEGA_TEST_AMQPS_URL", "STEGA_TEST_DATABASE_URL"):
+    _port = urllib.parse.urlsplit(os.environ.get(_name, "")).port
+    if _port:
+        reserve(_port, _port + 20000)
 
 
 def wait_until(what, predicate, timeout=15.0, interval=0.05):

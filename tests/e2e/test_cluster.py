@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, wait_until
+from conftest import ROOT, free_port, wait_until
 from test_faults import (check_returns, check_views, dates, inbox_count, load_with_disruption, nodes_connected,
                          run_load, writes)
 
@@ -22,12 +22,7 @@ def cluster(tmp_path_factory):
     if not os.environ.get("STEGA_TEST_BROKER_DIR"):
         pytest.skip("run through `make test`, which installs RabbitMQ")
     folder = tmp_path_factory.mktemp("cluster")
-    ports = []
-    while len(ports) < 3:
-        out = subprocess.run(["python3", str(ROOT / "scripts/free-port.py"), "--pair"], capture_output=True,
-                             text=True, check=True)
-        if int(out.stdout) not in ports:
-            ports.append(int(out.stdout))
+    ports = [free_port(pair=True) for _ in range(3)]
     try:
         subprocess.run([CLUSTER, "start", str(folder), *map(str, ports)], check=True, capture_output=True,
                        text=True, timeout=300)
