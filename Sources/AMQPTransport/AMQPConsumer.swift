@@ -14,8 +14,11 @@ import Synchronization
 /// message out of attempts, or a `.deadLetter`, to `<service>.events.dead`; the original is
 /// acked only once the broker confirmed that publish. Transient mode: the seed's
 /// server-named, exclusive, auto-delete queue with auto-ack (a failure is logged; the
-/// message is gone). The topology is declared on every (re)connect, and the thread
-/// reconnects with exponential back-off and jitter.
+/// message is gone). With an ``InstanceQueue`` (durable mode), one process's own named queue
+/// instead of `<service>.events` — for a consumer that needs every event (the boundary), not
+/// a share of them — that keeps what is published while the process is away. The topology is
+/// declared on every (re)connect, and the thread reconnects with exponential back-off and
+/// jitter.
 ///
 /// ```swift
 /// let consumer = AMQPConsumer(settings: settings, queue: .init(service: "returns", mode: .durable),
@@ -23,6 +26,24 @@ import Synchronization
 /// try await consumer.run { delivery in await service.handle(delivery) }
 /// ```
 public final class AMQPConsumer: EventConsumer, Sendable {
+    /// One process's own queue (durable mode): every event bound goes to each such queue, so
+    /// each process gets all of them (the boundary's replicas), and the queue outlives the
+    /// process's connection, so what is published while it restarts waits for it. The broker
+    /// deletes the queue once no one has consumed it for `expiresMs`; it keeps at most
+    /// `maxLength` messages, dropping the oldest. No retry or dead-letter queue: a failed
+    /// delivery is logged and acked, as in transient mode.
+    public struct InstanceQueue: Sendable, Equatable {
+        public var name: String
+        public var expiresMs: Int
+        public var maxLength: Int
+
+        public init(name: String, expiresMs: Int, maxLength: Int) {
+            self.name = name
+            self.expiresMs = expiresMs
+            self.maxLength = maxLength
+        }
+    }
+
     /// Which queue to consume, and the retry policy it follows.
     public struct QueueSpec: Sendable {
         public var service: String
@@ -49,11 +70,14 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// goes), so its events are handled in the order they were published — for handlers
         /// whose outcome depends on that order.
         public var singleActiveConsumer: Bool
+        /// The process's own queue in place of `<service>.events` (durable mode only).
+        public var instance: InstanceQueue?
 
         public init(service: String, mode: QueueMode, prefetch: UInt16 = 512, policy: RetryPolicy = RetryPolicy(),
                     batchSize: Int = 256, maxInFlightBytes: Int = 4 << 20, queueType: QueueType = .classic,
-                    singleActiveConsumer: Bool = false) {
+                    singleActiveConsumer: Bool = false, instance: InstanceQueue? = nil) {
             self.service = service
+            self.instance = mode == .durable ? instance : nil
             self.singleActiveConsumer = singleActiveConsumer
             self.queueType = queueType
             self.batchSize = max(1, batchSize)
@@ -63,8 +87,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
             self.policy = policy
         }
 
-        /// `<service>.events` in durable mode; empty (server-named) in transient mode.
-        public var declaredName: String { mode == .durable ? "\(service).events" : "" }
+        /// `<service>.events` (or the instance queue's name) in durable mode; empty
+        /// (server-named) in transient mode.
+        public var declaredName: String { mode == .durable ? instance?.name ?? "\(service).events" : "" }
         /// `<service>.events.dead`.
         public var deadLetterQueue: String { "\(service).events.dead" }
 
@@ -74,6 +99,16 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         /// The arguments of `<service>.events`: its type, and a single active consumer if so.
         var mainArguments: [String: HeaderValue] {
             singleActiveConsumer ? typeArguments.merging(["x-single-active-consumer": .bool(true)]) { _, new in new } : typeArguments
+        }
+
+        /// The arguments of the instance queue: its type, expiry and bound.
+        var instanceArguments: [String: HeaderValue] {
+            guard let instance else { return typeArguments }
+            return typeArguments.merging([
+                "x-expires": .int(Int64(instance.expiresMs)),
+                "x-max-length": .int(Int64(instance.maxLength)),
+                "x-overflow": .string("drop-head"),
+            ]) { _, new in new }
         }
 
         /// The delay queue holding messages before attempt `attempt + 1`.
@@ -100,6 +135,9 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         var sleeping = false
         var queueName: String?
         var localPort: Int?
+        /// The instance queue could not be declared on the last connection: the next one
+        /// consumes a server-named queue instead, the one after tries it again.
+        var instanceRefused = false
     }
 
     private let settings: AMQPSettings
@@ -438,13 +476,14 @@ public final class AMQPConsumer: EventConsumer, Sendable {
 
     private func apply(_ s: Settlement, on open: Session) throws {
         let delivery = s.incoming.delivery
-        guard spec.mode == .durable else {
+        guard spec.mode == .durable, spec.instance == nil else {
             switch s.outcome {
             case .ack: break
             case .retry(let reason), .deadLetter(let reason):
-                logger.error("transient mode: a failed event is dropped (no retry, no dead letter)",
+                logger.error("a failed event is dropped (no retry, no dead letter for this queue)",
                              metadata: ["amqp.routing_key": "\(delivery.message.originalRoutingKey)", "error": "\(reason)"])
             }
+            if spec.mode == .durable { try open.connection.ack(delivery.deliveryTag) }
             return
         }
         switch spec.policy.settlement(of: s.outcome, attempt: delivery.message.attempt) {
@@ -525,7 +564,11 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         nodes.connected(to: node)
         try connection.declareExchange(settings.exchange, type: settings.exchangeType, durable: true)
         let name: String
+        var exclusive = spec.mode == .transient
         switch spec.mode {
+        case .durable where spec.instance != nil:
+            (name, exclusive) = try declareInstanceQueue(on: connection)
+            try connection.setPrefetch(spec.prefetch)
         case .durable:
             name = try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
                                                arguments: spec.mainArguments).name
@@ -551,7 +594,7 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         for key in bindings {
             try connection.bindQueue(name, exchange: settings.exchange, routingKey: key)
         }
-        _ = try connection.consume(queue: name, autoAck: spec.mode == .transient, exclusive: spec.mode == .transient)
+        _ = try connection.consume(queue: name, autoAck: spec.mode == .transient, exclusive: exclusive)
         state.withLock {
             $0.queueName = name
             $0.localPort = connection.localPort
@@ -559,10 +602,32 @@ public final class AMQPConsumer: EventConsumer, Sendable {
         connectedFlag.store(true, ordering: .relaxed)
         logger.info("consuming", metadata: [
             "amqp.queue": "\(name)", "amqp.queue_mode": "\(spec.mode.rawValue)",
-            "amqp.queue_type": "\(spec.mode == .durable ? spec.queueType.rawValue : "transient")",
+            "amqp.queue_type": "\(exclusive ? "transient" : spec.queueType.rawValue)",
             "amqp.bindings": "\(bindings.joined(separator: ","))", "amqp.url": "\(settings.nodes[node])",
         ])
         return connection
+    }
+
+    /// Declares the instance queue, or — when the broker refused it on the last connection
+    /// (its home node down, or an older queue of that name declared otherwise) — a
+    /// server-named exclusive one, so the process still gets every event while it runs.
+    private func declareInstanceQueue(on connection: RabbitMQConnection) throws -> (name: String, exclusive: Bool) {
+        let fallBack = state.withLock { state in
+            defer { state.instanceRefused = false }
+            return state.instanceRefused
+        }
+        if fallBack {
+            logger.error("the instance queue was refused; consuming a server-named queue on this connection (events published while this process is away are not kept)",
+                         metadata: ["amqp.queue": "\(spec.declaredName)"])
+            return (try connection.declareQueue("", durable: false, exclusive: true, autoDelete: true).name, true)
+        }
+        do {
+            return (try connection.declareQueue(spec.declaredName, durable: true, exclusive: false, autoDelete: false,
+                                                arguments: spec.instanceArguments).name, false)
+        } catch let error as AMQPError where error.code == .serverClosedChannel {
+            state.withLock { $0.instanceRefused = true }
+            throw error
+        }
     }
 
     final class Counters: Sendable {

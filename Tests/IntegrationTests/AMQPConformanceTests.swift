@@ -183,4 +183,74 @@ struct AMQPDetailTests {
         #expect(consumer.queueName == "\(service).events")
     }
 
+    @Test("an instance queue keeps what is published while its consumer is away; a failed delivery is acked, not retried",
+          arguments: [QueueType.classic, .quorum])
+    func instanceQueueOutlivesItsConsumer(type: QueueType) async throws {
+        let settings = try Broker.settings()
+        let name = "inst\(UUID().uuidString.prefix(6).lowercased()).events"
+        let spec = AMQPConsumer.QueueSpec(service: "boundary", mode: .durable, queueType: type,
+                                          instance: .init(name: name, expiresMs: 60_000, maxLength: 1_000))
+        let first = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
+        let firstRun = Task { try await first.run { _ in .ack } }
+        try await TransportConformance.waitUntil("ready") { first.isReady }
+        #expect(first.queueName == name)
+        firstRun.cancel()
+        try await firstRun.value
+
+        // Published while no one consumes: kept for the next consumer of that name.
+        let publisher = AMQPPublisher(settings: settings)
+        try await publisher.publish((4...6).map { try EventEnvelope(WindowAdded(window: $0)) })
+        let second = AMQPConsumer(settings: settings, queue: spec, bindings: [WindowAdded.routingKey])
+        let got = Received()
+        let secondRun = Task { try await second.run { delivery in
+            await got.add(delivery)
+            return .retry(reason: "refused by the test")
+        } }
+        defer { secondRun.cancel() }
+        try await TransportConformance.waitUntil("the three kept") { await got.count >= 3 }
+        let windows = await got.items.map { try? JSONDecoder().decode(WindowAdded.self, from: Data($0.body)).window }
+        #expect(windows == [4, 5, 6])
+        // .retry on an instance queue: logged and acked — nothing comes back, no delay queue.
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(await got.count == 3)
+        #expect(second.retriedCount == 0)
+        let listing = try await Broker.ctl("list_queues", "name", "messages", "arguments")
+        let row = listing.split(separator: "\n").first { $0.hasPrefix(name + "\t") }.map(String.init) ?? ""
+        if Broker.controllable {
+            #expect(row.hasPrefix("\(name)\t0\t"), "\(listing)")
+            #expect(row.contains("x-expires") && row.contains("60000") && row.contains("drop-head"), "\(row)")
+            #expect(row.contains("quorum") == (type == .quorum), "\(row)")
+            #expect(!listing.contains("boundary.events.retry"))
+        }
+        publisher.shutdown()
+    }
+
+    @Test("an instance queue the broker refuses (declared otherwise before): the next connection consumes a server-named queue")
+    func refusedInstanceQueueFallsBack() async throws {
+        let settings = try Broker.settings()
+        let name = "inst\(UUID().uuidString.prefix(6).lowercased()).events"
+        // A queue of that name with another expiry (gone 5 s after this test): 406 PRECONDITION_FAILED.
+        let (other, _) = try RabbitMQConnection.connect(settings: settings)
+        _ = try other.declareQueue(name, durable: true, exclusive: false, autoDelete: false,
+                                   arguments: ["x-expires": .int(5_000)])
+        other.close()
+        let consumer = AMQPConsumer(settings: settings, queue: .init(service: "boundary", mode: .durable,
+                                                                    instance: .init(name: name, expiresMs: 60_000, maxLength: 10)),
+                                    bindings: [WindowAdded.routingKey])
+        let got = Received()
+        let task = Task { try await consumer.run { await got.add($0); return .ack } }
+        defer { task.cancel() }
+        try await TransportConformance.waitUntil("ready", seconds: 20) { consumer.isReady }
+        #expect(consumer.queueName?.hasPrefix("amq.gen-") == true, "\(consumer.queueName ?? "none")")
+        try await AMQPPublisher(settings: settings).publish([try EventEnvelope(WindowAdded(window: 7))])
+        try await TransportConformance.waitUntil("delivery") { await got.count == 1 }
+        // Manual acks on the server-named queue: nothing stays unacked.
+        try await Task.sleep(for: .milliseconds(300))
+        if Broker.controllable {
+            let listing = try await Broker.ctl("list_queues", "name", "messages_unacknowledged")
+            let row = listing.split(separator: "\n").first { $0.hasPrefix((consumer.queueName ?? "?") + "\t") }
+            #expect(row.map(String.init) == "\(consumer.queueName ?? "")\t0", "\(listing)")
+        }
+    }
+
 }

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import BIN, Process, publish_unhandleable_returns, wait_until
+from conftest import BIN, Process, publish_unhandleable_returns, rabbitmqctl, wait_until
 
 NOBODY = 65534
 
@@ -163,6 +163,58 @@ def test_outcomes_survive_a_boundary_restart_and_a_daemon_restart(stack_factory,
         assert other.returncode == 1 and "permission denied" in other.stderr, other.stderr + other.stdout
         other = stega(env, "ops", "--follow", user=NOBODY, timeout=10, binary=theirs)
         assert other.returncode == 1 and "permission denied" in other.stderr, other.stderr + other.stdout
+    finally:
+        stop_daemon(env)
+
+
+def boundary_queues():
+    """{name: (messages, consumers, arguments)} of the broker's boundary.* queues."""
+    out = rabbitmqctl("list_queues", "name", "messages", "consumers", "arguments")
+    rows = [line.split("\t") for line in out.splitlines()]
+    return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows if len(r) == 4 and r[0].startswith("boundary.")}
+
+
+def test_an_outcome_published_while_the_boundary_is_down_is_not_missed(stack_factory, tmp_path):
+    """The boundary's queue outlives it: the correlations_updated that ends an operation,
+    published while the boundary is dead, waits for the next boundary on that host and port,
+    and the daemon (which saw the starting events) resolves the operation."""
+    stack = stack_factory(extra_env={"STEGA_BOUNDARY_QUEUE_EXPIRES_S": "10"})
+    for name in ("returns-worker", "correlations-worker", "boundary", "returns-api", "correlations-api"):
+        stack.start(name)
+    assert stack.processes["correlations-worker"].terminate() == 0
+    boundary = stack.processes["boundary"]
+    queue = f"boundary.{os.uname().nodename}-{boundary.port}.events"
+    messages, consumers, arguments = boundary_queues()[queue]
+    assert consumers == 1 and "x-expires" in arguments and "10000" in arguments and "drop-head" in arguments, arguments
+    home = tmp_path / "home"
+    env = cli_env(stack, home)
+    assert stega(env, "daemon", "start").returncode == 0
+    try:
+        out = write_prices(env, tmp_path, "DWN")
+        assert out.returncode == 0, out.stderr
+        op = out.stdout.split()[2]
+        wait_until("the starting events", lambda: ops(env).get(op, {}).get("events") == 2, timeout=20)
+
+        # The boundary dies; the correlations-worker comes back and publishes the last event.
+        boundary.kill()
+        stack.start("correlations-worker")
+        wait_until("the last event waits in the boundary's queue", lambda: boundary_queues()[queue][:2] == (1, 0),
+                   timeout=20)
+        assert ops(env)[op]["status"] == "pending"
+
+        # The next boundary on that port reads it: the daemon resolves the operation.
+        reborn = Process("boundary", dict(stack.env, STEGA_HTTP_PORT=str(boundary.port)), tmp_path,
+                         alias="boundary-2").ready()
+        stack.processes["boundary-2"] = reborn
+        wait_until("succeeded", lambda: ops(env)[op]["status"] == "succeeded", timeout=15)
+        assert ops(env)[op]["events"] == 3
+        assert boundary_queues()[queue][:2] == (0, 1)
+        seen = requests.get(f"{reborn.url}/operations/{op}", timeout=5).json()
+        assert [e["routing_key"] for e in seen["events"]] == ["correlations.events.correlations_updated"], seen
+
+        # Nobody reads it any more: the broker deletes it after STEGA_BOUNDARY_QUEUE_EXPIRES_S.
+        assert reborn.terminate() == 0
+        wait_until("the queue expired", lambda: queue not in boundary_queues(), timeout=30)
     finally:
         stop_daemon(env)
 
