@@ -175,11 +175,19 @@ struct CheckpointConnection: ~Copyable {
 enum WALHook {
     /// Calls `sqlite3_wal_hook` on `db`: after each commit, `checkpointer` gets the WAL's length
     /// in frames (``WALCheckpointer/request(frames:)``); past ``WALCheckpointer/inlineThreshold``
-    /// frames the commit also checkpoints (passive) itself. Replaces SQLite's automatic
-    /// checkpoint. `checkpointer` must outlive the connection.
+    /// frames the commit also checkpoints (passive) itself, and past
+    /// ``WALCheckpointer/inlineRestartThreshold`` it restarts the WAL (see there). Replaces
+    /// SQLite's automatic checkpoint. `checkpointer` must outlive the connection.
     static func install(on db: Database, checkpointer: WALCheckpointer) {
         sqlite3_wal_hook(db.sqliteConnection, { context, connection, _, frames in
-            if frames >= WALCheckpointer.inlineThreshold {
+            if frames >= WALCheckpointer.inlineRestartThreshold {
+                // BUSY: another connection (the other process's commit, in this same place)
+                // checkpoints. Not appending meanwhile is what lets that one take the write
+                // lock and finish; 200 tries, 0.5 ms apart, at most.
+                for _ in 0..<200 where sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_RESTART, nil, nil) == SQLITE_BUSY {
+                    usleep(500)
+                }
+            } else if frames >= WALCheckpointer.inlineThreshold {
                 _ = sqlite3_wal_checkpoint_v2(connection, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
             }
             Unmanaged<WALCheckpointer>.fromOpaque(context!).takeUnretainedValue().request(frames: Int(frames))

@@ -18,6 +18,16 @@ final class WALCheckpointer: Sendable {
     static let threshold: Int32 = 1_000
     static let restartThreshold = 4_000
     static let inlineThreshold: Int32 = 8_000
+    /// Passive checkpoints do not bound the WAL when two processes write: the WAL starts again
+    /// from its beginning only at a write that begins after every frame was copied, and the
+    /// other process's next write has mostly begun by then (with both checkpoint queues held,
+    /// 8,000 writes of two writers left a WAL of 41,000+ frames, all they wrote). Past this
+    /// many frames the commit runs a restart checkpoint itself, trying again while the other
+    /// process's commit runs one: the writers stop appending, the checkpoint takes the write
+    /// lock and waits for the readers of the WAL (the writer's busy handler: 10 s at most),
+    /// and the next write starts the WAL again (10,010 frames at most in that test, with or
+    /// without CPU hogs). Only when the queue has fallen far behind.
+    static let inlineRestartThreshold: Int32 = 10_000
 
     private let path: String
     private let queue = DispatchQueue(label: "stega.sqlite.checkpoint", qos: .utility)
@@ -46,7 +56,8 @@ final class WALCheckpointer: Sendable {
     /// Makes `db` (the writer connection) ask for checkpoints instead of running them. The
     /// queue can fall behind (starved of CPU under a long ingest, or its restarts refused by
     /// long reads): past `inlineThreshold` frames the commit checkpoints itself, as SQLite's
-    /// own hook did past 1,000, so the WAL stays bounded.
+    /// own hook did past 1,000, and past `inlineRestartThreshold` restarts the WAL, so the WAL
+    /// stays bounded.
     func install(on db: Database) {
         WALHook.install(on: db, checkpointer: self)
     }
