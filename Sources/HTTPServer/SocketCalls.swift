@@ -97,23 +97,40 @@ enum SocketCalls {
         var hints = addrinfo(ai_flags: 0, ai_family: AF_UNSPEC, ai_socktype: Int32(SOCK_STREAM.rawValue), ai_protocol: 0,
                              ai_addrlen: 0, ai_addr: nil, ai_canonname: nil, ai_next: nil)
         var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &result) == 0, let info = result else { return nil }
+        guard getaddrinfo(host, String(port), &hints, &result) == 0, result != nil else { return nil }
         defer { freeaddrinfo(result) }
-        let fd = Glibc.socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
-        guard fd >= 0, Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-            if fd >= 0 { Glibc.close(fd) }
-            return nil
+        // Each address in turn (`localhost` may be ::1 first, and the server on 127.0.0.1
+        // only). Linux's connect(2) honours SO_SNDTIMEO: a host that drops the SYN costs the
+        // time-out, not the kernel's two minutes of retries; cleared once connected.
+        var next = result
+        while let info = next {
+            next = info.pointee.ai_next
+            let fd = Glibc.socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
+            guard fd >= 0 else { continue }
+            setTimeout(fd, SO_SNDTIMEO, receiveTimeout)
+            guard Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+                Glibc.close(fd)
+                continue
+            }
+            var none = timeval(tv_sec: 0, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, socklen_t(MemoryLayout<timeval>.size))
+            setReceiveTimeout(fd, receiveTimeout)
+            return fd
         }
-        setReceiveTimeout(fd, receiveTimeout)
-        return fd
+        return nil
     }
 
     /// `SO_RCVTIMEO`: reads on `fd` wait at most `seconds` (at least 1 ms: zero would mean
     /// "wait forever").
     static func setReceiveTimeout(_ fd: Int32, _ requested: Double) {
+        setTimeout(fd, SO_RCVTIMEO, requested)
+    }
+
+    /// `SO_RCVTIMEO` or `SO_SNDTIMEO` to `requested` seconds, at least 1 ms.
+    private static func setTimeout(_ fd: Int32, _ option: Int32, _ requested: Double) {
         let seconds = max(requested, 0.001)
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1_000_000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// Calls `send(2)` (`MSG_NOSIGNAL`) on a blocking socket until every byte went; `false`
