@@ -19,6 +19,22 @@ struct WALCheckpointTests {
     /// A 16 KiB value: each commit that stores one adds five or more frames (overflow pages).
     private let value = Data(repeating: 7, count: 16_384)
 
+    /// `count` commits by each of two databases at once (an api and its worker).
+    private func insertTogether(_ count: Int, into one: ServiceDatabase, _ other: ServiceDatabase) async throws {
+        async let a: Void = insert(count, rows: 0, into: one)
+        async let b: Void = insert(count, rows: count, into: other)
+        _ = try await (a, b)
+    }
+
+    /// `count` commits of one row each (keys from `first`), one after the other.
+    private func insert(_ count: Int, rows first: Int, into database: ServiceDatabase) async throws {
+        for i in 0..<count {
+            try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
+                try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [first + i, value])
+            }
+        }
+    }
+
     @Test("two writers on one file (an api and its worker): checkpoints run off the commits and the WAL stays bounded")
     func bounded() async throws {
         let (path, databases, done) = try await file(databases: 2)
@@ -26,16 +42,7 @@ struct WALCheckpointTests {
         let (api, worker) = (databases[0], databases[1])
         // Far more frames than the bound below, written without pause by both.
         let writes = 4_000
-        func write(_ database: ServiceDatabase, _ key: Int) async throws {
-            for i in 0..<writes {
-                try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
-                    try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [key * writes + i, value])
-                }
-            }
-        }
-        async let a: Void = write(api, 0)
-        async let w: Void = write(worker, 1)
-        _ = try await (a, w)
+        try await insertTogether(writes, into: api, worker)
 
         let frame = 4_096 + 24
         let written = 2 * writes * 5
@@ -59,18 +66,9 @@ struct WALCheckpointTests {
         defer { done() }
         let (api, worker) = (databases[0], databases[1])
         let writes = 4_000
-        func write(_ database: ServiceDatabase, _ key: Int) async throws {
-            for i in 0..<writes {
-                try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
-                    try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [key * writes + i, value])
-                }
-            }
-        }
         try await api.checkpointer.withQueueHeld {
             try await worker.checkpointer.withQueueHeld {
-                async let a: Void = write(api, 0)
-                async let w: Void = write(worker, 1)
-                _ = try await (a, w)
+                try await insertTogether(writes, into: api, worker)
             }
         }
         let frame = 4_096 + 24
@@ -89,11 +87,7 @@ struct WALCheckpointTests {
         let database = databases[0]
         let writes = 5_000  // 25,000+ frames
         try await database.checkpointer.withQueueHeld {
-            for i in 0..<writes {
-                try await database.writeSQLite(HandlerContext(metadata: .newOperation(), appId: "test")) { db in
-                    try db.execute(sql: "INSERT INTO t (k, v) VALUES (?, ?)", arguments: [i, value])
-                }
-            }
+            try await insert(writes, rows: 0, into: database)
         }
         let frame = 4_096 + 24
         let wal = try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as! Int
