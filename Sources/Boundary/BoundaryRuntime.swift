@@ -27,7 +27,7 @@ public enum BoundaryRuntime {
 
         init(_ environment: Environment) throws {
             id = try environment.string("STEGA_BOUNDARY_ID")
-            if let id, id.utf8.count > 200 || !id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) {
+            if let id, id.utf8.count > 200 || !id.allSatisfy(Self.fitsQueueName) {
                 throw ConfigError("STEGA_BOUNDARY_ID must be 1 to 200 of A-Z a-z 0-9 . _ -, got \(id)")
             }
             queueExpiresSeconds = try environment.int("STEGA_BOUNDARY_QUEUE_EXPIRES_S", default: 600, range: 10...604_800)
@@ -64,8 +64,13 @@ public enum BoundaryRuntime {
             var buffer = [CChar](repeating: 0, count: 256)
             guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
             let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let clean = String(name.prefix(100).map { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) ? $0 : "-" })
+            let clean = String(name.prefix(100).map { fitsQueueName($0) ? $0 : "-" })
             return clean.isEmpty ? "localhost" : clean
+        }
+
+        /// What the boundary's id may hold: ASCII letters and digits, `.`, `_`, `-`.
+        static func fitsQueueName(_ character: Character) -> Bool {
+            character.isASCII && (character.isLetter || character.isNumber || "._-".contains(character))
         }
     }
 
