@@ -60,6 +60,7 @@ final class DaemonServer: Sendable {
                 line = try connection.readLine()
             } catch .tooLong {
                 connection.write(Self.error("a request is one line of at most \(LineConnection.maxLine) bytes"))
+                connection.finish()
                 return
             } catch {
                 return

@@ -179,6 +179,24 @@ final class LineConnection: @unchecked Sendable {  // used by one thread at a ti
         return true
     }
 
+    /// Ends the connection after a last answer without losing it: closing with the client's
+    /// bytes unread (an over-long line still being sent) fails its `send` and resets the
+    /// connection before it reads the answer. So: no more writes, then what the client still
+    /// sends is read and dropped until it closes — 64 MiB or 5 s at most.
+    func finish() {
+        shutdown(fd, Int32(SHUT_WR))
+        setReceiveTimeout(0.5)
+        let deadline = ContinuousClock.now + .seconds(5)
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        var dropped = 0
+        while dropped < 64 << 20, ContinuousClock.now < deadline {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return }
+            dropped += n
+        }
+    }
+
     /// Whether the other end closed (or reset) the connection, without waiting.
     var peerClosed: Bool {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
