@@ -8,7 +8,8 @@
 #   2. podman build of the Dockerfile with BUILDER_IMAGE/RUNTIME_IMAGE pointing at them
 #   3. make secrets, docker-compose up, then: every service healthy, a price POSTed with the
 #      token reaches the boundary as a succeeded operation, the correlation matrix is served,
-#      returns-worker scaled to 3, the broker restarted with nothing lost, the logs are JSON;
+#      returns-worker scaled to 3, the broker restarted with nothing lost, the boundary
+#      recreated with what was published meanwhile kept in its queue, the logs are JSON;
 #      then the `cluster` profile: PostgreSQL, three RabbitMQ nodes clustered by configuration
 #      (quorum queues), two replicas of every api and worker: a write through each api replica
 #      reaches the cluster boundary, is read through the other replica, and one node stopped
@@ -223,6 +224,23 @@ wait "$RESTART_PID"
 wait_healthy 8
 wait_succeeded "$during"
 
+log "boundary recreated (a deploy): what was published while it was away waited in its queue"
+node() { podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1; }
+"$COMPOSE" -p "$PROJECT" stop -t 5 boundary > /dev/null 2>&1
+away=$(post_prices NFLX 500)
+echo "POST /prices while the boundary is stopped: accepted as $away"
+# Its prices_recorded, returns_calculated and correlations_updated, in boundary.boundary.events.
+deadline=$(( $(date +%s) + 60 ))
+until podman exec "$(node rabbitmq)" rabbitmqctl -q list_queues name messages \
+        | awk '$1 == "boundary.boundary.events" && $2 >= 3 {found = 1} END {exit !found}'; do
+  [ "$(date +%s)" -lt "$deadline" ] || { podman exec "$(node rabbitmq)" rabbitmqctl -q list_queues name messages consumers; exit 1; }
+  sleep 1
+done
+podman exec "$(node rabbitmq)" rabbitmqctl -q list_queues name messages consumers | grep '^boundary\.'
+"$COMPOSE" -p "$PROJECT" up -d --no-build --no-deps --force-recreate boundary 2>&1 | tail -1
+wait_healthy 8
+wait_succeeded "$away"
+
 log "worker logs (JSON), last lines"
 "$COMPOSE" -p "$PROJECT" logs --no-color --tail 2 returns-worker correlations-worker | cut -c1-220
 
@@ -233,7 +251,6 @@ CLUSTER_NAMES="_(postgres|rabbitmq-[123]|cluster-[a-z-]+)_[0-9]+ "
 wait_healthy 13 "$CLUSTER_NAMES"
 echo "13 cluster containers healthy $(( $(date +%s) - start )) s after up:"
 podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}  {{.Status}}' | grep -E "$CLUSTER_NAMES"
-node() { podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}' | head -1; }
 running_nodes() {  # the "Running Nodes" section of cluster_status, on one line
   podman exec "$(node rabbitmq-2)" rabbitmqctl -q cluster_status \
     | awk '/Running Nodes/ {f = 1; next} f && NF {print; seen = 1; next} f && seen {exit}' \
