@@ -195,7 +195,9 @@ wait_succeeded "$op"
 echo "GET /correlations?symbols=AAPL,MSFT&window=3: $(curl -fsS "$C/correlations?symbols=AAPL,MSFT&window=3")"
 
 log "the console: GET / on the boundary, and the apis' reads through it (by their compose names)"
-curl -fsS "$B/" | grep -q '<script src="/console/console.js"'
+# Read whole first: `curl | grep -q` fails under pipefail when grep stops reading early.
+page=$(curl -fsS "$B/")
+grep -q '<script src="/console/console.js"' <<< "$page"
 curl -fsS -o /dev/null "$B/console/console.js"
 through=$(curl -fsS "$B/api/correlations/correlations?symbols=AAPL,MSFT&window=3")
 echo "GET $B/api/correlations/correlations?symbols=AAPL,MSFT&window=3: $through"
