@@ -10,6 +10,8 @@ public struct DaemonPaths: Sendable, Equatable {
     public let pidFile: String
     public let log: String
     public let database: String
+    /// Held (flock) by the running daemon for its whole life: one daemon per home.
+    public let lockFile: String
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         func set(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
@@ -28,6 +30,7 @@ public struct DaemonPaths: Sendable, Equatable {
         pidFile = (home as NSString).appendingPathComponent("daemon.pid")
         log = (home as NSString).appendingPathComponent("daemon.log")
         database = (home as NSString).appendingPathComponent("operations.sqlite")
+        lockFile = (home as NSString).appendingPathComponent("daemon.lock")
     }
 
     /// Creates the home directory (mode 0700: the operations and the log are the user's own)

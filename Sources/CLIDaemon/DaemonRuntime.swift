@@ -18,9 +18,9 @@ public enum DaemonRuntime {
         // One daemon per home: the lock is held as long as the process lives (the kernel
         // drops it on any exit, SIGKILL included), so two starting at once cannot both
         // take the socket path.
-        let lock = open((paths.home as NSString).appendingPathComponent("daemon.lock"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let lock = open(paths.lockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0, flock(lock, LOCK_EX | LOCK_NB) == 0 else {
-            throw DaemonError("the daemon already runs (it holds \(paths.home)/daemon.lock)")
+            throw DaemonError("the daemon already runs (it holds \(paths.lockFile))")
         }
         defer { close(lock) }
         try claimSocketPath(paths)
@@ -65,9 +65,11 @@ public enum DaemonRuntime {
     }
 
     /// Makes sure the socket path is free: a daemon that answers there is running already; a
-    /// socket nobody listens on is left by a killed daemon and is removed; anything else at
+    /// socket nobody listens on is left by a killed daemon and is removed (only when
+    /// `removingStale`: the daemon does it under its lock; `start` only checks, since a socket
+    /// it saw stale may be a new daemon's by the time it would remove it); anything else at
     /// that path is not ours to remove.
-    public static func claimSocketPath(_ paths: DaemonPaths) throws {
+    public static func claimSocketPath(_ paths: DaemonPaths, removingStale: Bool = true) throws {
         switch UnixSocket.connect(path: paths.socket) {
         case .success(let fd):
             let connection = LineConnection(fd: fd, receiveTimeout: 2)
@@ -83,7 +85,8 @@ public enum DaemonRuntime {
         case .failure(.missing):
             return
         case .failure(.refused):
-            guard unlink(paths.socket) == 0 else {
+            guard removingStale else { return }
+            guard unlink(paths.socket) == 0 || errno == ENOENT else {
                 throw DaemonError("cannot remove the stale socket \(paths.socket): \(String(cString: strerror(errno)))")
             }
         case .failure(.notSocket):

@@ -19,7 +19,7 @@ struct DaemonCmd: ParsableCommand {
             let paths = DaemonPaths()
             do {
                 try paths.createHome()
-                try DaemonRuntime.claimSocketPath(paths)
+                try DaemonRuntime.claimSocketPath(paths, removingStale: false)
             } catch {
                 throw Stega.fail("\(error)")
             }
@@ -34,6 +34,10 @@ struct DaemonCmd: ParsableCommand {
                     return
                 }
                 if Spawn.exited(pid) {
+                    // Another `start` at the same moment won the daemon's lock: say which runs.
+                    if let other = Self.runningDaemon(paths, until: deadline) {
+                        throw Stega.fail("the daemon already runs (pid \(other), socket \(paths.socket))")
+                    }
                     let tail = (try? String(contentsOfFile: paths.log, encoding: .utf8))?.split(separator: "\n").suffix(3)
                         .joined(separator: "\n") ?? ""
                     throw Stega.fail("the daemon exited at start; its log (\(paths.log)) ends:\n\(tail)")
@@ -41,6 +45,24 @@ struct DaemonCmd: ParsableCommand {
                 usleep(50_000)
             }
             throw Stega.fail("the daemon (pid \(pid)) did not answer within 15 s; see \(paths.log)")
+        }
+
+        /// The PID of the daemon that answers on the socket, waiting (until `deadline`) while
+        /// one holds the lock in `home` but does not listen yet.
+        static func runningDaemon(_ paths: DaemonPaths, until deadline: Date) -> Int? {
+            let lock = open(paths.lockFile, O_RDWR | O_CLOEXEC)
+            guard lock >= 0 else { return nil }
+            defer { close(lock) }
+            while Date() < deadline {
+                if case .running(let client) = DaemonClient.reach(paths, timeout: 2),
+                   let answer = try? client.ask(["request": "status"]), let pid = Spawn.integer(answer["pid"]) {
+                    return pid
+                }
+                // The lock free: no daemon is starting, none will answer.
+                if flock(lock, LOCK_EX | LOCK_NB) == 0 { flock(lock, LOCK_UN); return nil }
+                usleep(50_000)
+            }
+            return nil
         }
     }
 

@@ -289,6 +289,47 @@ struct DaemonProtocolTests {
 
 @Suite("The daemon's files")
 struct DaemonPathsTests {
+    @Test("a stale socket: claims racing each other all succeed; start's check never removes it")
+    func staleSocketClaims() async throws {
+        try await onThread { try Self.staleSocketScenario() }
+    }
+
+    static func staleSocketScenario() throws {
+        let temp = TempStore()
+        let paths = DaemonPaths(home: temp.directory, socketDirectory: temp.directory)
+        func leaveStale() throws {
+            let orphan = try UnixSocket.listen(path: paths.socket)
+            close(orphan)
+        }
+        // `start`'s check: a stale socket is fine to start over, and stays for the daemon.
+        try leaveStale()
+        try DaemonRuntime.claimSocketPath(paths, removingStale: false)
+        try check(UnixSocket.connect(path: paths.socket) == .failure(.refused), "the check left the socket")
+        // Several claimers that all saw it stale: whichever removes it, none fails for the
+        // others' removal (each round lines them up at once on a barrier).
+        let claimers = 6
+        for round in 0..<200 {
+            try? FileManager.default.removeItem(atPath: paths.socket)
+            try leaveStale()
+            let failures = Mutex<[String]>([])
+            let ready = DispatchGroup(), go = DispatchSemaphore(value: 0), done = DispatchGroup()
+            for _ in 0..<claimers {
+                ready.enter(); done.enter()
+                Thread.detachNewThread {
+                    ready.leave()
+                    go.wait()
+                    do { try DaemonRuntime.claimSocketPath(paths) } catch { failures.withLock { $0.append("\(error)") } }
+                    done.leave()
+                }
+            }
+            ready.wait()
+            for _ in 0..<claimers { go.signal() }
+            done.wait()
+            try check(failures.withLock { $0 }.isEmpty, "round \(round): \(failures.withLock { $0 })")
+            try check(UnixSocket.connect(path: paths.socket) == .failure(.missing), "round \(round): removed")
+        }
+    }
+
     @Test("STEGA_HOME holds all four; else the socket goes to XDG_RUNTIME_DIR, the rest to ~/.stega")
     func paths() {
         let moved = DaemonPaths(environment: ["STEGA_HOME": "/srv/s", "XDG_RUNTIME_DIR": "/run/user/7", "HOME": "/home/u"])
