@@ -60,9 +60,10 @@ def test_the_node_in_use_stopped_in_the_middle_of_1000_writes_loses_nothing(clus
         observations["accepted_at_restart"] = observations.get("accepted", 0)
         observations["restarted"] = True
 
-    # Paced (about 80 writes/s from 8 clients) so the load spans the node's stop and start.
+    # Paced (about 80 writes/s from 8 clients) so the load spans the node's stop and start;
+    # past 700 it waits for the stop (which took 14 s on a loaded machine).
     accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 300, bounce, observations,
-                                              pause=0.1)
+                                              pause=0.1, hold=(700, lambda: "accepted_at_stop" in observations))
     print(f"cluster: {observations}")
     assert observations.get("restarted"), observations
     # Where each went first when its node stopped: the node after it in the list.
@@ -108,17 +109,22 @@ def test_on_postgresql_with_two_replicas_the_node_in_use_stopped_in_the_middle_o
         subprocess.run([CLUSTER, "start-node", str(folder), "1"], check=True, capture_output=True, timeout=300)
         observations["restarted"] = True
 
-    # Half the writes to each api (4 clients each, paced), the node stopped after 300.
+    # Half the writes to each api (4 clients each, paced), the node stopped after 300; past
+    # 350 each waits for the stop.
     results = {}
 
     def load(i):
         results[i] = run_load(processes[2 + i].url, items[i::2], all_dates, threads=4, pause=0.1,
-                              on_progress=lambda n: progress.__setitem__(i, n))
+                              on_progress=lambda n: progress.__setitem__(i, n),
+                              hold=(350, lambda: "accepted_at_stop" in observations or "bounce_ended" in observations))
     loaders = [threading.Thread(target=load, args=(i,)) for i in range(2)]
     for t in loaders:
         t.start()
     wait_until("300 accepted", lambda: sum(progress.values()) >= 300, timeout=120)
-    bounce()
+    try:
+        bounce()
+    finally:
+        observations["bounce_ended"] = True  # a failed bounce releases the held load
     for t in loaders:
         t.join()
     print(f"cluster on postgresql: {observations}")

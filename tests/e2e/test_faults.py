@@ -57,15 +57,22 @@ def post_one(session, api_url, symbol_index, day_index, all_dates):
         return None
 
 
-def run_load(api_url, items, all_dates, threads=8, on_progress=None, pause=0.0):
+def run_load(api_url, items, all_dates, threads=8, on_progress=None, pause=0.0, hold=None):
     """POSTs every item from `threads` concurrent clients, each waiting `pause` seconds
-    between requests; returns the accepted ones and every status."""
+    between requests; returns the accepted ones and every status. `hold`, `(count, ready)`:
+    once `count` writes are accepted, each client waits (3 minutes at most) until `ready()`
+    before its next request — so a disruption that is slow to take effect on a loaded
+    machine still falls in the middle of the load, not after it."""
     accepted, lock = [], threading.Lock()
     local = threading.local()
 
     def work(item):
         if not hasattr(local, "session"):
             local.session = requests.Session()
+        if hold and len(accepted) >= hold[0]:
+            deadline = time.monotonic() + 180
+            while not hold[1]() and time.monotonic() < deadline:
+                time.sleep(0.05)
         status = post_one(local.session, api_url, item[0], item[1], all_dates)
         time.sleep(pause)
         if status == 202:
@@ -80,19 +87,25 @@ def run_load(api_url, items, all_dates, threads=8, on_progress=None, pause=0.0):
     return accepted, statuses
 
 
-def load_with_disruption(api_url, items, all_dates, after, disrupt, observations, **load):
+def load_with_disruption(api_url, items, all_dates, after, disrupt, observations, hold=None, **load):
     """POSTs `items` (`run_load`, with `load`'s settings) while `disrupt()` runs on a thread of
     its own once `after` of them are accepted; the count so far is kept in
-    `observations["accepted"]`. Returns what `run_load` does."""
+    `observations["accepted"]`. `hold`, `(count, ready)`: past `count` accepted the load waits
+    for `ready()` (or for `disrupt` to end, whichever comes first). Returns what `run_load` does."""
+    finished = threading.Event()
+
     def run():
-        wait_until(f"{after} accepted", lambda: observations.get("accepted", 0) >= after, timeout=120)
-        disrupt()
+        try:
+            wait_until(f"{after} accepted", lambda: observations.get("accepted", 0) >= after, timeout=120)
+            disrupt()
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=run)
     thread.start()
     try:
         return run_load(api_url, items, all_dates, on_progress=lambda n: observations.__setitem__("accepted", n),
-                        **load)
+                        hold=hold and (hold[0], lambda: finished.is_set() or hold[1]()), **load)
     finally:
         thread.join()
 
@@ -163,8 +176,9 @@ def test_a_broker_restart_in_the_middle_of_1000_posts_loses_nothing(stack_factor
         restarted.set()
 
     # Paced at about 50 writes/s, so the load spans the broker's stop and start (~20 s).
+    # Past 700 the load waits until the broker is down, however long its stop takes.
     accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 300, bounce, observations,
-                                              pause=0.15)
+                                              pause=0.15, hold=(700, lambda: "accepted_while_down" in observations))
     assert restarted.is_set()
     assert observations["readyz_down"]
     # The broker was down while writes were still coming in.
@@ -354,7 +368,7 @@ def test_e_sigterm_during_load_exits_0_within_10s_and_loses_nothing_accepted(sta
         state["seconds"] = time.monotonic() - started
 
     accepted, _ = load_with_disruption(api.url, writes(symbols, days), all_dates, 200, stop_midway, state,
-                                       threads=4, pause=0.01)
+                                       threads=4, pause=0.01, hold=(450, lambda: "codes" in state))
     assert state["codes"] == [0, 0], state
     assert state["seconds"] < 10, state
     assert 200 <= len(accepted) < symbols * days, len(accepted)

@@ -206,9 +206,10 @@ def test_postgresql_restarted_under_load_503s_while_down_and_no_accepted_write_l
         wait_until("api ready again", lambda: requests.get(api.url + "/readyz", timeout=5).status_code == 200, timeout=60)
         observations["readyz_200_after_start_s"] = round(time.monotonic() - started, 3)
 
-    # Paced at about 50 writes/s so that the load spans the stop and the start.
+    # Paced at about 50 writes/s so that the load spans the stop and the start; past 700 it
+    # waits until the api has seen the store down (then goes on, refused, while it stays down).
     accepted, statuses = load_with_disruption(api.url, writes(symbols, days), all_dates, 200, bounce, observations,
-                                              pause=0.15)
+                                              pause=0.15, hold=(700, lambda: "readyz" in observations))
     assert observations.get("restarted"), observations.get("bounce_error")
     assert observations["readyz"]["checks"]["store"] == "down", observations
     assert observations["worker_readyz"]["checks"]["store"] == "down", observations
