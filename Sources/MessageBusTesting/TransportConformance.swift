@@ -146,7 +146,11 @@ public enum TransportConformance {
         for chunk in stride(from: 0, to: count, by: 7) {
             try await publisher.publish(Array(sent[chunk..<min(count, chunk + 7)]))
         }
-        try await waitUntil("\(fixture.name) \(count) deliveries") { await inbox.count >= count }
+        do {
+            try await waitUntil("\(fixture.name) \(count) deliveries") { await inbox.count >= count }
+        } catch {
+            throw ConformanceFailure("\(error); \(await inbox.count) arrived")
+        }
         let ids = await inbox.items.compactMap { $0.envelope?.eventId }
         guard ids == sent.map(\.eventId) else { throw ConformanceFailure("deliveries out of order") }
     }
@@ -209,7 +213,7 @@ public enum TransportConformance {
             }
         }
         guard published else { throw ConformanceFailure("could not publish after the drop") }
-        try await waitUntil("\(fixture.name) delivery after reconnect", seconds: 20) {
+        try await waitUntil("\(fixture.name) delivery after reconnect") {
             await inbox.items.contains { $0.envelope?.eventId == after.eventId }
         }
     }
@@ -233,8 +237,10 @@ public enum TransportConformance {
         "conformance.\(name).\(UUID().uuidString.prefix(8).lowercased())"
     }
 
-    /// Polls `condition` until it holds, failing after `seconds`.
-    public static func waitUntil(_ what: String, seconds: Double = 10,
+    /// Polls `condition` until it holds, failing after `seconds` (30 by default: a deadline for
+    /// something that must happen, not a speed check — the whole suite on 2 cores, with a CPU
+    /// hog beside it, once took 10 s to see 50 deliveries on a quorum queue).
+    public static func waitUntil(_ what: String, seconds: Double = 30,
                                  _ condition: @Sendable () async -> Bool) async throws {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {

@@ -33,7 +33,7 @@ final class AMQPFixture: ConnectionDroppingFixture {
         let closed = try await Broker.closeConnections(clientPorts: ports)
         guard closed >= 2 else { throw ConformanceFailure("closed \(closed) connections of \(ports)") }
         try await TransportConformance.waitUntil("consumer noticed") { !amqp.isConnected || amqp.reconnectCount > 0 }
-        try await TransportConformance.waitUntil("consumer reconnected", seconds: 20) { amqp.reconnectCount >= 1 && amqp.isReady }
+        try await TransportConformance.waitUntil("consumer reconnected") { amqp.reconnectCount >= 1 && amqp.isReady }
     }
 
     func makeConsumer(queue: String, bindings: [String], prefetch: UInt16,
@@ -152,7 +152,7 @@ struct AMQPDetailTests {
         }
         let publisher = AMQPPublisher(settings: settings, confirms: mode == .durable, persistent: mode == .durable)
         try await publisher.publish(sent)
-        try await TransportConformance.waitUntil("every delivery", seconds: 20) { await got.count >= sent.count }
+        try await TransportConformance.waitUntil("every delivery") { await got.count >= sent.count }
         let received = await got.items
         #expect(received.count == sent.count)
         for (expected, delivery) in zip(sent, received) {
@@ -229,10 +229,12 @@ struct AMQPDetailTests {
     func refusedInstanceQueueFallsBack() async throws {
         let settings = try Broker.settings()
         let name = "inst\(UUID().uuidString.prefix(6).lowercased()).events"
-        // A queue of that name with another expiry (gone 5 s after this test): 406 PRECONDITION_FAILED.
+        // A queue of that name with another expiry: 406 PRECONDITION_FAILED. The broker drops it
+        // 2 minutes after this test (an expiry of 5 s let it vanish before the consumer's
+        // declaration when the test pool was starved, and the test failed).
         let (other, _) = try RabbitMQConnection.connect(settings: settings)
         _ = try other.declareQueue(name, durable: true, exclusive: false, autoDelete: false,
-                                   arguments: ["x-expires": .int(5_000)])
+                                   arguments: ["x-expires": .int(120_000)])
         other.close()
         let consumer = AMQPConsumer(settings: settings, queue: .init(service: "boundary", mode: .durable,
                                                                     instance: .init(name: name, expiresMs: 60_000, maxLength: 10)),
@@ -240,7 +242,7 @@ struct AMQPDetailTests {
         let got = Received()
         let task = Task { try await consumer.run { await got.add($0); return .ack } }
         defer { task.cancel() }
-        try await TransportConformance.waitUntil("ready", seconds: 20) { consumer.isReady }
+        try await TransportConformance.waitUntil("ready") { consumer.isReady }
         #expect(consumer.queueName?.hasPrefix("amq.gen-") == true, "\(consumer.queueName ?? "none")")
         try await AMQPPublisher(settings: settings).publish([try EventEnvelope(WindowAdded(window: 7))])
         try await TransportConformance.waitUntil("delivery") { await got.count == 1 }
