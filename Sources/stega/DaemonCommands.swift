@@ -27,9 +27,7 @@ struct DaemonCmd: ParsableCommand {
             let deadline = Date().addingTimeInterval(15)
             while Date() < deadline {
                 // Its own answer: with two `start`s at once, the other's daemon may be the one there.
-                if case .running(let client) = DaemonClient.reach(paths, timeout: 2),
-                   let answer = try? client.ask(["request": "status"]), answer["type"] as? String == "status",
-                   Spawn.integer(answer["pid"]) == Int(pid) {
+                if Self.answeringDaemon(paths) == Int(pid) {
                     print("stega daemon: started (pid \(pid)); socket \(paths.socket), log \(paths.log)")
                     return
                 }
@@ -47,6 +45,13 @@ struct DaemonCmd: ParsableCommand {
             throw Stega.fail("the daemon (pid \(pid)) did not answer within 15 s; see \(paths.log)")
         }
 
+        /// The PID of the daemon that answers a status request on the socket now, if any.
+        static func answeringDaemon(_ paths: DaemonPaths) -> Int? {
+            guard case .running(let client) = DaemonClient.reach(paths, timeout: 2),
+                  let answer = try? client.ask(["request": "status"]), answer["type"] as? String == "status" else { return nil }
+            return Spawn.integer(answer["pid"])
+        }
+
         /// The PID of the daemon that answers on the socket, waiting (until `deadline`) while
         /// one holds the lock in `home` but does not listen yet.
         static func runningDaemon(_ paths: DaemonPaths, until deadline: Date) -> Int? {
@@ -54,10 +59,7 @@ struct DaemonCmd: ParsableCommand {
             guard lock >= 0 else { return nil }
             defer { close(lock) }
             while Date() < deadline {
-                if case .running(let client) = DaemonClient.reach(paths, timeout: 2),
-                   let answer = try? client.ask(["request": "status"]), let pid = Spawn.integer(answer["pid"]) {
-                    return pid
-                }
+                if let pid = answeringDaemon(paths) { return pid }
                 // The lock free: no daemon is starting, none will answer.
                 if flock(lock, LOCK_EX | LOCK_NB) == 0 { flock(lock, LOCK_UN); return nil }
                 usleep(50_000)
